@@ -1,0 +1,283 @@
+//! One typed configuration: embedded defaults < TOML file < `HOMEOSTAT__SECTION__KEY` env.
+//!
+//! Unknown keys are refused, and [`Config::load`] reports every problem it finds at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// The embedded defaults, the single source of every default value.
+pub const DEFAULT_TOML: &str = include_str!("config/default.toml");
+
+/// The whole engine configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// OTLP receivers.
+    pub otlp: OtlpConfig,
+    /// Kafka ingestion of OTLP topics.
+    pub kafka: KafkaConfig,
+    /// Event-time windows.
+    pub window: WindowConfig,
+    /// The queue between receivers and the window stage.
+    pub pipeline: PipelineConfig,
+    /// Embedded persistence of closed windows.
+    pub store: StoreConfig,
+    /// The API listener: health, Prometheus metrics, SQL.
+    pub api: ApiConfig,
+}
+
+/// OTLP receivers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// Address of the OTLP/gRPC receiver.
+    pub grpc_addr: SocketAddr,
+    /// Address of the OTLP/HTTP receiver (`/v1/traces`, `/v1/metrics`, `/v1/logs`).
+    pub http_addr: SocketAddr,
+    /// Largest accepted request body, checked before and after decompression.
+    pub max_request_bytes: usize,
+}
+
+/// Wire encoding of Kafka records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaEncoding {
+    /// Serialized `TracesData` / `MetricsData` / `LogsData` protobuf.
+    OtlpProto,
+    /// The OTLP JSON encoding of the same messages.
+    OtlpJson,
+}
+
+/// Kafka ingestion.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma separated; empty turns Kafka ingestion off.
+    pub brokers: String,
+    /// Consumer group id.
+    pub group_id: String,
+    /// Topic carrying spans.
+    pub spans_topic: String,
+    /// Topic carrying metrics.
+    pub metrics_topic: String,
+    /// Topic carrying logs.
+    pub logs_topic: String,
+    /// Record encoding.
+    pub encoding: KafkaEncoding,
+    /// Consumer session timeout (`session.timeout.ms`).
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// How often offsets of fully processed records are committed.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+}
+
+/// Event-time windows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Tumbling window length.
+    #[serde(with = "humantime_serde")]
+    pub size: Duration,
+    /// How far behind the newest event time a record may be and still count.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// Processing time without input after which open windows close.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How much event-time history of closed windows is kept.
+    #[serde(with = "humantime_serde")]
+    pub retain: Duration,
+    /// Event time a span waits in the pairing store for its parent or child.
+    #[serde(with = "humantime_serde")]
+    pub pair_ttl: Duration,
+    /// Most spans held in the pairing store; overflow is counted and not paired.
+    pub max_pending_pairs: usize,
+    /// Most series (rows) per table per window; overflow is counted and dropped.
+    pub max_series: usize,
+    /// Most record identities remembered per window for de-duplication.
+    pub max_dedup_keys: usize,
+    /// Records stamped further than this in the future are rejected.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+}
+
+/// The queue between receivers and the window stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Batches queued before receivers answer 503 / UNAVAILABLE.
+    pub queue_capacity: usize,
+}
+
+/// Embedded persistence of closed windows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory for closed windows and the checkpoint; empty keeps history in memory only.
+    pub path: PathBuf,
+}
+
+/// The API listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address serving `/healthz`, `/metrics` and `/sql`.
+    pub addr: SocketAddr,
+    /// Most rows a SQL answer returns.
+    pub max_result_rows: usize,
+}
+
+/// A configuration that could not be loaded; lists every problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", problems.join("\n  - "))]
+pub struct ConfigError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// Loads embedded defaults, then `file` if given, then `HOMEOSTAT__SECTION__KEY` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, Env::prefixed("HOMEOSTAT__").split("__"))
+    }
+
+    /// Loads defaults and `file` only, ignoring the environment (for tests and tools).
+    pub fn load_without_env(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, Env::prefixed("HOMEOSTAT_NO_ENV_OVERRIDES_"))
+    }
+
+    fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError {
+                    problems: vec![format!("config file {} does not exist", path.display())],
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let figment = figment.merge(env);
+        let config: Config = figment.extract().map_err(|error| ConfigError {
+            problems: error.into_iter().map(|e| e.to_string()).collect(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a full TOML document layered over the defaults (no env).
+    pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
+        let figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(toml));
+        let config: Config = figment.extract().map_err(|error| ConfigError {
+            problems: error.into_iter().map(|e| e.to_string()).collect(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the cross-field rules; reports every violation.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let w = &self.window;
+        if w.size < Duration::from_millis(1) {
+            problems.push("window.size must be at least 1ms".to_string());
+        }
+        if w.idle_timeout.is_zero() {
+            problems.push("window.idle_timeout must be positive".to_string());
+        }
+        if w.retain < w.size {
+            problems.push("window.retain must be at least window.size".to_string());
+        }
+        if w.max_series == 0 {
+            problems.push("window.max_series must be positive".to_string());
+        }
+        if self.pipeline.queue_capacity == 0 {
+            problems.push("pipeline.queue_capacity must be positive".to_string());
+        }
+        if self.otlp.max_request_bytes == 0 {
+            problems.push("otlp.max_request_bytes must be positive".to_string());
+        }
+        if self.api.max_result_rows == 0 {
+            problems.push("api.max_result_rows must be positive".to_string());
+        }
+        let k = &self.kafka;
+        if !k.brokers.trim().is_empty() {
+            for (key, value) in [
+                ("kafka.group_id", &k.group_id),
+                ("kafka.spans_topic", &k.spans_topic),
+                ("kafka.metrics_topic", &k.metrics_topic),
+                ("kafka.logs_topic", &k.logs_topic),
+            ] {
+                if value.trim().is_empty() {
+                    problems.push(format!("{key} must not be empty when kafka.brokers is set"));
+                }
+            }
+            if k.session_timeout < Duration::from_secs(1) {
+                problems.push("kafka.session_timeout must be at least 1s".to_string());
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Whether Kafka ingestion is on.
+    pub fn kafka_enabled(&self) -> bool {
+        !self.kafka.brokers.trim().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let config = Config::from_toml_str("").expect("defaults load");
+        assert_eq!(config.otlp.grpc_addr.to_string(), "127.0.0.1:4317");
+        assert_eq!(config.otlp.http_addr.to_string(), "127.0.0.1:4318");
+        assert_eq!(config.otlp.max_request_bytes, 67_108_864);
+        assert_eq!(config.api.addr.to_string(), "127.0.0.1:7070");
+        assert_eq!(config.window.size, Duration::from_secs(10));
+        assert_eq!(config.window.allowed_lateness, Duration::from_secs(5));
+        assert_eq!(config.window.idle_timeout, Duration::from_secs(30));
+        assert_eq!(config.window.retain, Duration::from_secs(3600));
+        assert_eq!(config.kafka.encoding, KafkaEncoding::OtlpProto);
+        assert!(!config.kafka_enabled());
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let error = Config::from_toml_str(
+            "[window]\nsize = \"0s\"\nretain = \"0s\"\n[pipeline]\nqueue_capacity = 0\n",
+        )
+        .expect_err("invalid");
+        assert_eq!(error.problems.len(), 3, "{error}");
+        let error = Config::from_toml_str("[otlp]\nbogus = 1\n[api]\naddr = \"nope\"\n")
+            .expect_err("invalid");
+        let text = error.to_string();
+        assert!(text.contains("bogus"), "{text}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[kafka]\ngroup_id = \"from-file\"\n").expect("write");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HOMEOSTAT__KAFKA__GROUP_ID", "from-env");
+            jail.set_env("HOMEOSTAT__WINDOW__SIZE", "1m");
+            let config = Config::load(Some(&path)).map_err(|e| e.to_string())?;
+            assert_eq!(config.kafka.group_id, "from-env");
+            assert_eq!(config.window.size, Duration::from_secs(60));
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,186 @@
+//! Wires the stages together and runs them until shutdown.
+//!
+//! Shutdown order keeps "nothing lost": receivers stop first (in-flight requests
+//! finish), the window stage drains its queue and persists what closed, then the
+//! last durable Kafka offsets are committed, and the API stops last.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::api::{self, ApiState};
+use crate::config::Config;
+use crate::ingest::kafka::KafkaIngest;
+use crate::ingest::{OtlpIntake, otlp_grpc, otlp_http};
+use crate::pipeline::{History, OffsetTracker, PipelineMessage, WindowStage};
+use crate::self_metrics::SelfMetrics;
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A listener could not bind (address in use, permission).
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The Kafka client could not be created (bad settings).
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+/// A running engine.
+pub struct Engine {
+    /// Bound OTLP/gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// Bound OTLP/HTTP address.
+    pub http_addr: SocketAddr,
+    /// Bound API address.
+    pub api_addr: SocketAddr,
+    /// Closed windows.
+    pub history: History,
+    /// Self-metrics.
+    pub metrics: Arc<SelfMetrics>,
+    queue: mpsc::Sender<PipelineMessage>,
+    receivers_stop: CancellationToken,
+    stage_stop: CancellationToken,
+    api_stop: CancellationToken,
+    receivers: Vec<JoinHandle<()>>,
+    stage: JoinHandle<()>,
+    api: JoinHandle<()>,
+    kafka: Option<Arc<KafkaIngest>>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, EngineError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| EngineError::Bind { what, addr, source })
+}
+
+fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(fallback)
+}
+
+fn serve(listener: TcpListener, router: axum::Router, stop: CancellationToken, what: &'static str) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(error) = result {
+            warn!(%error, what, "server stopped with an error");
+        }
+    })
+}
+
+impl Engine {
+    /// Binds every listener and starts every stage.
+    pub async fn start(config: Config) -> Result<Engine, EngineError> {
+        let metrics = Arc::new(SelfMetrics::new());
+        let history = History::default();
+        let offsets = OffsetTracker::new();
+        let stage = WindowStage::new(&config, history.clone(), offsets.clone(), metrics.clone())?;
+        let (queue, inbox) = mpsc::channel(config.pipeline.queue_capacity);
+
+        let grpc_listener = bind("OTLP/gRPC", config.otlp.grpc_addr).await?;
+        let http_listener = bind("OTLP/HTTP", config.otlp.http_addr).await?;
+        let api_listener = bind("API", config.api.addr).await?;
+        let grpc_addr = local_addr(&grpc_listener, config.otlp.grpc_addr);
+        let http_addr = local_addr(&http_listener, config.otlp.http_addr);
+        let api_addr = local_addr(&api_listener, config.api.addr);
+
+        let stage_stop = CancellationToken::new();
+        let stage = tokio::spawn(stage.run(inbox, stage_stop.clone()));
+
+        let receivers_stop = CancellationToken::new();
+        let intake = OtlpIntake::new(queue.clone(), config.otlp.max_request_bytes, metrics.clone());
+        let mut receivers = vec![
+            serve(grpc_listener, otlp_grpc::router(intake.clone()), receivers_stop.clone(), "otlp-grpc"),
+            serve(http_listener, otlp_http::router(intake), receivers_stop.clone(), "otlp-http"),
+        ];
+
+        let kafka = if config.kafka_enabled() {
+            let kafka = Arc::new(KafkaIngest::new(
+                &config.kafka,
+                offsets.clone(),
+                metrics.clone(),
+                config.otlp.max_request_bytes,
+            )?);
+            let runner = kafka.clone();
+            let (queue, stop) = (queue.clone(), receivers_stop.clone());
+            receivers.push(tokio::spawn(async move { runner.run(queue, stop).await }));
+            info!(brokers = %config.kafka.brokers, group = %config.kafka.group_id, "kafka ingestion on");
+            Some(kafka)
+        } else {
+            None
+        };
+
+        let ready = Arc::new(AtomicBool::new(false));
+        let api_stop = CancellationToken::new();
+        let api = serve(
+            api_listener,
+            api::router(ApiState {
+                history: history.clone(),
+                metrics: metrics.clone(),
+                ready: ready.clone(),
+                max_result_rows: config.api.max_result_rows,
+            }),
+            api_stop.clone(),
+            "api",
+        );
+        ready.store(true, Ordering::SeqCst);
+        info!(%grpc_addr, %http_addr, %api_addr, "homeostat running");
+        Ok(Engine {
+            grpc_addr,
+            http_addr,
+            api_addr,
+            history,
+            metrics,
+            queue,
+            receivers_stop,
+            stage_stop,
+            api_stop,
+            receivers,
+            stage,
+            api,
+            kafka,
+        })
+    }
+
+    /// Closes every open window now and waits until they are queryable.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.queue.send(PipelineMessage::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Stops gracefully: receivers, then the window stage, then the API.
+    pub async fn shutdown(self) {
+        self.receivers_stop.cancel();
+        for receiver in self.receivers {
+            let _ = receiver.await;
+        }
+        drop(self.queue);
+        self.stage_stop.cancel();
+        let _ = self.stage.await;
+        if let Some(kafka) = &self.kafka {
+            kafka.commit().await;
+        }
+        self.api_stop.cancel();
+        let _ = self.api.await;
+        info!("homeostat stopped");
+    }
+}

@@ -1,0 +1,38 @@
+//! # Homeostat
+//!
+//! A streaming telemetry engine that heals the systems it watches. This crate is the
+//! engine: it ingests OpenTelemetry traces, metrics and logs, aggregates them into
+//! event-time windows held as Arrow record batches, and serves them over SQL.
+//!
+//! ```text
+//!  OTLP gRPC :4317 ─┐
+//!  OTLP HTTP :4318 ─┼─> ingest ──> columnar ──> window ──────────> store (Arrow IPC)
+//!  Kafka otlp_*   ──┘   decode     Arrow        event-time          │
+//!                       + limits   batches      aggregates ──> history ──> api: SQL (DataFusion),
+//!                                                                           health, /metrics
+//! ```
+//!
+//! One stage, one module, in the order the data flows:
+//!
+//! - [`ingest`]: OTLP gRPC/HTTP receivers and the Kafka consumer; size limits,
+//!   decoding, backpressure, acknowledgements.
+//! - [`columnar`]: OTLP protobuf -> Arrow batches with fixed schemas.
+//! - [`window`]: event-time tumbling windows, watermarks, lateness, pairing of
+//!   spans into call edges, per-window tables.
+//! - [`pipeline`]: the window stage task: one bounded queue in, closed windows out
+//!   to history and store, Kafka offsets released once durable.
+//! - [`store`]: embedded persistence of closed windows and the checkpoint.
+//! - [`api`]: HTTP health, Prometheus self-metrics and SQL over retained windows.
+//! - [`config`]: one typed configuration.
+//! - [`self_metrics`]: the engine's own Prometheus metrics, named in one place.
+//! - [`engine`]: wires the stages together and runs them until shutdown.
+
+pub mod api;
+pub mod columnar;
+pub mod config;
+pub mod engine;
+pub mod ingest;
+pub mod pipeline;
+pub mod self_metrics;
+pub mod store;
+pub mod window;

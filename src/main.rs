@@ -1,0 +1,140 @@
+//! The `homeostat` binary: `run` the engine, or query it with `sql`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use homeostat::config::Config;
+use homeostat::engine::Engine;
+
+#[derive(Parser)]
+#[command(name = "homeostat", version, about = "A streaming telemetry engine that heals the systems it watches")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine until SIGINT or SIGTERM.
+    Run {
+        /// TOML configuration file (over embedded defaults; env HOMEOSTAT__SECTION__KEY wins).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run a SQL query against a running engine and print the result.
+    Sql {
+        /// The query, e.g. "SELECT * FROM service_stats".
+        query: String,
+        /// API address of the engine (default: api.addr of the configuration).
+        #[arg(long)]
+        api: Option<SocketAddr>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Configuration file to read api.addr from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// An aligned text table.
+    Table,
+    /// A JSON array of row objects.
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(config),
+        Command::Sql { query, api, format, config } => sql(query, api, format, config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = Config::load(config_path.as_deref())?;
+    runtime()?.block_on(async move {
+        let engine = Engine::start(config).await?;
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        engine.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot watch SIGINT")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
+
+fn sql(query: String, api: Option<SocketAddr>, format: Format, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let addr = match api {
+        Some(addr) => addr,
+        None => Config::load(config.as_deref())?.api.addr,
+    };
+    let format = match format {
+        Format::Table => "table",
+        Format::Json => "json",
+    };
+    runtime()?.block_on(async move {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .context("cannot build the HTTP client")?;
+        let response = client
+            .post(format!("http://{addr}/sql?format={format}"))
+            .header("content-type", "text/plain")
+            .body(query)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the engine API at {addr} (is `homeostat run` running?)"))?;
+        let status = response.status();
+        let truncated = response
+            .headers()
+            .get("x-homeostat-truncated")
+            .is_some_and(|v| v == "true");
+        let body = response.text().await.context("cannot read the answer")?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or(body);
+            anyhow::bail!("query failed ({status}): {message}");
+        }
+        println!("{body}");
+        if truncated {
+            eprintln!("note: the answer was cut at api.max_result_rows rows");
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,59 @@
+//! Closed windows retained in memory for SQL, bounded by `window.retain`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+
+use arrow::record_batch::RecordBatch;
+
+use crate::window::{TABLE_NAMES, WindowTables};
+
+/// Shared, cheaply cloneable history of closed windows.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    windows: Arc<RwLock<VecDeque<WindowTables>>>,
+}
+
+impl History {
+    /// Appends closed windows (in order).
+    pub fn extend(&self, closed: impl IntoIterator<Item = WindowTables>) {
+        if let Ok(mut windows) = self.windows.write() {
+            windows.extend(closed);
+        }
+    }
+
+    /// Drops windows ending at or before `horizon_ms`.
+    pub fn retain_after(&self, horizon_ms: i64) {
+        if let Ok(mut windows) = self.windows.write() {
+            while windows.front().is_some_and(|w| w.end_ms <= horizon_ms) {
+                windows.pop_front();
+            }
+        }
+    }
+
+    /// Number of windows held.
+    pub fn len(&self) -> usize {
+        self.windows.read().map(|w| w.len()).unwrap_or(0)
+    }
+
+    /// Whether no window is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The batches of one table across all windows (Arrow arrays are shared, not copied).
+    pub fn table(&self, name: &str) -> Vec<RecordBatch> {
+        let Some(index) = TABLE_NAMES.iter().position(|t| *t == name) else {
+            return Vec::new();
+        };
+        self.windows
+            .read()
+            .map(|windows| {
+                windows
+                    .iter()
+                    .map(|w| w.batches[index].clone())
+                    .filter(|b| b.num_rows() > 0)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,195 @@
+//! Embedded persistence of closed windows (Arrow IPC files) and the window checkpoint.
+//!
+//! Layout under `store.path`:
+//!
+//! ```text
+//! windows/<start_ms>/<table>.arrow   one IPC file per table of each closed window
+//! checkpoint.json                    closed_through_ms + cumulative metric state
+//! ```
+//!
+//! Window directories are written first (to a temporary name, then renamed), the
+//! checkpoint last: it is the commit point. On open, directories at or beyond the
+//! checkpoint's `closed_through_ms` are leftovers of a crash and are removed.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
+use arrow::record_batch::RecordBatch;
+
+use crate::window::{Checkpoint, TABLE_NAMES, WindowTables};
+
+/// Storage failures; all are the operator's to fix (disk full, permissions), and a
+/// retry helps once they are.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Filesystem failure.
+    #[error("store i/o at {path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Arrow IPC failure.
+    #[error("store arrow ipc at {path}: {source}")]
+    Arrow {
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: arrow::error::ArrowError,
+    },
+    /// The checkpoint is unreadable.
+    #[error("store checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The path involved.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+fn arrow_err(path: &Path) -> impl FnOnce(arrow::error::ArrowError) -> StoreError + '_ {
+    move |source| StoreError::Arrow { path: path.to_path_buf(), source }
+}
+
+/// The on-disk store.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating) the store at `root`.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        fs::create_dir_all(root.join("windows")).map_err(io(root))?;
+        Ok(Store { root: root.to_path_buf() })
+    }
+
+    fn checkpoint_path(&self) -> PathBuf {
+        self.root.join("checkpoint.json")
+    }
+
+    /// Loads the checkpoint and every committed window, oldest first (`size_ms` is the
+    /// window length to assume for windows with no rows).
+    pub fn load(&self, size_ms: i64) -> Result<(Option<Checkpoint>, Vec<WindowTables>), StoreError> {
+        let path = self.checkpoint_path();
+        let checkpoint: Option<Checkpoint> = match fs::read(&path) {
+            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| StoreError::Checkpoint {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let closed_through = checkpoint.as_ref().map_or(i64::MIN, |c| c.closed_through_ms);
+        let dir = self.root.join("windows");
+        let mut starts = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io(&dir))? {
+            let entry = entry.map_err(io(&dir))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            match name.parse::<i64>() {
+                Ok(start) => starts.push(start),
+                Err(_) => {
+                    // A temporary directory of an interrupted write.
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        starts.sort_unstable();
+        let mut windows = Vec::new();
+        for start in starts {
+            let path = dir.join(start.to_string());
+            if start >= closed_through {
+                let _ = fs::remove_dir_all(&path);
+                continue;
+            }
+            windows.push(read_window(&path, start, size_ms)?);
+        }
+        Ok((checkpoint, windows))
+    }
+
+    /// Writes `closed` windows, then the checkpoint that commits them.
+    pub fn persist(&self, closed: &[WindowTables], checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        for window in closed {
+            let final_dir = self.root.join("windows").join(window.start_ms.to_string());
+            let tmp_dir = self.root.join("windows").join(format!("tmp-{}", window.start_ms));
+            let _ = fs::remove_dir_all(&tmp_dir);
+            fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
+            for (name, batch) in TABLE_NAMES.iter().zip(window.batches.iter()) {
+                let path = tmp_dir.join(format!("{name}.arrow"));
+                let file = fs::File::create(&path).map_err(io(&path))?;
+                let mut writer = FileWriter::try_new(file, &batch.schema()).map_err(arrow_err(&path))?;
+                writer.write(batch).map_err(arrow_err(&path))?;
+                writer.finish().map_err(arrow_err(&path))?;
+                let file = writer.into_inner().map_err(arrow_err(&path))?;
+                file.sync_all().map_err(io(&path))?;
+            }
+            let _ = fs::remove_dir_all(&final_dir);
+            fs::rename(&tmp_dir, &final_dir).map_err(io(&final_dir))?;
+        }
+        let path = self.checkpoint_path();
+        let tmp = self.root.join("checkpoint.json.tmp");
+        let bytes = serde_json::to_vec(checkpoint).map_err(|e| StoreError::Checkpoint {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
+        file.write_all(&bytes).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        Ok(())
+    }
+
+    /// Deletes windows that start before `before_ms`.
+    pub fn prune(&self, before_ms: i64) -> Result<(), StoreError> {
+        let dir = self.root.join("windows");
+        for entry in fs::read_dir(&dir).map_err(io(&dir))? {
+            let entry = entry.map_err(io(&dir))?;
+            if let Ok(start) = entry.file_name().to_string_lossy().parse::<i64>() {
+                if start < before_ms {
+                    fs::remove_dir_all(entry.path()).map_err(io(&entry.path()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_window(dir: &Path, start_ms: i64, size_ms: i64) -> Result<WindowTables, StoreError> {
+    let schemas = crate::window::tables::schemas();
+    let mut batches: Vec<RecordBatch> = Vec::with_capacity(TABLE_NAMES.len());
+    let mut end_ms = start_ms + size_ms;
+    for (name, schema) in TABLE_NAMES.iter().zip(schemas.iter()) {
+        let path = dir.join(format!("{name}.arrow"));
+        let file = fs::File::open(&path).map_err(io(&path))?;
+        let reader = FileReader::try_new(file, None).map_err(arrow_err(&path))?;
+        let mut parts = Vec::new();
+        for batch in reader {
+            parts.push(batch.map_err(arrow_err(&path))?);
+        }
+        let batch = arrow::compute::concat_batches(schema, &parts).map_err(arrow_err(&path))?;
+        if let Some(column) = batch.column_by_name("window_end") {
+            if let Some(ends) = column
+                .as_any()
+                .downcast_ref::<arrow::array::TimestampMillisecondArray>()
+            {
+                if !ends.is_empty() {
+                    end_ms = ends.value(0);
+                }
+            }
+        }
+        batches.push(batch);
+    }
+    let batches: [RecordBatch; 5] = batches.try_into().map_err(|_| StoreError::Checkpoint {
+        path: dir.to_path_buf(),
+        reason: "window directory lacks a table".to_string(),
+    })?;
+    Ok(WindowTables { start_ms, end_ms, batches })
+}

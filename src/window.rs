@@ -1,0 +1,579 @@
+//! Event-time tumbling windows: watermarks, lateness, de-duplication and the
+//! per-window aggregates (`service_stats`, `operation_stats`, `edge_stats`,
+//! `metric_stats`, `log_stats`).
+//!
+//! [`Windows`] is a pure state machine: batches in, closed [`WindowTables`] out.
+//! It reads no clock of its own (the caller passes processing time where needed), so
+//! a replay of recorded telemetry gives the same windows as living through it.
+//!
+//! - A record belongs to the window holding its event time (span end, data point
+//!   time, log time).
+//! - watermark = newest event time seen - `allowed_lateness`; a window closes when
+//!   its end is at or before the watermark. Records for closed windows are late:
+//!   counted and dropped.
+//! - Within an open window a record is counted once: spans by (trace_id, span_id),
+//!   metric points by (series, time), logs by their whole content.
+
+pub mod metric_series;
+pub mod pairing;
+pub mod quantiles;
+pub mod tables;
+
+mod open_window;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, AsArray, BooleanArray, FixedSizeBinaryArray, Float64Array, Int32Array, ListArray,
+    StringArray, UInt64Array,
+};
+use arrow::datatypes::{Float64Type, UInt64Type};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
+
+use crate::columnar::spans::{STATUS_ERROR, kind};
+use crate::columnar::{Decoded, Signal};
+use crate::config::WindowConfig;
+use metric_series::{CumulativeState, MetricType, PointValue};
+use open_window::OpenWindow;
+use pairing::{EdgeObservation, PairSpan, PairingStore};
+pub use tables::{TABLE_NAMES, WindowTables};
+
+const NANOS_PER_MS: i64 = 1_000_000;
+
+/// What the window stage counted while ingesting (monotonic totals).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WindowCounts {
+    /// Records accepted into an open window.
+    pub accepted: u64,
+    /// Records for windows already closed, dropped.
+    pub late: u64,
+    /// Records already counted in their window (redeliveries), dropped.
+    pub duplicates: u64,
+    /// Records stamped too far in the future, dropped.
+    pub future: u64,
+    /// Records dropped because their table hit `max_series` in the window.
+    pub series_overflow: u64,
+    /// Records counted without de-duplication because the identity set was full.
+    pub dedup_overflow: u64,
+    /// Edges completed after their window closed.
+    pub late_edges: u64,
+    /// Windows closed.
+    pub windows_closed: u64,
+}
+
+/// What must survive a restart for the windows to continue exactly.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Every window ending at or before this (ms) is closed.
+    pub closed_through_ms: i64,
+    /// Newest event time seen when the checkpoint was taken (ms).
+    pub max_event_ms: i64,
+    /// Last cumulative point per metric series.
+    pub cumulative: Vec<(String, PointValue)>,
+}
+
+/// The window state machine.
+#[derive(Debug)]
+pub struct Windows {
+    size_ms: i64,
+    lateness_ms: i64,
+    ttl_ns: u64,
+    max_series: usize,
+    max_dedup: usize,
+    max_future_ns: u64,
+    open: BTreeMap<i64, OpenWindow>,
+    closed_through_ms: i64,
+    max_event_ms: i64,
+    pairing: PairingStore,
+    cumulative: CumulativeState,
+    services: HashMap<Box<str>, Arc<str>>,
+    counts: WindowCounts,
+    edges: Vec<EdgeObservation>,
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, ArrowError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| ArrowError::SchemaError(format!("batch lacks column {name}")))
+}
+
+fn id_u128(bytes: &[u8]) -> u128 {
+    let mut buf = [0u8; 16];
+    let n = bytes.len().min(16);
+    buf[..n].copy_from_slice(&bytes[..n]);
+    u128::from_be_bytes(buf)
+}
+
+fn id_u64(bytes: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    let n = bytes.len().min(8);
+    buf[..n].copy_from_slice(&bytes[..n]);
+    u64::from_be_bytes(buf)
+}
+
+fn opt(a: &StringArray, i: usize) -> Option<&str> {
+    a.is_valid(i).then(|| a.value(i)).filter(|s| !s.is_empty())
+}
+
+fn hash_of(parts: impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(parts)
+}
+
+struct ServiceColumns<'a> {
+    namespace: &'a StringArray,
+    name: &'a StringArray,
+    environment: &'a StringArray,
+}
+
+impl<'a> ServiceColumns<'a> {
+    fn of(batch: &'a RecordBatch) -> Result<Self, ArrowError> {
+        Ok(ServiceColumns {
+            namespace: column(batch, "service_namespace")?,
+            name: column(batch, "service_name")?,
+            environment: column(batch, "deployment_environment")?,
+        })
+    }
+
+    fn row(&self, i: usize) -> [&'a str; 3] {
+        [self.namespace.value(i), self.name.value(i), self.environment.value(i)]
+    }
+}
+
+impl Windows {
+    /// Empty windows configured by `config`.
+    pub fn new(config: &WindowConfig) -> Self {
+        let size_ms = (config.size.as_millis() as i64).max(1);
+        Windows {
+            size_ms,
+            lateness_ms: config.allowed_lateness.as_millis() as i64,
+            ttl_ns: config.pair_ttl.as_nanos() as u64,
+            max_series: config.max_series,
+            max_dedup: config.max_dedup_keys,
+            max_future_ns: config.max_future_skew.as_nanos() as u64,
+            open: BTreeMap::new(),
+            closed_through_ms: i64::MIN,
+            max_event_ms: i64::MIN,
+            pairing: PairingStore::new(config.pair_ttl.as_nanos() as u64, config.max_pending_pairs),
+            cumulative: CumulativeState::new(),
+            services: HashMap::new(),
+            counts: WindowCounts::default(),
+            edges: Vec::new(),
+        }
+    }
+
+    /// Continues from a checkpoint taken by [`Windows::checkpoint`].
+    pub fn restore(&mut self, checkpoint: Checkpoint) {
+        self.closed_through_ms = checkpoint.closed_through_ms;
+        self.max_event_ms = checkpoint.max_event_ms;
+        self.cumulative = checkpoint.cumulative.into_iter().collect();
+    }
+
+    /// The state to persist together with the windows closed so far.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let mut cumulative: Vec<(String, PointValue)> =
+            self.cumulative.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        cumulative.sort_by(|a, b| a.0.cmp(&b.0));
+        Checkpoint {
+            closed_through_ms: self.closed_through_ms,
+            max_event_ms: self.max_event_ms,
+            cumulative,
+        }
+    }
+
+    /// Totals counted so far.
+    pub fn counts(&self) -> WindowCounts {
+        self.counts
+    }
+
+    /// Pairing store counters.
+    pub fn pairing_counts(&self) -> pairing::PairingCounts {
+        self.pairing.counts()
+    }
+
+    /// Spans waiting in the pairing store.
+    pub fn pending_pairs(&self) -> usize {
+        self.pairing.len()
+    }
+
+    /// Windows still open.
+    pub fn open_windows(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Every window ending at or before this (ms) is closed.
+    pub fn closed_through_ms(&self) -> i64 {
+        self.closed_through_ms
+    }
+
+    /// Window length in ms.
+    pub fn size_ms(&self) -> i64 {
+        self.size_ms
+    }
+
+    fn window_start(&self, time_ns: u64) -> i64 {
+        let ms = (time_ns / NANOS_PER_MS as u64) as i64;
+        ms - ms.rem_euclid(self.size_ms)
+    }
+
+    fn is_future(&self, time_ns: u64, now_ns: u64) -> bool {
+        time_ns > now_ns.saturating_add(self.max_future_ns)
+    }
+
+    fn observe_event(&mut self, time_ns: u64) {
+        let ms = (time_ns / NANOS_PER_MS as u64) as i64;
+        self.max_event_ms = self.max_event_ms.max(ms);
+    }
+
+    fn window_mut(&mut self, start_ms: i64) -> &mut OpenWindow {
+        self.open.entry(start_ms).or_insert_with(OpenWindow::default)
+    }
+
+    fn interned_service(&mut self, name: &str) -> Arc<str> {
+        if let Some(s) = self.services.get(name) {
+            return s.clone();
+        }
+        let s: Arc<str> = Arc::from(name);
+        if self.services.len() < 100_000 {
+            self.services.insert(name.into(), s.clone());
+        }
+        s
+    }
+
+    /// Ingests one decoded batch. `now_ns` is processing time, used only to refuse
+    /// records stamped far in the future. Returns the event time (ms) after which every
+    /// record of the batch is in closed windows and no longer needed for pairing: once
+    /// the windows closed through that time are persisted, the batch's source may be
+    /// acknowledged. `None` when nothing of the batch is retained.
+    pub fn ingest(&mut self, decoded: &Decoded, now_ns: u64) -> Result<Option<i64>, ArrowError> {
+        match decoded.signal {
+            Signal::Traces => self.ingest_spans(&decoded.batch, now_ns),
+            Signal::Metrics => self.ingest_metrics(&decoded.batch, now_ns),
+            Signal::Logs => self.ingest_logs(&decoded.batch, now_ns),
+        }
+    }
+
+    fn ingest_spans(&mut self, batch: &RecordBatch, now_ns: u64) -> Result<Option<i64>, ArrowError> {
+        let services = ServiceColumns::of(batch)?;
+        let trace_id: &FixedSizeBinaryArray = column(batch, "trace_id")?;
+        let span_id: &FixedSizeBinaryArray = column(batch, "span_id")?;
+        let parent: &FixedSizeBinaryArray = column(batch, "parent_span_id")?;
+        let name: &StringArray = column(batch, "name")?;
+        let kinds: &Int32Array = column(batch, "kind")?;
+        let start: &UInt64Array = column(batch, "start_time_unix_nano")?;
+        let end: &UInt64Array = column(batch, "end_time_unix_nano")?;
+        let status: &Int32Array = column(batch, "status_code")?;
+        let http_status: &Int32Array = column(batch, "http_status_code")?;
+        let route: &StringArray = column(batch, "http_route")?;
+        let db_system: &StringArray = column(batch, "db_system")?;
+        let db_namespace: &StringArray = column(batch, "db_namespace")?;
+        let server_address: &StringArray = column(batch, "server_address")?;
+        let peer_service: &StringArray = column(batch, "peer_service")?;
+        let ttl_ms = (self.ttl_ns / NANOS_PER_MS as u64) as i64;
+        let mut release: Option<i64> = None;
+
+        for i in 0..batch.num_rows() {
+            let end_ns = end.value(i);
+            if self.is_future(end_ns, now_ns) {
+                self.counts.future += 1;
+                continue;
+            }
+            let window = self.window_start(end_ns);
+            let trace = id_u128(trace_id.value(i));
+            let span = id_u64(span_id.value(i));
+            let late = window < self.closed_through_ms;
+            let kind = kinds.value(i);
+            let has_parent = parent.is_valid(i);
+            let duration_ms = end_ns.saturating_sub(start.value(i)) as f64 / 1e6;
+            let http = http_status.is_valid(i).then(|| http_status.value(i));
+            let server_like = matches!(kind, kind::SERVER | kind::CONSUMER)
+                || (kind == kind::UNSPECIFIED && !has_parent);
+            let error = status.value(i) == STATUS_ERROR
+                || (matches!(kind, kind::SERVER | kind::UNSPECIFIED) && http.is_some_and(|c| c >= 500));
+            let service_row = services.row(i);
+            if late {
+                self.counts.late += 1;
+            } else {
+                self.observe_event(end_ns);
+                let max_series = self.max_series;
+                let max_dedup = self.max_dedup;
+                let open = self.open.entry(window).or_default();
+                match open.first_sighting(hash_of((trace, span)), max_dedup) {
+                    Some(false) => {
+                        self.counts.duplicates += 1;
+                        continue;
+                    }
+                    None => self.counts.dedup_overflow += 1,
+                    Some(true) => {}
+                }
+                self.counts.accepted += 1;
+                if server_like {
+                    let operation = opt(route, i).unwrap_or(name.value(i));
+                    if !open.add_request(service_row, operation, duration_ms, error, max_series) {
+                        self.counts.series_overflow += 1;
+                    }
+                }
+            }
+            // Late spans still feed the pairing store: after a restart they pair with
+            // spans of windows that are still open.
+            let window_end_ns = ((window + self.size_ms) * NANOS_PER_MS) as u64;
+            if late && end_ns.saturating_add(self.ttl_ns) <= (self.closed_through_ms.max(0) * NANOS_PER_MS) as u64 {
+                continue;
+            }
+            release = release.max(Some(window + self.size_ms + ttl_ms));
+            if kind == kind::INTERNAL {
+                continue;
+            }
+            let is_client = matches!(kind, kind::CLIENT | kind::UNSPECIFIED);
+            let database = if is_client && opt(db_system, i).is_some() {
+                let leaf = opt(peer_service, i)
+                    .or_else(|| opt(db_namespace, i))
+                    .or_else(|| opt(server_address, i))
+                    .or_else(|| opt(db_system, i));
+                leaf.map(|s| self.interned_service(s))
+            } else {
+                None
+            };
+            let peer = if kind == kind::CLIENT && database.is_none() {
+                opt(peer_service, i)
+                    .or_else(|| opt(server_address, i))
+                    .map(|s| self.interned_service(s))
+            } else {
+                None
+            };
+            let span = PairSpan {
+                trace,
+                span,
+                parent: has_parent.then(|| id_u64(parent.value(i))),
+                service: self.interned_service(service_row[1]),
+                kind,
+                end_ns,
+                duration_ms,
+                error,
+                database,
+                peer,
+                window_end_ns,
+            };
+            let mut edges = std::mem::take(&mut self.edges);
+            self.pairing.offer(span, &mut edges);
+            self.route_edges(&mut edges);
+            self.edges = edges;
+        }
+        Ok(release)
+    }
+
+    fn route_edges(&mut self, edges: &mut Vec<EdgeObservation>) {
+        for edge in edges.drain(..) {
+            let window = self.window_start(edge.at_ns);
+            if window < self.closed_through_ms {
+                self.counts.late_edges += 1;
+                continue;
+            }
+            let max_series = self.max_series;
+            if !self.window_mut(window).add_edge(&edge, max_series) {
+                self.counts.series_overflow += 1;
+            }
+        }
+    }
+
+    fn ingest_metrics(&mut self, batch: &RecordBatch, now_ns: u64) -> Result<Option<i64>, ArrowError> {
+        let services = ServiceColumns::of(batch)?;
+        let name: &StringArray = column(batch, "metric_name")?;
+        let unit: &StringArray = column(batch, "metric_unit")?;
+        let metric_type: &StringArray = column(batch, "metric_type")?;
+        let temporality: &Int32Array = column(batch, "temporality")?;
+        let monotonic: &BooleanArray = column(batch, "is_monotonic")?;
+        let attributes: &StringArray = column(batch, "attributes")?;
+        let start: &UInt64Array = column(batch, "start_time_unix_nano")?;
+        let time: &UInt64Array = column(batch, "time_unix_nano")?;
+        let value: &Float64Array = column(batch, "value")?;
+        let count: &UInt64Array = column(batch, "count")?;
+        let sum: &Float64Array = column(batch, "sum")?;
+        let min: &Float64Array = column(batch, "min")?;
+        let max: &Float64Array = column(batch, "max")?;
+        let bounds: &ListArray = column(batch, "bucket_bounds")?;
+        let bucket_counts: &ListArray = column(batch, "bucket_counts")?;
+        let p99: &Float64Array = column(batch, "quantile_p99")?;
+        let opt_f64 = |a: &Float64Array, i: usize| a.is_valid(i).then(|| a.value(i));
+        let mut release = None;
+
+        for i in 0..batch.num_rows() {
+            let t = time.value(i);
+            if self.is_future(t, now_ns) {
+                self.counts.future += 1;
+                continue;
+            }
+            let window = self.window_start(t);
+            if window < self.closed_through_ms {
+                self.counts.late += 1;
+                continue;
+            }
+            let Some(kind) = MetricType::parse(metric_type.value(i)) else {
+                continue;
+            };
+            self.observe_event(t);
+            let service_row = services.row(i);
+            let identity = hash_of((service_row, name.value(i), kind.as_str(), attributes.value(i), t));
+            let max_dedup = self.max_dedup;
+            let max_series = self.max_series;
+            let open = self.open.entry(window).or_default();
+            match open.first_sighting(identity, max_dedup) {
+                Some(false) => {
+                    self.counts.duplicates += 1;
+                    continue;
+                }
+                None => self.counts.dedup_overflow += 1,
+                Some(true) => {}
+            }
+            let mut point = PointValue {
+                start_ns: start.value(i),
+                time_ns: t,
+                value: opt_f64(value, i).unwrap_or(0.0),
+                count: if count.is_valid(i) { count.value(i) } else { 0 },
+                sum: opt_f64(sum, i).unwrap_or(0.0),
+                p99: opt_f64(p99, i),
+                min: opt_f64(min, i),
+                max: opt_f64(max, i),
+                ..Default::default()
+            };
+            if bounds.is_valid(i) && bucket_counts.is_valid(i) {
+                point.bounds = bounds.value(i).as_primitive::<Float64Type>().values().to_vec();
+                point.counts = bucket_counts.value(i).as_primitive::<UInt64Type>().values().to_vec();
+            }
+            let added = open.add_point(
+                service_row,
+                name.value(i),
+                unit.value(i),
+                attributes.value(i),
+                kind,
+                temporality.value(i),
+                monotonic.value(i),
+                point,
+                max_series,
+            );
+            if added {
+                self.counts.accepted += 1;
+                release = release.max(Some(window + self.size_ms));
+            } else {
+                self.counts.series_overflow += 1;
+            }
+        }
+        Ok(release)
+    }
+
+    fn ingest_logs(&mut self, batch: &RecordBatch, now_ns: u64) -> Result<Option<i64>, ArrowError> {
+        let services = ServiceColumns::of(batch)?;
+        let time: &UInt64Array = column(batch, "time_unix_nano")?;
+        let severity_number: &Int32Array = column(batch, "severity_number")?;
+        let severity: &StringArray = column(batch, "severity")?;
+        let body: &StringArray = column(batch, "body")?;
+        let trace_id: &FixedSizeBinaryArray = column(batch, "trace_id")?;
+        let span_id: &FixedSizeBinaryArray = column(batch, "span_id")?;
+        let event_name: &StringArray = column(batch, "event_name")?;
+        let mut release = None;
+        for i in 0..batch.num_rows() {
+            let t = time.value(i);
+            if self.is_future(t, now_ns) {
+                self.counts.future += 1;
+                continue;
+            }
+            let window = self.window_start(t);
+            if window < self.closed_through_ms {
+                self.counts.late += 1;
+                continue;
+            }
+            self.observe_event(t);
+            let service_row = services.row(i);
+            let trace = trace_id.is_valid(i).then(|| trace_id.value(i));
+            let span = span_id.is_valid(i).then(|| span_id.value(i));
+            let identity = hash_of((
+                service_row,
+                t,
+                severity_number.value(i),
+                body.value(i),
+                trace,
+                span,
+                event_name.value(i),
+            ));
+            let max_dedup = self.max_dedup;
+            let max_series = self.max_series;
+            let open = self.open.entry(window).or_default();
+            match open.first_sighting(identity, max_dedup) {
+                Some(false) => {
+                    self.counts.duplicates += 1;
+                    continue;
+                }
+                None => self.counts.dedup_overflow += 1,
+                Some(true) => {}
+            }
+            if open.add_log(service_row, severity.value(i), max_series) {
+                self.counts.accepted += 1;
+                release = release.max(Some(window + self.size_ms));
+            } else {
+                self.counts.series_overflow += 1;
+            }
+        }
+        Ok(release)
+    }
+
+    /// The watermark: newest event time minus the allowed lateness (ms).
+    pub fn watermark_ms(&self) -> i64 {
+        self.max_event_ms.saturating_sub(self.lateness_ms)
+    }
+
+    /// Closes every window that ends at or before the watermark.
+    pub fn advance(&mut self) -> Result<Vec<WindowTables>, ArrowError> {
+        let watermark = self.watermark_ms();
+        if watermark == i64::MIN || self.max_event_ms == i64::MIN {
+            return Ok(Vec::new());
+        }
+        let through = watermark - watermark.rem_euclid(self.size_ms);
+        self.close_through(through)
+    }
+
+    /// Closes every open window (input went idle, or the engine is stopping).
+    pub fn close_all(&mut self) -> Result<Vec<WindowTables>, ArrowError> {
+        match self.open.last_key_value() {
+            Some((start, _)) => {
+                let through = start + self.size_ms;
+                self.close_through(through)
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn close_through(&mut self, through_ms: i64) -> Result<Vec<WindowTables>, ArrowError> {
+        if through_ms <= self.closed_through_ms {
+            return Ok(Vec::new());
+        }
+        let mut edges = std::mem::take(&mut self.edges);
+        self.pairing.expire((through_ms.max(0) * NANOS_PER_MS) as u64, &mut edges);
+        self.route_edges(&mut edges);
+        self.edges = edges;
+        self.closed_through_ms = through_ms;
+        let mut closed = Vec::new();
+        while let Some(entry) = self.open.first_entry() {
+            if *entry.key() >= through_ms {
+                break;
+            }
+            let (start, window) = entry.remove_entry();
+            let tables = window.finish(start, start + self.size_ms, &mut self.cumulative)?;
+            self.counts.windows_closed += 1;
+            closed.push(tables);
+        }
+        Ok(closed)
+    }
+
+    /// Forgets cumulative series not updated within `retain_ms` of event time.
+    pub fn evict_stale_series(&mut self, retain_ms: i64) {
+        let horizon_ns = (self.closed_through_ms.saturating_sub(retain_ms).max(0) * NANOS_PER_MS) as u64;
+        self.cumulative.retain(|_, p| p.time_ns >= horizon_ns);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,235 @@
+//! The aggregates of one open window, keyed by interned strings.
+
+use std::collections::{HashMap, HashSet};
+
+use arrow::error::ArrowError;
+
+use super::metric_series::{CumulativeState, MetricType, PointValue, SeriesAccumulator};
+use super::pairing::{CalleeKind, EdgeObservation};
+use super::tables::{Red, TableBuilder, WindowTables};
+
+/// (service.namespace, service.name, deployment.environment), interned.
+pub(crate) type ServiceKey = [u32; 3];
+
+/// Interns strings so hot-path keys are integers; allocates only for new strings.
+#[derive(Debug, Default)]
+struct Interner {
+    ids: HashMap<Box<str>, u32>,
+    strings: Vec<Box<str>>,
+}
+
+impl Interner {
+    fn id(&mut self, s: &str) -> u32 {
+        if let Some(id) = self.ids.get(s) {
+            return *id;
+        }
+        let id = self.strings.len() as u32;
+        self.strings.push(s.into());
+        self.ids.insert(s.into(), id);
+        id
+    }
+
+    fn get(&self, id: u32) -> &str {
+        self.strings.get(id as usize).map(|s| &**s).unwrap_or("")
+    }
+}
+
+type SeriesId = (ServiceKey, u32, u32, u8);
+
+#[derive(Debug, Default)]
+pub(crate) struct OpenWindow {
+    strings: Interner,
+    seen: HashSet<u64>,
+    services: HashMap<ServiceKey, Red>,
+    operations: HashMap<(ServiceKey, u32), Red>,
+    edges: HashMap<(u32, u32, CalleeKind), Red>,
+    series: HashMap<SeriesId, (u32, SeriesAccumulator)>,
+    logs: HashMap<(ServiceKey, u32), u64>,
+}
+
+fn room<K: Eq + std::hash::Hash, V>(map: &HashMap<K, V>, key: &K, max: usize) -> bool {
+    map.len() < max || map.contains_key(key)
+}
+
+impl OpenWindow {
+    /// `Some(true)` the first time `identity` is seen, `Some(false)` for a repeat,
+    /// `None` when the identity set is full (the record is counted, not de-duplicated).
+    pub(crate) fn first_sighting(&mut self, identity: u64, max: usize) -> Option<bool> {
+        if self.seen.len() >= max && !self.seen.contains(&identity) {
+            return None;
+        }
+        Some(self.seen.insert(identity))
+    }
+
+    fn service(&mut self, row: [&str; 3]) -> ServiceKey {
+        [self.strings.id(row[0]), self.strings.id(row[1]), self.strings.id(row[2])]
+    }
+
+    /// Counts one request of a server-side span; false when a table is full.
+    pub(crate) fn add_request(
+        &mut self,
+        service: [&str; 3],
+        operation: &str,
+        duration_ms: f64,
+        error: bool,
+        max_series: usize,
+    ) -> bool {
+        let key = self.service(service);
+        let op = (key, self.strings.id(operation));
+        if !room(&self.services, &key, max_series) || !room(&self.operations, &op, max_series) {
+            return false;
+        }
+        self.services.entry(key).or_default().add(duration_ms, error);
+        self.operations.entry(op).or_default().add(duration_ms, error);
+        true
+    }
+
+    /// Counts one call on an edge; false when the table is full.
+    pub(crate) fn add_edge(&mut self, edge: &EdgeObservation, max_series: usize) -> bool {
+        let key = (
+            self.strings.id(&edge.caller),
+            self.strings.id(&edge.callee),
+            edge.callee_kind,
+        );
+        if !room(&self.edges, &key, max_series) {
+            return false;
+        }
+        self.edges.entry(key).or_default().add(edge.duration_ms, edge.error);
+        true
+    }
+
+    /// Adds one metric point; false when the table is full.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn add_point(
+        &mut self,
+        service: [&str; 3],
+        name: &str,
+        unit: &str,
+        attributes: &str,
+        kind: MetricType,
+        temporality: i32,
+        monotonic: bool,
+        point: PointValue,
+        max_series: usize,
+    ) -> bool {
+        let key = (
+            self.service(service),
+            self.strings.id(name),
+            self.strings.id(attributes),
+            kind as u8,
+        );
+        if !room(&self.series, &key, max_series) {
+            return false;
+        }
+        let unit = self.strings.id(unit);
+        self.series
+            .entry(key)
+            .or_insert_with(|| (unit, SeriesAccumulator::new(kind, temporality, monotonic)))
+            .1
+            .add(point);
+        true
+    }
+
+    /// Counts one log record; false when the table is full.
+    pub(crate) fn add_log(&mut self, service: [&str; 3], severity: &str, max_series: usize) -> bool {
+        let key = (self.service(service), self.strings.id(severity));
+        if !room(&self.logs, &key, max_series) {
+            return false;
+        }
+        *self.logs.entry(key).or_default() += 1;
+        true
+    }
+
+    /// Builds the window's tables; cumulative metric series advance `cumulative`.
+    pub(crate) fn finish(
+        self,
+        start_ms: i64,
+        end_ms: i64,
+        cumulative: &mut CumulativeState,
+    ) -> Result<WindowTables, ArrowError> {
+        let s = &self.strings;
+        let svc = |k: &ServiceKey| [s.get(k[0]), s.get(k[1]), s.get(k[2])];
+
+        let mut services: Vec<_> = self.services.iter().map(|(k, v)| (svc(k), v)).collect();
+        services.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut table = TableBuilder::new(0, start_ms, end_ms);
+        for (keys, red) in services {
+            table.red_row(&keys, red);
+        }
+        let service_stats = table.finish()?;
+
+        let mut operations: Vec<_> = self
+            .operations
+            .iter()
+            .map(|((k, op), v)| {
+                let [a, b, c] = svc(k);
+                ([a, b, c, s.get(*op)], v)
+            })
+            .collect();
+        operations.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut table = TableBuilder::new(1, start_ms, end_ms);
+        for (keys, red) in operations {
+            table.red_row(&keys, red);
+        }
+        let operation_stats = table.finish()?;
+
+        let mut edges: Vec<_> = self
+            .edges
+            .iter()
+            .map(|((caller, callee, kind), v)| ([s.get(*caller), s.get(*callee), kind.as_str()], v))
+            .collect();
+        edges.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut table = TableBuilder::new(2, start_ms, end_ms);
+        for (keys, red) in edges {
+            table.edge_row(&keys, red);
+        }
+        let edge_stats = table.finish()?;
+
+        let window_secs = (end_ms - start_ms) as f64 / 1000.0;
+        let mut series: Vec<_> = self
+            .series
+            .into_iter()
+            .map(|((k, name, attrs, _), (unit, acc))| {
+                let [a, b, c] = svc(&k);
+                ([a, b, c, s.get(name), acc.metric_type().as_str(), s.get(unit), s.get(attrs)], acc)
+            })
+            .collect();
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut table = TableBuilder::new(3, start_ms, end_ms);
+        for (keys, acc) in series {
+            let row = if acc.is_cumulative() {
+                let id = keys.join("\u{1f}");
+                let (row, state) = acc.finish(cumulative.get_mut(&id), window_secs);
+                if let Some(state) = state {
+                    cumulative.insert(id, state);
+                }
+                row
+            } else {
+                acc.finish(None, window_secs).0
+            };
+            table.series_row(&keys, &row);
+        }
+        let metric_stats = table.finish()?;
+
+        let mut logs: Vec<_> = self
+            .logs
+            .iter()
+            .map(|((k, sev), n)| {
+                let [a, b, c] = svc(k);
+                ([a, b, c, s.get(*sev)], *n)
+            })
+            .collect();
+        logs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut table = TableBuilder::new(4, start_ms, end_ms);
+        for (keys, n) in logs {
+            table.row(&keys, &[super::tables::Cell::U64(Some(n))]);
+        }
+        let log_stats = table.finish()?;
+
+        Ok(WindowTables {
+            start_ms,
+            end_ms,
+            batches: [service_stats, operation_stats, edge_stats, metric_stats, log_stats],
+        })
+    }
+}
