@@ -147,11 +147,6 @@ impl Config {
         Self::load_from(file, Env::prefixed("HOMEOSTAT__").split("__"))
     }
 
-    /// Loads defaults and `file` only, ignoring the environment (for tests and tools).
-    pub fn load_without_env(file: Option<&Path>) -> Result<Config, ConfigError> {
-        Self::load_from(file, Env::prefixed("HOMEOSTAT_NO_ENV_OVERRIDES_"))
-    }
-
     fn load_from(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(path) = file {
@@ -170,9 +165,17 @@ impl Config {
         Ok(config)
     }
 
-    /// Parses a full TOML document layered over the defaults (no env).
+    /// Parses a TOML document layered over the defaults (no env).
     pub fn from_toml_str(toml: &str) -> Result<Config, ConfigError> {
-        let figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(toml));
+        Self::from_toml_layers(&[toml])
+    }
+
+    /// Parses TOML documents layered over the defaults, later ones winning (no env).
+    pub fn from_toml_layers(layers: &[&str]) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        for layer in layers {
+            figment = figment.merge(Toml::string(layer));
+        }
         let config: Config = figment.extract().map_err(|error| ConfigError {
             problems: error.into_iter().map(|e| e.to_string()).collect(),
         })?;

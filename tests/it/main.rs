@@ -1,1 +1,11 @@
+#![allow(unreachable_pub)]
 
+//! Integration tests: one binary, one module per area. Real OTLP exporters, real
+//! HTTP/2 gRPC, a real Kafka-protocol broker (started by `scripts/test.sh`).
+
+mod golden;
+mod kafka;
+mod limits;
+mod otlp_clients;
+mod properties;
+mod support;
