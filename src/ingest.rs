@@ -44,6 +44,11 @@ impl OtlpIntake {
         self.max_request_bytes
     }
 
+    /// Counts a request refused before decoding (size, media type, framing).
+    pub fn refused(&self, transport: &'static str, signal: Signal, error: &IngestError) {
+        self.metrics.request(transport, signal, error.outcome());
+    }
+
     /// Decompresses (when `gzip`), decodes and enqueues one export request.
     pub fn accept(
         &self,

@@ -97,12 +97,16 @@ async fn export(intake: OtlpIntake, signal: Signal, headers: HeaderMap, body: Bo
             } else {
                 IngestError::Decode { what: "request body", reason: error.to_string() }
             };
+            intake.refused("grpc", signal, &error);
             return error_status(&error);
         }
     };
     let (compressed, payload) = match unframe(&body, limit) {
         Ok(parts) => parts,
-        Err(error) => return error_status(&error),
+        Err(error) => {
+            intake.refused("grpc", signal, &error);
+            return error_status(&error);
+        }
     };
     let gzip = if compressed {
         match headers.get("grpc-encoding").and_then(|v| v.to_str().ok()) {

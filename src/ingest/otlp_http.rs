@@ -73,7 +73,10 @@ fn is_gzip(headers: &HeaderMap) -> Result<bool, IngestError> {
 async fn export(intake: OtlpIntake, signal: Signal, headers: HeaderMap, body: Body) -> Response {
     let encoding = match request_encoding(&headers) {
         Ok(encoding) => encoding,
-        Err(error) => return error_response(&error, Encoding::Protobuf),
+        Err(error) => {
+            intake.refused("http", signal, &error);
+            return error_response(&error, Encoding::Protobuf);
+        }
     };
     let limit = intake.max_request_bytes();
     let declared = headers
@@ -81,7 +84,9 @@ async fn export(intake: OtlpIntake, signal: Signal, headers: HeaderMap, body: Bo
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if let Some(size) = declared.filter(|size| *size > limit) {
-        return error_response(&IngestError::TooLarge { size, limit }, encoding);
+        let error = IngestError::TooLarge { size, limit };
+        intake.refused("http", signal, &error);
+        return error_response(&error, encoding);
     }
     let body = match axum::body::to_bytes(body, limit).await {
         Ok(body) => body,
@@ -93,12 +98,16 @@ async fn export(intake: OtlpIntake, signal: Signal, headers: HeaderMap, body: Bo
             } else {
                 IngestError::Decode { what: "request body", reason: error.to_string() }
             };
+            intake.refused("http", signal, &error);
             return error_response(&error, encoding);
         }
     };
     let gzip = match is_gzip(&headers) {
         Ok(gzip) => gzip,
-        Err(error) => return error_response(&error, encoding),
+        Err(error) => {
+            intake.refused("http", signal, &error);
+            return error_response(&error, encoding);
+        }
     };
     // Decoding is CPU work; keep large bodies off the reactor threads.
     let result = if body.len() > 256 * 1024 {
