@@ -53,6 +53,11 @@ fn now_unix_nano() -> u64 {
         .unwrap_or(0)
 }
 
+fn input_id(topic: &str, partition: i32) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one((topic, partition)) | 1
+}
+
 impl WindowStage {
     /// Builds the stage, restoring closed windows and the checkpoint from the store.
     pub fn new(
@@ -97,16 +102,22 @@ impl WindowStage {
     /// queue has been drained.
     pub async fn run(mut self, mut queue: mpsc::Receiver<PipelineMessage>, stop: CancellationToken) {
         let mut last_input = Instant::now();
+        let mut assignment = 0u64;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let before = (self.windows.counts(), self.windows.pairing_counts());
+            if let Some((generation, partitions)) = self.offsets.assignment_since(assignment) {
+                assignment = generation;
+                let ids: Vec<u64> = partitions.iter().map(|(t, p)| input_id(t, *p)).collect();
+                self.windows.set_inputs(&ids, now_unix_nano());
+            }
             tokio::select! {
                 message = queue.recv() => match message {
                     Some(PipelineMessage::Batch { decoded, origin }) => {
                         last_input = Instant::now();
                         self.ingest(decoded, origin);
-                        match self.windows.advance() {
+                        match self.windows.advance(now_unix_nano()) {
                             Ok(closed) => self.publish(closed),
                             Err(error) => warn!(%error, "failed to close windows"),
                         }
@@ -118,6 +129,10 @@ impl WindowStage {
                     None => break,
                 },
                 _ = tick.tick() => {
+                    match self.windows.advance(now_unix_nano()) {
+                        Ok(closed) => self.publish(closed),
+                        Err(error) => warn!(%error, "failed to close windows"),
+                    }
                     if last_input.elapsed() >= self.idle_timeout && self.windows.open_windows() > 0 {
                         debug!("input idle, closing open windows");
                         self.close_all();
@@ -134,7 +149,7 @@ impl WindowStage {
                     if self.close_on_stop {
                         self.close_all();
                     } else {
-                        match self.windows.advance() {
+                        match self.windows.advance(now_unix_nano()) {
                             Ok(closed) => self.publish(closed),
                             Err(error) => warn!(%error, "failed to close windows"),
                         }
@@ -155,7 +170,9 @@ impl WindowStage {
     }
 
     fn ingest(&mut self, decoded: Decoded, origin: Option<KafkaOrigin>) {
-        let release = match self.windows.ingest(&decoded, now_unix_nano()) {
+        // OTLP receivers are one input; each Kafka topic-partition is its own.
+        let input = origin.as_ref().map_or(0, |o| input_id(&o.topic, o.partition));
+        let release = match self.windows.ingest(&decoded, input, now_unix_nano()) {
             Ok(release) => release,
             Err(error) => {
                 warn!(%error, signal = decoded.signal.as_str(), "batch does not match its schema");

@@ -8,9 +8,13 @@
 //!
 //! - A record belongs to the window holding its event time (span end, data point
 //!   time, log time).
-//! - watermark = newest event time seen - `allowed_lateness`; a window closes when
-//!   its end is at or before the watermark. Records for closed windows are late:
-//!   counted and dropped.
+//! - Each input (the OTLP receivers together; each Kafka topic-partition) has its
+//!   own watermark = newest event time it delivered - `allowed_lateness`. The window
+//!   watermark is the smallest watermark of the inputs that delivered data within
+//!   `idle_timeout` of processing time, so a fast partition cannot make a slower
+//!   one's records late, and a silent one cannot hold windows open. A window closes
+//!   when its end is at or before the watermark. Records for closed windows are
+//!   late: counted and dropped.
 //! - Within an open window a record is counted once: spans by (trace_id, span_id),
 //!   metric points by (series, time), logs by their whole content.
 
@@ -64,6 +68,13 @@ pub struct WindowCounts {
     pub windows_closed: u64,
 }
 
+/// The newest event time one input delivered, and when it last delivered anything.
+#[derive(Debug, Clone, Copy)]
+struct InputClock {
+    max_event_ms: i64,
+    last_seen_ns: u64,
+}
+
 /// What must survive a restart for the windows to continue exactly.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -87,6 +98,9 @@ pub struct Windows {
     open: BTreeMap<i64, OpenWindow>,
     closed_through_ms: i64,
     max_event_ms: i64,
+    inputs: HashMap<u64, InputClock>,
+    current_input: u64,
+    idle_ns: u64,
     pairing: PairingStore,
     cumulative: CumulativeState,
     services: HashMap<Box<str>, Arc<str>>,
@@ -158,6 +172,9 @@ impl Windows {
             open: BTreeMap::new(),
             closed_through_ms: i64::MIN,
             max_event_ms: i64::MIN,
+            inputs: HashMap::new(),
+            current_input: 0,
+            idle_ns: config.idle_timeout.as_nanos() as u64,
             pairing: PairingStore::new(config.pair_ttl.as_nanos() as u64, config.max_pending_pairs),
             cumulative: CumulativeState::new(),
             services: HashMap::new(),
@@ -227,6 +244,9 @@ impl Windows {
     fn observe_event(&mut self, time_ns: u64) {
         let ms = (time_ns / NANOS_PER_MS as u64) as i64;
         self.max_event_ms = self.max_event_ms.max(ms);
+        if let Some(clock) = self.inputs.get_mut(&self.current_input) {
+            clock.max_event_ms = clock.max_event_ms.max(ms);
+        }
     }
 
     fn window_mut(&mut self, start_ms: i64) -> &mut OpenWindow {
@@ -249,7 +269,11 @@ impl Windows {
     /// record of the batch is in closed windows and no longer needed for pairing: once
     /// the windows closed through that time are persisted, the batch's source may be
     /// acknowledged. `None` when nothing of the batch is retained.
-    pub fn ingest(&mut self, decoded: &Decoded, now_ns: u64) -> Result<Option<i64>, ArrowError> {
+    /// `input` names the stream the batch came from (see the module docs).
+    pub fn ingest(&mut self, decoded: &Decoded, input: u64, now_ns: u64) -> Result<Option<i64>, ArrowError> {
+        self.current_input = input;
+        let clock = self.inputs.entry(input).or_insert(InputClock { max_event_ms: i64::MIN, last_seen_ns: now_ns });
+        clock.last_seen_ns = now_ns;
         match decoded.signal {
             Signal::Traces => self.ingest_spans(&decoded.batch, now_ns),
             Signal::Metrics => self.ingest_metrics(&decoded.batch, now_ns),
@@ -520,15 +544,39 @@ impl Windows {
         Ok(release)
     }
 
-    /// The watermark: newest event time minus the allowed lateness (ms).
-    pub fn watermark_ms(&self) -> i64 {
-        self.max_event_ms.saturating_sub(self.lateness_ms)
+    /// Declares the inputs that exist now (assigned Kafka partitions): a new input
+    /// holds the watermark back until it delivers data or stays silent for
+    /// `idle_timeout`; inputs not listed are forgotten (input 0, OTLP, is kept).
+    pub fn set_inputs(&mut self, inputs: &[u64], now_ns: u64) {
+        self.inputs.retain(|id, _| *id == 0 || inputs.contains(id));
+        for id in inputs {
+            self.inputs
+                .entry(*id)
+                .or_insert(InputClock { max_event_ms: i64::MIN, last_seen_ns: now_ns });
+        }
+    }
+
+    /// The watermark (ms) at processing time `now_ns`: the smallest newest-event-time
+    /// of the active inputs, minus the allowed lateness.
+    pub fn watermark_ms(&self, now_ns: u64) -> i64 {
+        let idle_ns = self.idle_ns;
+        let active = self
+            .inputs
+            .values()
+            .filter(|c| now_ns.saturating_sub(c.last_seen_ns) < idle_ns)
+            .map(|c| c.max_event_ms)
+            .min();
+        let newest = match active {
+            Some(newest) => newest,
+            None => self.max_event_ms,
+        };
+        newest.saturating_sub(self.lateness_ms)
     }
 
     /// Closes every window that ends at or before the watermark.
-    pub fn advance(&mut self) -> Result<Vec<WindowTables>, ArrowError> {
-        let watermark = self.watermark_ms();
-        if watermark == i64::MIN || self.max_event_ms == i64::MIN {
+    pub fn advance(&mut self, now_ns: u64) -> Result<Vec<WindowTables>, ArrowError> {
+        let watermark = self.watermark_ms(now_ns);
+        if watermark <= i64::MIN + self.lateness_ms || self.max_event_ms == i64::MIN {
             return Ok(Vec::new());
         }
         let through = watermark - watermark.rem_euclid(self.size_ms);

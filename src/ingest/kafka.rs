@@ -41,6 +41,7 @@ impl ConsumerContext for IngestContext {
             Rebalance::Assign(list) => {
                 for element in list.elements() {
                     info!(topic = element.topic(), partition = element.partition(), "kafka partition assigned");
+                    self.tracker.assign(element.topic(), element.partition());
                 }
             }
             Rebalance::Revoke(list) => {
@@ -83,6 +84,8 @@ impl KafkaIngest {
             .set("session.timeout.ms", session_ms.to_string())
             .set("heartbeat.interval.ms", (session_ms / 3).to_string())
             .set("reconnect.backoff.ms", "100")
+            // Notice topics created after start (a broker that came up late) quickly.
+            .set("topic.metadata.refresh.interval.ms", "5000")
             .set("reconnect.backoff.max.ms", "5000")
             .create_with_context(IngestContext { tracker: tracker.clone() })?;
         consumer.subscribe(&[&config.spans_topic, &config.metrics_topic, &config.logs_topic])?;

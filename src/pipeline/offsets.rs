@@ -28,6 +28,8 @@ enum State {
 
 #[derive(Debug, Default)]
 struct Inner {
+    assigned: BTreeMap<(Arc<str>, i32), ()>,
+    assignment_generation: u64,
     partitions: HashMap<(Arc<str>, i32), BTreeMap<i64, State>>,
     ready: HashMap<(Arc<str>, i32), i64>,
     committed: HashMap<(Arc<str>, i32), i64>,
@@ -80,9 +82,26 @@ impl OffsetTracker {
         self.durable_through_ms.fetch_max(closed_through_ms, Ordering::SeqCst);
     }
 
+    /// Notes a partition assigned to this consumer (an input of the window stage).
+    pub fn assign(&self, topic: &str, partition: i32) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.assigned.insert((Arc::from(topic), partition), ());
+            inner.assignment_generation += 1;
+        }
+    }
+
+    /// The assigned partitions, when they changed since `generation`.
+    pub fn assignment_since(&self, generation: u64) -> Option<(u64, Vec<(Arc<str>, i32)>)> {
+        let inner = self.inner.lock().ok()?;
+        (inner.assignment_generation != generation)
+            .then(|| (inner.assignment_generation, inner.assigned.keys().cloned().collect()))
+    }
+
     /// Forgets partitions this consumer no longer owns.
     pub fn revoke(&self, topic: &str, partition: i32) {
         if let Ok(mut inner) = self.inner.lock() {
+            inner.assigned.retain(|(t, p), _| !(&**t == topic && *p == partition));
+            inner.assignment_generation += 1;
             inner.partitions.retain(|(t, p), _| !(&**t == topic && *p == partition));
             inner.committed.retain(|(t, p), _| !(&**t == topic && *p == partition));
             inner.ready.retain(|(t, p), _| !(&**t == topic && *p == partition));
@@ -97,7 +116,7 @@ impl OffsetTracker {
             return Vec::new();
         };
         let mut out = Vec::new();
-        let Inner { partitions, ready, committed } = &mut *inner;
+        let Inner { partitions, ready, committed, .. } = &mut *inner;
         for ((topic, partition), offsets) in partitions.iter_mut() {
             let mut next = None;
             while let Some((offset, state)) = offsets.first_key_value() {

@@ -21,8 +21,12 @@ max_future_skew = "3650d"
     Config::from_toml_layers(&[base, extra]).expect("test config is valid")
 }
 
-/// Starts an engine with `config(extra)`.
+/// Starts an engine with `config(extra)`; `RUST_LOG` turns on its logs.
 pub async fn engine(extra: &str) -> Engine {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     Engine::start(config(extra)).await.expect("engine starts")
 }
 
