@@ -390,7 +390,8 @@ async fn broker_down_at_start_and_mid_run_keeps_otlp_and_resumes() {
     let mut broker = start_tansu(port);
     topics.create(&brokers).await;
     let producer = producer(&brokers);
-    let spans = (1..=5u8).map(|i| server_span(7, i, base + 2_000_000_000, 5, false)).collect();
+    // Later windows each time: input idle for `idle_timeout` closes the open ones.
+    let spans = (1..=5u8).map(|i| server_span(7, i, base + 20_000_000_000, 5, false)).collect();
     produce(&producer, &topics.spans, b"k", traces("kafka-side", spans).encode_to_vec()).await;
     let query = "SELECT service_name, SUM(requests) AS requests FROM service_stats GROUP BY service_name ORDER BY service_name";
     let rows = support::sql_until(engine.api_addr, query, Duration::from_secs(90), |rows| rows.len() == 2).await;
@@ -401,7 +402,7 @@ async fn broker_down_at_start_and_mid_run_keeps_otlp_and_resumes() {
     // Broker goes down mid-run: OTLP keeps working.
     broker.kill().expect("kill broker");
     let _ = broker.wait();
-    let body = crate::limits::request("otlp-side", vec![server_span(9, 2, base + 30_000_000_000, 5, false)]).encode_to_vec();
+    let body = crate::limits::request("otlp-side", vec![server_span(9, 2, base + 40_000_000_000, 5, false)]).encode_to_vec();
     let response = reqwest::Client::new()
         .post(&url)
         .header("content-type", "application/x-protobuf")
@@ -414,7 +415,7 @@ async fn broker_down_at_start_and_mid_run_keeps_otlp_and_resumes() {
     // Broker back (empty, in-memory storage): consumption resumes.
     let mut broker = start_tansu(port);
     topics.create(&brokers).await;
-    let spans = (1..=4u8).map(|i| server_span(8, i, base + 31_000_000_000, 5, false)).collect();
+    let spans = (1..=4u8).map(|i| server_span(8, i, base + 60_000_000_000, 5, false)).collect();
     produce(&producer, &topics.spans, b"k", traces("kafka-after", spans).encode_to_vec()).await;
     let rows = support::sql_until(engine.api_addr, query, Duration::from_secs(120), |rows| {
         rows.iter().any(|r| text(r, "service_name") == "kafka-after")
