@@ -15,6 +15,8 @@
 //!   one's records late, and a silent one cannot hold windows open. A window closes
 //!   when its end is at or before the watermark. Records for closed windows are
 //!   late: counted and dropped.
+//! - Requests (`service_stats`, `operation_stats`) are SERVER and CONSUMER spans, plus
+//!   spans without a kind that are roots or whose parent is in another service.
 //! - Within an open window a record is counted once: spans by (trace_id, span_id),
 //!   metric points by (series, time), logs by their whole content.
 
@@ -42,7 +44,7 @@ use crate::columnar::{Decoded, Signal};
 use crate::config::WindowConfig;
 use metric_series::{CumulativeState, MetricType, PointValue};
 use open_window::OpenWindow;
-use pairing::{EdgeObservation, PairSpan, PairingStore};
+use pairing::{EdgeObservation, EntryKey, PairSpan, PairingStore};
 pub use tables::{TABLE_NAMES, WindowTables};
 
 const NANOS_PER_MS: i64 = 1_000_000;
@@ -103,7 +105,7 @@ pub struct Windows {
     idle_ns: u64,
     pairing: PairingStore,
     cumulative: CumulativeState,
-    services: HashMap<Box<str>, Arc<str>>,
+    interned: HashMap<Box<str>, Arc<str>>,
     counts: WindowCounts,
     edges: Vec<EdgeObservation>,
 }
@@ -177,7 +179,7 @@ impl Windows {
             idle_ns: config.idle_timeout.as_nanos() as u64,
             pairing: PairingStore::new(config.pair_ttl.as_nanos() as u64, config.max_pending_pairs),
             cumulative: CumulativeState::new(),
-            services: HashMap::new(),
+            interned: HashMap::new(),
             counts: WindowCounts::default(),
             edges: Vec::new(),
         }
@@ -253,13 +255,13 @@ impl Windows {
         self.open.entry(start_ms).or_insert_with(OpenWindow::default)
     }
 
-    fn interned_service(&mut self, name: &str) -> Arc<str> {
-        if let Some(s) = self.services.get(name) {
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(s) = self.interned.get(name) {
             return s.clone();
         }
         let s: Arc<str> = Arc::from(name);
-        if self.services.len() < 100_000 {
-            self.services.insert(name.into(), s.clone());
+        if self.interned.len() < 100_000 {
+            self.interned.insert(name.into(), s.clone());
         }
         s
     }
@@ -358,22 +360,30 @@ impl Windows {
                     .or_else(|| opt(db_namespace, i))
                     .or_else(|| opt(server_address, i))
                     .or_else(|| opt(db_system, i));
-                leaf.map(|s| self.interned_service(s))
+                leaf.map(|s| self.intern(s))
             } else {
                 None
             };
             let peer = if kind == kind::CLIENT && database.is_none() {
                 opt(peer_service, i)
                     .or_else(|| opt(server_address, i))
-                    .map(|s| self.interned_service(s))
+                    .map(|s| self.intern(s))
             } else {
                 None
             };
+            let entry = (kind == kind::UNSPECIFIED && has_parent).then(|| {
+                let operation = opt(route, i).unwrap_or(name.value(i));
+                Arc::new(EntryKey {
+                    service: service_row.map(|s| self.intern(s)),
+                    operation: self.intern(operation),
+                })
+            });
             let span = PairSpan {
+                entry,
                 trace,
                 span,
                 parent: has_parent.then(|| id_u64(parent.value(i))),
-                service: self.interned_service(service_row[1]),
+                service: self.intern(service_row[1]),
                 kind,
                 end_ns,
                 duration_ms,
@@ -400,6 +410,24 @@ impl Windows {
             let max_series = self.max_series;
             if !self.window_mut(window).add_edge(&edge, max_series) {
                 self.counts.series_overflow += 1;
+            }
+            if let Some(entry) = &edge.entry {
+                let window = self.window_start(entry.end_ns);
+                if window < self.closed_through_ms {
+                    self.counts.late += 1;
+                    continue;
+                }
+                let key = &entry.key;
+                let service = [&*key.service[0], &*key.service[1], &*key.service[2]];
+                if !self.window_mut(window).add_request(
+                    service,
+                    &key.operation,
+                    entry.duration_ms,
+                    entry.error,
+                    max_series,
+                ) {
+                    self.counts.series_overflow += 1;
+                }
             }
         }
     }

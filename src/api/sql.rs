@@ -71,7 +71,9 @@ pub async fn query(history: &History, sql: &str, max_rows: usize) -> Result<Quer
 
 /// Renders batches as a JSON array of row objects.
 pub fn to_json(batches: &[RecordBatch]) -> Result<Vec<u8>, SqlError> {
-    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+    let mut writer = arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow::json::writer::JsonArray>(Vec::new());
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     writer
         .write_batches(&refs)

@@ -38,6 +38,29 @@ impl CalleeKind {
     }
 }
 
+/// Identity of a span that has no kind: counted as a request of its service once a
+/// caller in another service shows it is an entry point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryKey {
+    /// (service.namespace, service.name, deployment.environment).
+    pub service: [Arc<str>; 3],
+    /// `http.route`, else the span name.
+    pub operation: Arc<str>,
+}
+
+/// A kind-less callee confirmed as an entry span, to count as a request.
+#[derive(Debug, Clone)]
+pub struct EntryObservation {
+    /// Service and operation.
+    pub key: Arc<EntryKey>,
+    /// End of the span (decides the window).
+    pub end_ns: u64,
+    /// Duration.
+    pub duration_ms: f64,
+    /// Failed.
+    pub error: bool,
+}
+
 /// One observed call, to be counted in the window of `at_ns`.
 #[derive(Debug, Clone)]
 pub struct EdgeObservation {
@@ -53,6 +76,8 @@ pub struct EdgeObservation {
     pub duration_ms: f64,
     /// Either side failed.
     pub error: bool,
+    /// The callee had no kind and is now known to be an entry span.
+    pub entry: Option<EntryObservation>,
 }
 
 /// A span as the pairing store needs it.
@@ -80,6 +105,8 @@ pub struct PairSpan {
     pub peer: Option<Arc<str>>,
     /// End of the window the span falls in.
     pub window_end_ns: u64,
+    /// Set for kind-less spans with a parent: counted as a request when paired.
+    pub entry: Option<Arc<EntryKey>>,
 }
 
 #[derive(Debug)]
@@ -149,6 +176,7 @@ impl PairingStore {
                     at_ns: span.end_ns,
                     duration_ms: span.duration_ms,
                     error: span.error,
+                    entry: None,
                 });
                 return;
             }
@@ -250,6 +278,7 @@ impl PairingStore {
                                         at_ns: stored.span.end_ns,
                                         duration_ms: stored.span.duration_ms,
                                         error: stored.span.error,
+                                        entry: None,
                                     });
                                 }
                             }
@@ -282,6 +311,12 @@ fn edge(caller: &PairSpan, callee: &PairSpan) -> EdgeObservation {
             callee.duration_ms
         },
         error: caller.error || callee.error,
+        entry: callee.entry.as_ref().map(|key| EntryObservation {
+            key: key.clone(),
+            end_ns: callee.end_ns,
+            duration_ms: callee.duration_ms,
+            error: callee.error,
+        }),
     }
 }
 
@@ -302,6 +337,7 @@ mod tests {
             database: None,
             peer: None,
             window_end_ns: 10_000,
+            entry: None,
         }
     }
 
