@@ -157,12 +157,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let figment = figment.merge(env);
-        let config: Config = figment.extract().map_err(|error| ConfigError {
-            problems: error.into_iter().map(|e| e.to_string()).collect(),
-        })?;
-        config.validate()?;
-        Ok(config)
+        Self::extract(figment.merge(env))
     }
 
     /// Parses a TOML document layered over the defaults (no env).
@@ -176,11 +171,51 @@ impl Config {
         for layer in layers {
             figment = figment.merge(Toml::string(layer));
         }
-        let config: Config = figment.extract().map_err(|error| ConfigError {
-            problems: error.into_iter().map(|e| e.to_string()).collect(),
-        })?;
-        config.validate()?;
-        Ok(config)
+        Self::extract(figment)
+    }
+
+    /// Extracts section by section so that one bad section does not hide the
+    /// problems of the others, and reports unknown keys; then validates.
+    fn extract(figment: Figment) -> Result<Config, ConfigError> {
+        let mut problems = unknown_keys(&figment);
+        fn section<T: serde::de::DeserializeOwned>(
+            figment: &Figment,
+            name: &str,
+            problems: &mut Vec<String>,
+        ) -> Option<T> {
+            figment
+                .extract_inner::<T>(name)
+                .map_err(|error| {
+                    // Unknown keys are already reported, by their full path.
+                    problems.extend(
+                        error
+                            .into_iter()
+                            .filter(|e| !matches!(e.kind, figment::error::Kind::UnknownField(..)))
+                            .map(|e| e.to_string()),
+                    )
+                })
+                .ok()
+        }
+        let otlp = section(&figment, "otlp", &mut problems);
+        let kafka = section(&figment, "kafka", &mut problems);
+        let window = section(&figment, "window", &mut problems);
+        let pipeline = section(&figment, "pipeline", &mut problems);
+        let store = section(&figment, "store", &mut problems);
+        let api = section(&figment, "api", &mut problems);
+        let (Some(otlp), Some(kafka), Some(window), Some(pipeline), Some(store), Some(api)) =
+            (otlp, kafka, window, pipeline, store, api)
+        else {
+            return Err(ConfigError { problems });
+        };
+        let config = Config { otlp, kafka, window, pipeline, store, api };
+        if let Err(error) = config.validate() {
+            problems.extend(error.problems);
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
     }
 
     /// Checks the cross-field rules; reports every violation.
@@ -237,6 +272,32 @@ impl Config {
     }
 }
 
+/// Keys present in the merged configuration but not in the embedded defaults (which
+/// name every key there is).
+fn unknown_keys(figment: &Figment) -> Vec<String> {
+    use figment::Provider;
+    use figment::value::{Dict, Value};
+    fn walk(known: &Dict, actual: &Dict, prefix: &str, out: &mut Vec<String>) {
+        for (key, value) in actual {
+            let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            match (known.get(key), value) {
+                (None, _) => out.push(format!("unknown key `{path}`")),
+                (Some(Value::Dict(_, known)), Value::Dict(_, actual)) => walk(known, actual, &path, out),
+                _ => {}
+            }
+        }
+    }
+    let defaults = Figment::from(Toml::string(DEFAULT_TOML));
+    let (Ok(known), Ok(actual)) = (defaults.data(), figment.data()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let (Some(known), Some(actual)) = (known.values().next(), actual.values().next()) {
+        walk(known, actual, "", &mut out);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,14 +320,16 @@ mod tests {
     #[test]
     fn every_problem_is_reported() {
         let error = Config::from_toml_str(
-            "[window]\nsize = \"0s\"\nretain = \"0s\"\n[pipeline]\nqueue_capacity = 0\n",
+            "[window]\nsize = \"1m\"\nretain = \"10s\"\nmax_series = 0\n[pipeline]\nqueue_capacity = 0\n",
         )
         .expect_err("invalid");
         assert_eq!(error.problems.len(), 3, "{error}");
         let error = Config::from_toml_str("[otlp]\nbogus = 1\n[api]\naddr = \"nope\"\n")
             .expect_err("invalid");
         let text = error.to_string();
-        assert!(text.contains("bogus"), "{text}");
+        assert!(text.contains("unknown key `otlp.bogus`"), "{text}");
+        assert!(text.contains("invalid socket address"), "{text}");
+        assert_eq!(error.problems.len(), 2, "{text}");
     }
 
     #[test]
