@@ -96,7 +96,10 @@ async fn sql_post(
         match serde_json::from_slice::<SqlBody>(&body) {
             Ok(body) => body.query,
             Err(error) => {
-                return sql_error(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {error}"));
+                return sql_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid JSON body: {error}"),
+                );
             }
         }
     } else {
@@ -122,7 +125,9 @@ async fn run_sql(state: &ApiState, query: &str, format: Option<&str>) -> Respons
     let truncated = if result.truncated { "true" } else { "false" };
     let rendered = match format.unwrap_or("json") {
         "json" => sql::to_json(&result.batches).map(|body| ("application/json", body)),
-        "table" => sql::to_table(&result).map(|text| ("text/plain; charset=utf-8", text.into_bytes())),
+        "table" => {
+            sql::to_table(&result).map(|text| ("text/plain; charset=utf-8", text.into_bytes()))
+        }
         other => {
             return sql_error(
                 StatusCode::BAD_REQUEST,

@@ -207,7 +207,14 @@ impl Config {
         else {
             return Err(ConfigError { problems });
         };
-        let config = Config { otlp, kafka, window, pipeline, store, api };
+        let config = Config {
+            otlp,
+            kafka,
+            window,
+            pipeline,
+            store,
+            api,
+        };
         if let Err(error) = config.validate() {
             problems.extend(error.problems);
         }
@@ -279,10 +286,16 @@ fn unknown_keys(figment: &Figment) -> Vec<String> {
     use figment::value::{Dict, Value};
     fn walk(known: &Dict, actual: &Dict, prefix: &str, out: &mut Vec<String>) {
         for (key, value) in actual {
-            let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
             match (known.get(key), value) {
                 (None, _) => out.push(format!("unknown key `{path}`")),
-                (Some(Value::Dict(_, known)), Value::Dict(_, actual)) => walk(known, actual, &path, out),
+                (Some(Value::Dict(_, known)), Value::Dict(_, actual)) => {
+                    walk(known, actual, &path, out)
+                }
                 _ => {}
             }
         }
@@ -333,6 +346,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn env_overrides_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.toml");

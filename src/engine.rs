@@ -74,7 +74,12 @@ fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
     listener.local_addr().unwrap_or(fallback)
 }
 
-fn serve(listener: TcpListener, router: axum::Router, stop: CancellationToken, what: &'static str) -> JoinHandle<()> {
+fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    stop: CancellationToken,
+    what: &'static str,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let result = axum::serve(listener, router)
             .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -105,10 +110,24 @@ impl Engine {
         let stage = tokio::spawn(stage.run(inbox, stage_stop.clone()));
 
         let receivers_stop = CancellationToken::new();
-        let intake = OtlpIntake::new(queue.clone(), config.otlp.max_request_bytes, metrics.clone());
+        let intake = OtlpIntake::new(
+            queue.clone(),
+            config.otlp.max_request_bytes,
+            metrics.clone(),
+        );
         let mut receivers = vec![
-            serve(grpc_listener, otlp_grpc::router(intake.clone()), receivers_stop.clone(), "otlp-grpc"),
-            serve(http_listener, otlp_http::router(intake), receivers_stop.clone(), "otlp-http"),
+            serve(
+                grpc_listener,
+                otlp_grpc::router(intake.clone()),
+                receivers_stop.clone(),
+                "otlp-grpc",
+            ),
+            serve(
+                http_listener,
+                otlp_http::router(intake),
+                receivers_stop.clone(),
+                "otlp-http",
+            ),
         ];
 
         let kafka = if config.kafka_enabled() {

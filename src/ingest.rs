@@ -36,7 +36,11 @@ impl OtlpIntake {
         max_request_bytes: usize,
         metrics: Arc<SelfMetrics>,
     ) -> Self {
-        OtlpIntake { queue, max_request_bytes, metrics }
+        OtlpIntake {
+            queue,
+            max_request_bytes,
+            metrics,
+        }
     }
 
     /// Largest accepted body.
@@ -61,8 +65,17 @@ impl OtlpIntake {
         let result = self.accept_inner(signal, body, encoding, gzip);
         match &result {
             Ok(decoded) => {
-                self.metrics.request(transport, signal, if decoded.rejected > 0 { "partial" } else { "ok" });
-                self.metrics.received(transport, signal, decoded.batch.num_rows() as u64);
+                self.metrics.request(
+                    transport,
+                    signal,
+                    if decoded.rejected > 0 {
+                        "partial"
+                    } else {
+                        "ok"
+                    },
+                );
+                self.metrics
+                    .received(transport, signal, decoded.batch.num_rows() as u64);
                 self.metrics.rejected(signal, "invalid", decoded.rejected);
             }
             Err(error) => self.metrics.request(transport, signal, error.outcome()),
@@ -78,9 +91,16 @@ impl OtlpIntake {
         gzip: bool,
     ) -> Result<Decoded, IngestError> {
         if body.len() > self.max_request_bytes {
-            return Err(IngestError::TooLarge { size: body.len(), limit: self.max_request_bytes });
+            return Err(IngestError::TooLarge {
+                size: body.len(),
+                limit: self.max_request_bytes,
+            });
         }
-        let body = if gzip { decode::gunzip_bounded(&body, self.max_request_bytes)? } else { body };
+        let body = if gzip {
+            decode::gunzip_bounded(&body, self.max_request_bytes)?
+        } else {
+            body
+        };
         let decoded = decode::decode(signal, &body, encoding)?;
         if decoded.batch.num_rows() > 0 {
             // Reserve first so a full queue rejects the request before anything is counted.
@@ -88,7 +108,10 @@ impl OtlpIntake {
                 mpsc::error::TrySendError::Full(()) => IngestError::QueueFull,
                 mpsc::error::TrySendError::Closed(()) => IngestError::ShuttingDown,
             })?;
-            permit.send(PipelineMessage::Batch { decoded: decoded.clone(), origin: None });
+            permit.send(PipelineMessage::Batch {
+                decoded: decoded.clone(),
+                origin: None,
+            });
         }
         Ok(decoded)
     }

@@ -10,7 +10,11 @@ use homeostat::config::Config;
 use homeostat::engine::Engine;
 
 #[derive(Parser)]
-#[command(name = "homeostat", version, about = "A streaming telemetry engine that heals the systems it watches")]
+#[command(
+    name = "homeostat",
+    version,
+    about = "A streaming telemetry engine that heals the systems it watches"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,7 +56,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(config),
-        Command::Sql { query, api, format, config } => sql(query, api, format, config),
+        Command::Sql {
+            query,
+            api,
+            format,
+            config,
+        } => sql(query, api, format, config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,7 +108,12 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sql(query: String, api: Option<SocketAddr>, format: Format, config: Option<PathBuf>) -> anyhow::Result<()> {
+fn sql(
+    query: String,
+    api: Option<SocketAddr>,
+    format: Format,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let addr = match api {
         Some(addr) => addr,
         None => Config::load(config.as_deref())?.api.addr,
@@ -119,7 +133,9 @@ fn sql(query: String, api: Option<SocketAddr>, format: Format, config: Option<Pa
             .body(query)
             .send()
             .await
-            .with_context(|| format!("cannot reach the engine API at {addr} (is `homeostat run` running?)"))?;
+            .with_context(|| {
+                format!("cannot reach the engine API at {addr} (is `homeostat run` running?)")
+            })?;
         let status = response.status();
         let truncated = response
             .headers()

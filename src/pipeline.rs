@@ -100,7 +100,11 @@ impl WindowStage {
 
     /// Runs until the queue closes (every sender dropped) or `stop` fires and the
     /// queue has been drained.
-    pub async fn run(mut self, mut queue: mpsc::Receiver<PipelineMessage>, stop: CancellationToken) {
+    pub async fn run(
+        mut self,
+        mut queue: mpsc::Receiver<PipelineMessage>,
+        stop: CancellationToken,
+    ) {
         let mut last_input = Instant::now();
         let mut assignment = 0u64;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -171,7 +175,9 @@ impl WindowStage {
 
     fn ingest(&mut self, decoded: Decoded, origin: Option<KafkaOrigin>) {
         // OTLP receivers are one input; each Kafka topic-partition is its own.
-        let input = origin.as_ref().map_or(0, |o| input_id(&o.topic, o.partition));
+        let input = origin
+            .as_ref()
+            .map_or(0, |o| input_id(&o.topic, o.partition));
         let release = match self.windows.ingest(&decoded, input, now_unix_nano()) {
             Ok(release) => release,
             Err(error) => {

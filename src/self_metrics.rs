@@ -76,11 +76,23 @@ impl SelfMetrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("homeostat");
         let received = Family::<TransportSignal, Counter>::default();
-        registry.register("records_received", "Records accepted by a receiver", received.clone());
+        registry.register(
+            "records_received",
+            "Records accepted by a receiver",
+            received.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("requests", "OTLP export requests by outcome", requests.clone());
+        registry.register(
+            "requests",
+            "OTLP export requests by outcome",
+            requests.clone(),
+        );
         let rejected = Family::<SignalReason, Counter>::default();
-        registry.register("records_rejected", "Records rejected while decoding (partial success)", rejected.clone());
+        registry.register(
+            "records_rejected",
+            "Records rejected while decoding (partial success)",
+            rejected.clone(),
+        );
         let window_dropped = Family::<DropLabels, Counter>::default();
         registry.register(
             "window_records_dropped",
@@ -88,23 +100,59 @@ impl SelfMetrics {
             window_dropped.clone(),
         );
         let windows_closed = Counter::default();
-        registry.register("windows_closed", "Event-time windows closed", windows_closed.clone());
+        registry.register(
+            "windows_closed",
+            "Event-time windows closed",
+            windows_closed.clone(),
+        );
         let late_edges = Counter::default();
-        registry.register("late_edges", "Call edges completed after their window closed", late_edges.clone());
+        registry.register(
+            "late_edges",
+            "Call edges completed after their window closed",
+            late_edges.clone(),
+        );
         let pairing_overflow = Counter::default();
-        registry.register("pairing_overflow", "Spans not stored because the pairing store was full", pairing_overflow.clone());
+        registry.register(
+            "pairing_overflow",
+            "Spans not stored because the pairing store was full",
+            pairing_overflow.clone(),
+        );
         let pairing_unpaired = Counter::default();
-        registry.register("pairing_unpaired", "Callee spans whose caller never arrived", pairing_unpaired.clone());
+        registry.register(
+            "pairing_unpaired",
+            "Callee spans whose caller never arrived",
+            pairing_unpaired.clone(),
+        );
         let kafka_messages = Family::<Outcome, Counter>::default();
-        registry.register("kafka_messages", "Kafka records consumed by outcome", kafka_messages.clone());
+        registry.register(
+            "kafka_messages",
+            "Kafka records consumed by outcome",
+            kafka_messages.clone(),
+        );
         let kafka_commits = Family::<Outcome, Counter>::default();
-        registry.register("kafka_commits", "Kafka offset commits by outcome", kafka_commits.clone());
+        registry.register(
+            "kafka_commits",
+            "Kafka offset commits by outcome",
+            kafka_commits.clone(),
+        );
         let store_errors = Counter::default();
-        registry.register("store_errors", "Failed writes of closed windows", store_errors.clone());
+        registry.register(
+            "store_errors",
+            "Failed writes of closed windows",
+            store_errors.clone(),
+        );
         let open_windows = Gauge::default();
-        registry.register("open_windows", "Windows currently open", open_windows.clone());
+        registry.register(
+            "open_windows",
+            "Windows currently open",
+            open_windows.clone(),
+        );
         let pending_pairs = Gauge::default();
-        registry.register("pending_pairs", "Spans waiting in the pairing store", pending_pairs.clone());
+        registry.register(
+            "pending_pairs",
+            "Spans waiting in the pairing store",
+            pending_pairs.clone(),
+        );
         let closed_through_seconds = Gauge::default();
         registry.register(
             "closed_through_seconds",
@@ -112,7 +160,11 @@ impl SelfMetrics {
             closed_through_seconds.clone(),
         );
         let queue_depth = Gauge::default();
-        registry.register("queue_depth", "Batches waiting in the pipeline queue", queue_depth.clone());
+        registry.register(
+            "queue_depth",
+            "Batches waiting in the pipeline queue",
+            queue_depth.clone(),
+        );
         SelfMetrics {
             registry,
             received,
@@ -137,7 +189,10 @@ impl SelfMetrics {
     pub fn received(&self, transport: &'static str, signal: Signal, n: u64) {
         if n > 0 {
             self.received
-                .get_or_create(&TransportSignal { transport, signal: signal.as_str() })
+                .get_or_create(&TransportSignal {
+                    transport,
+                    signal: signal.as_str(),
+                })
                 .inc_by(n);
         }
     }
@@ -145,7 +200,11 @@ impl SelfMetrics {
     /// Counts one OTLP request by outcome.
     pub fn request(&self, transport: &'static str, signal: Signal, outcome: &'static str) {
         self.requests
-            .get_or_create(&RequestLabels { transport, signal: signal.as_str(), outcome })
+            .get_or_create(&RequestLabels {
+                transport,
+                signal: signal.as_str(),
+                outcome,
+            })
             .inc();
     }
 
@@ -153,14 +212,19 @@ impl SelfMetrics {
     pub fn rejected(&self, signal: Signal, reason: &'static str, n: u64) {
         if n > 0 {
             self.rejected
-                .get_or_create(&SignalReason { signal: signal.as_str(), reason })
+                .get_or_create(&SignalReason {
+                    signal: signal.as_str(),
+                    reason,
+                })
                 .inc_by(n);
         }
     }
 
     /// Counts one Kafka record by outcome.
     pub fn kafka_message(&self, outcome: &'static str) {
-        self.kafka_messages.get_or_create(&Outcome { outcome }).inc();
+        self.kafka_messages
+            .get_or_create(&Outcome { outcome })
+            .inc();
     }
 
     /// Counts one offset commit by outcome.
@@ -192,10 +256,13 @@ impl SelfMetrics {
             ("series_overflow", n.series_overflow - b.series_overflow),
         ] {
             if delta > 0 {
-                self.window_dropped.get_or_create(&DropLabels { reason }).inc_by(delta);
+                self.window_dropped
+                    .get_or_create(&DropLabels { reason })
+                    .inc_by(delta);
             }
         }
-        self.windows_closed.inc_by(n.windows_closed - b.windows_closed);
+        self.windows_closed
+            .inc_by(n.windows_closed - b.windows_closed);
         self.late_edges.inc_by(n.late_edges - b.late_edges);
         self.pairing_overflow.inc_by(np.overflow - bp.overflow);
         self.pairing_unpaired.inc_by(np.unpaired - bp.unpaired);

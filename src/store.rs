@@ -52,11 +52,17 @@ pub enum StoreError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn arrow_err(path: &Path) -> impl FnOnce(arrow::error::ArrowError) -> StoreError + '_ {
-    move |source| StoreError::Arrow { path: path.to_path_buf(), source }
+    move |source| StoreError::Arrow {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The on-disk store.
@@ -69,7 +75,9 @@ impl Store {
     /// Opens (creating) the store at `root`.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         fs::create_dir_all(root.join("windows")).map_err(io(root))?;
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store {
+            root: root.to_path_buf(),
+        })
     }
 
     fn checkpoint_path(&self) -> PathBuf {
@@ -78,17 +86,26 @@ impl Store {
 
     /// Loads the checkpoint and every committed window, oldest first (`size_ms` is the
     /// window length to assume for windows with no rows).
-    pub fn load(&self, size_ms: i64) -> Result<(Option<Checkpoint>, Vec<WindowTables>), StoreError> {
+    pub fn load(
+        &self,
+        size_ms: i64,
+    ) -> Result<(Option<Checkpoint>, Vec<WindowTables>), StoreError> {
         let path = self.checkpoint_path();
         let checkpoint: Option<Checkpoint> = match fs::read(&path) {
-            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| StoreError::Checkpoint {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?),
+            Ok(bytes) => {
+                Some(
+                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Checkpoint {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(io(&path)(e)),
         };
-        let closed_through = checkpoint.as_ref().map_or(i64::MIN, |c| c.closed_through_ms);
+        let closed_through = checkpoint
+            .as_ref()
+            .map_or(i64::MIN, |c| c.closed_through_ms);
         let dir = self.root.join("windows");
         let mut starts = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io(&dir))? {
@@ -116,16 +133,24 @@ impl Store {
     }
 
     /// Writes `closed` windows, then the checkpoint that commits them.
-    pub fn persist(&self, closed: &[WindowTables], checkpoint: &Checkpoint) -> Result<(), StoreError> {
+    pub fn persist(
+        &self,
+        closed: &[WindowTables],
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StoreError> {
         for window in closed {
             let final_dir = self.root.join("windows").join(window.start_ms.to_string());
-            let tmp_dir = self.root.join("windows").join(format!("tmp-{}", window.start_ms));
+            let tmp_dir = self
+                .root
+                .join("windows")
+                .join(format!("tmp-{}", window.start_ms));
             let _ = fs::remove_dir_all(&tmp_dir);
             fs::create_dir_all(&tmp_dir).map_err(io(&tmp_dir))?;
             for (name, batch) in TABLE_NAMES.iter().zip(window.batches.iter()) {
                 let path = tmp_dir.join(format!("{name}.arrow"));
                 let file = fs::File::create(&path).map_err(io(&path))?;
-                let mut writer = FileWriter::try_new(file, &batch.schema()).map_err(arrow_err(&path))?;
+                let mut writer =
+                    FileWriter::try_new(file, &batch.schema()).map_err(arrow_err(&path))?;
                 writer.write(batch).map_err(arrow_err(&path))?;
                 writer.finish().map_err(arrow_err(&path))?;
                 let file = writer.into_inner().map_err(arrow_err(&path))?;
@@ -152,10 +177,10 @@ impl Store {
         let dir = self.root.join("windows");
         for entry in fs::read_dir(&dir).map_err(io(&dir))? {
             let entry = entry.map_err(io(&dir))?;
-            if let Ok(start) = entry.file_name().to_string_lossy().parse::<i64>() {
-                if start < before_ms {
-                    fs::remove_dir_all(entry.path()).map_err(io(&entry.path()))?;
-                }
+            if let Ok(start) = entry.file_name().to_string_lossy().parse::<i64>()
+                && start < before_ms
+            {
+                fs::remove_dir_all(entry.path()).map_err(io(&entry.path()))?;
             }
         }
         Ok(())
@@ -175,15 +200,13 @@ fn read_window(dir: &Path, start_ms: i64, size_ms: i64) -> Result<WindowTables, 
             parts.push(batch.map_err(arrow_err(&path))?);
         }
         let batch = arrow::compute::concat_batches(schema, &parts).map_err(arrow_err(&path))?;
-        if let Some(column) = batch.column_by_name("window_end") {
-            if let Some(ends) = column
+        if let Some(column) = batch.column_by_name("window_end")
+            && let Some(ends) = column
                 .as_any()
                 .downcast_ref::<arrow::array::TimestampMillisecondArray>()
-            {
-                if !ends.is_empty() {
-                    end_ms = ends.value(0);
-                }
-            }
+            && !ends.is_empty()
+        {
+            end_ms = ends.value(0);
         }
         batches.push(batch);
     }
@@ -191,5 +214,9 @@ fn read_window(dir: &Path, start_ms: i64, size_ms: i64) -> Result<WindowTables, 
         path: dir.to_path_buf(),
         reason: "window directory lacks a table".to_string(),
     })?;
-    Ok(WindowTables { start_ms, end_ms, batches })
+    Ok(WindowTables {
+        start_ms,
+        end_ms,
+        batches,
+    })
 }

@@ -156,7 +156,11 @@ impl<'a> ServiceColumns<'a> {
     }
 
     fn row(&self, i: usize) -> [&'a str; 3] {
-        [self.namespace.value(i), self.name.value(i), self.environment.value(i)]
+        [
+            self.namespace.value(i),
+            self.name.value(i),
+            self.environment.value(i),
+        ]
     }
 }
 
@@ -194,8 +198,11 @@ impl Windows {
 
     /// The state to persist together with the windows closed so far.
     pub fn checkpoint(&self) -> Checkpoint {
-        let mut cumulative: Vec<(String, PointValue)> =
-            self.cumulative.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut cumulative: Vec<(String, PointValue)> = self
+            .cumulative
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         cumulative.sort_by(|a, b| a.0.cmp(&b.0));
         Checkpoint {
             closed_through_ms: self.closed_through_ms,
@@ -252,7 +259,7 @@ impl Windows {
     }
 
     fn window_mut(&mut self, start_ms: i64) -> &mut OpenWindow {
-        self.open.entry(start_ms).or_insert_with(OpenWindow::default)
+        self.open.entry(start_ms).or_default()
     }
 
     fn intern(&mut self, name: &str) -> Arc<str> {
@@ -272,9 +279,17 @@ impl Windows {
     /// the windows closed through that time are persisted, the batch's source may be
     /// acknowledged. `None` when nothing of the batch is retained.
     /// `input` names the stream the batch came from (see the module docs).
-    pub fn ingest(&mut self, decoded: &Decoded, input: u64, now_ns: u64) -> Result<Option<i64>, ArrowError> {
+    pub fn ingest(
+        &mut self,
+        decoded: &Decoded,
+        input: u64,
+        now_ns: u64,
+    ) -> Result<Option<i64>, ArrowError> {
         self.current_input = input;
-        let clock = self.inputs.entry(input).or_insert(InputClock { max_event_ms: i64::MIN, last_seen_ns: now_ns });
+        let clock = self.inputs.entry(input).or_insert(InputClock {
+            max_event_ms: i64::MIN,
+            last_seen_ns: now_ns,
+        });
         clock.last_seen_ns = now_ns;
         match decoded.signal {
             Signal::Traces => self.ingest_spans(&decoded.batch, now_ns),
@@ -283,7 +298,11 @@ impl Windows {
         }
     }
 
-    fn ingest_spans(&mut self, batch: &RecordBatch, now_ns: u64) -> Result<Option<i64>, ArrowError> {
+    fn ingest_spans(
+        &mut self,
+        batch: &RecordBatch,
+        now_ns: u64,
+    ) -> Result<Option<i64>, ArrowError> {
         let services = ServiceColumns::of(batch)?;
         let trace_id: &FixedSizeBinaryArray = column(batch, "trace_id")?;
         let span_id: &FixedSizeBinaryArray = column(batch, "span_id")?;
@@ -319,7 +338,8 @@ impl Windows {
             let server_like = matches!(kind, kind::SERVER | kind::CONSUMER)
                 || (kind == kind::UNSPECIFIED && !has_parent);
             let error = status.value(i) == STATUS_ERROR
-                || (matches!(kind, kind::SERVER | kind::UNSPECIFIED) && http.is_some_and(|c| c >= 500));
+                || (matches!(kind, kind::SERVER | kind::UNSPECIFIED)
+                    && http.is_some_and(|c| c >= 500));
             let service_row = services.row(i);
             if late {
                 self.counts.late += 1;
@@ -347,7 +367,10 @@ impl Windows {
             // Late spans still feed the pairing store: after a restart they pair with
             // spans of windows that are still open.
             let window_end_ns = ((window + self.size_ms) * NANOS_PER_MS) as u64;
-            if late && end_ns.saturating_add(self.ttl_ns) <= (self.closed_through_ms.max(0) * NANOS_PER_MS) as u64 {
+            if late
+                && end_ns.saturating_add(self.ttl_ns)
+                    <= (self.closed_through_ms.max(0) * NANOS_PER_MS) as u64
+            {
                 continue;
             }
             release = release.max(Some(window + self.size_ms + ttl_ms));
@@ -432,7 +455,11 @@ impl Windows {
         }
     }
 
-    fn ingest_metrics(&mut self, batch: &RecordBatch, now_ns: u64) -> Result<Option<i64>, ArrowError> {
+    fn ingest_metrics(
+        &mut self,
+        batch: &RecordBatch,
+        now_ns: u64,
+    ) -> Result<Option<i64>, ArrowError> {
         let services = ServiceColumns::of(batch)?;
         let name: &StringArray = column(batch, "metric_name")?;
         let unit: &StringArray = column(batch, "metric_unit")?;
@@ -469,7 +496,13 @@ impl Windows {
             };
             self.observe_event(t);
             let service_row = services.row(i);
-            let identity = hash_of((service_row, name.value(i), kind.as_str(), attributes.value(i), t));
+            let identity = hash_of((
+                service_row,
+                name.value(i),
+                kind.as_str(),
+                attributes.value(i),
+                t,
+            ));
             let max_dedup = self.max_dedup;
             let max_series = self.max_series;
             let open = self.open.entry(window).or_default();
@@ -493,8 +526,16 @@ impl Windows {
                 ..Default::default()
             };
             if bounds.is_valid(i) && bucket_counts.is_valid(i) {
-                point.bounds = bounds.value(i).as_primitive::<Float64Type>().values().to_vec();
-                point.counts = bucket_counts.value(i).as_primitive::<UInt64Type>().values().to_vec();
+                point.bounds = bounds
+                    .value(i)
+                    .as_primitive::<Float64Type>()
+                    .values()
+                    .to_vec();
+                point.counts = bucket_counts
+                    .value(i)
+                    .as_primitive::<UInt64Type>()
+                    .values()
+                    .to_vec();
             }
             let added = open.add_point(
                 service_row,
@@ -578,9 +619,10 @@ impl Windows {
     pub fn set_inputs(&mut self, inputs: &[u64], now_ns: u64) {
         self.inputs.retain(|id, _| *id == 0 || inputs.contains(id));
         for id in inputs {
-            self.inputs
-                .entry(*id)
-                .or_insert(InputClock { max_event_ms: i64::MIN, last_seen_ns: now_ns });
+            self.inputs.entry(*id).or_insert(InputClock {
+                max_event_ms: i64::MIN,
+                last_seen_ns: now_ns,
+            });
         }
     }
 
@@ -627,7 +669,8 @@ impl Windows {
             return Ok(Vec::new());
         }
         let mut edges = std::mem::take(&mut self.edges);
-        self.pairing.expire((through_ms.max(0) * NANOS_PER_MS) as u64, &mut edges);
+        self.pairing
+            .expire((through_ms.max(0) * NANOS_PER_MS) as u64, &mut edges);
         self.route_edges(&mut edges);
         self.edges = edges;
         self.closed_through_ms = through_ms;
@@ -646,7 +689,8 @@ impl Windows {
 
     /// Forgets cumulative series not updated within `retain_ms` of event time.
     pub fn evict_stale_series(&mut self, retain_ms: i64) {
-        let horizon_ns = (self.closed_through_ms.saturating_sub(retain_ms).max(0) * NANOS_PER_MS) as u64;
+        let horizon_ns =
+            (self.closed_through_ms.saturating_sub(retain_ms).max(0) * NANOS_PER_MS) as u64;
         self.cumulative.retain(|_, p| p.time_ns >= horizon_ns);
     }
 }

@@ -55,7 +55,10 @@ pub async fn query(history: &History, sql: &str, max_rows: usize) -> Result<Quer
     let frame = frame
         .limit(0, Some(max_rows + 1))
         .map_err(|e| SqlError::Query(e.to_string()))?;
-    let mut batches = frame.collect().await.map_err(|e| SqlError::Query(e.to_string()))?;
+    let mut batches = frame
+        .collect()
+        .await
+        .map_err(|e| SqlError::Query(e.to_string()))?;
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
     let truncated = total > max_rows;
     if truncated {
@@ -66,7 +69,11 @@ pub async fn query(history: &History, sql: &str, max_rows: usize) -> Result<Quer
             remaining -= take;
         }
     }
-    Ok(QueryResult { batches, schema, truncated })
+    Ok(QueryResult {
+        batches,
+        schema,
+        truncated,
+    })
 }
 
 /// Renders batches as a JSON array of row objects.
@@ -78,7 +85,9 @@ pub fn to_json(batches: &[RecordBatch]) -> Result<Vec<u8>, SqlError> {
     writer
         .write_batches(&refs)
         .map_err(|e| SqlError::Internal(e.to_string()))?;
-    writer.finish().map_err(|e| SqlError::Internal(e.to_string()))?;
+    writer
+        .finish()
+        .map_err(|e| SqlError::Internal(e.to_string()))?;
     let mut out = writer.into_inner();
     if out.is_empty() {
         out.extend_from_slice(b"[]");
@@ -89,7 +98,12 @@ pub fn to_json(batches: &[RecordBatch]) -> Result<Vec<u8>, SqlError> {
 /// Renders batches as an aligned text table.
 pub fn to_table(result: &QueryResult) -> Result<String, SqlError> {
     let text = if result.batches.iter().all(|b| b.num_rows() == 0) {
-        let header: Vec<&str> = result.schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let header: Vec<&str> = result
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
         format!("{}\n(0 rows)", header.join(" | "))
     } else {
         arrow::util::pretty::pretty_format_batches(&result.batches)

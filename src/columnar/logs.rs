@@ -95,7 +95,10 @@ pub fn to_arrow(resource_logs: &[ResourceLogs], now_unix_nano: u64) -> Result<De
                 resource.append(&identity);
                 time.append_value(t);
                 severity_number.append_value(record.severity_number);
-                severity.append_value(severity_bucket(record.severity_number, &record.severity_text));
+                severity.append_value(severity_bucket(
+                    record.severity_number,
+                    &record.severity_text,
+                ));
                 body.append_value(
                     record
                         .body

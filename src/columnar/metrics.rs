@@ -190,8 +190,10 @@ pub fn to_arrow(resource_metrics: &[ResourceMetrics]) -> Result<Decoded, ArrowEr
                                     point.min = p.min;
                                     point.max = p.max;
                                     if !p.bucket_counts.is_empty() {
-                                        point.buckets =
-                                            Some((p.explicit_bounds.clone(), p.bucket_counts.clone()));
+                                        point.buckets = Some((
+                                            p.explicit_bounds.clone(),
+                                            p.bucket_counts.clone(),
+                                        ));
                                     }
                                     point
                                 })
@@ -238,7 +240,9 @@ pub fn to_arrow(resource_metrics: &[ResourceMetrics]) -> Result<Decoded, ArrowEr
                                         .quantile_values
                                         .iter()
                                         .min_by(|a, b| {
-                                            (a.quantile - 0.99).abs().total_cmp(&(b.quantile - 0.99).abs())
+                                            (a.quantile - 0.99)
+                                                .abs()
+                                                .total_cmp(&(b.quantile - 0.99).abs())
                                         })
                                         .map(|q| q.value);
                                     point
@@ -260,7 +264,8 @@ pub fn to_arrow(resource_metrics: &[ResourceMetrics]) -> Result<Decoded, ArrowEr
                     b.kind.append_value(kind);
                     b.temporality.append_value(temporality);
                     b.monotonic.append_value(monotonic);
-                    b.attributes.append_value(canonical_attributes(point.attributes));
+                    b.attributes
+                        .append_value(canonical_attributes(point.attributes));
                     b.start.append_value(point.start);
                     b.time.append_value(point.time);
                     b.value.append_option(point.value);
@@ -320,7 +325,12 @@ fn number_points(
     points
         .iter()
         .map(|p| {
-            let mut point = Point::new(&p.attributes, p.start_time_unix_nano, p.time_unix_nano, p.flags);
+            let mut point = Point::new(
+                &p.attributes,
+                p.start_time_unix_nano,
+                p.time_unix_nano,
+                p.flags,
+            );
             point.value = p.value.as_ref().map(|v| match v {
                 number_data_point::Value::AsDouble(d) => *d,
                 number_data_point::Value::AsInt(i) => *i as f64,
@@ -349,7 +359,10 @@ fn invalid(point: &Point<'_>, kind: &str) -> Option<String> {
                 bounds.len()
             ));
         }
-        if bounds.windows(2).any(|w| !(w[0] < w[1])) || bounds.iter().any(|b| b.is_nan()) {
+        if bounds
+            .windows(2)
+            .any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less))
+        {
             return Some("histogram bounds are not strictly increasing".to_string());
         }
     }
@@ -361,8 +374,14 @@ fn invalid(point: &Point<'_>, kind: &str) -> Option<String> {
 
 /// Converts exponential buckets to explicit upper bounds, ascending.
 fn exponential_to_explicit(p: &ExponentialHistogramDataPoint) -> Option<(Vec<f64>, Vec<u64>)> {
-    let negative = p.negative.as_ref().map(|b| (b.offset, b.bucket_counts.as_slice()));
-    let positive = p.positive.as_ref().map(|b| (b.offset, b.bucket_counts.as_slice()));
+    let negative = p
+        .negative
+        .as_ref()
+        .map(|b| (b.offset, b.bucket_counts.as_slice()));
+    let positive = p
+        .positive
+        .as_ref()
+        .map(|b| (b.offset, b.bucket_counts.as_slice()));
     let total = negative.map_or(0, |n| n.1.len()) + positive.map_or(0, |n| n.1.len()) + 1;
     if total > MAX_BUCKETS || !(-10..=20).contains(&p.scale) {
         return Some((vec![0.0; total.min(MAX_BUCKETS + 1)], vec![0; 0]));
@@ -416,8 +435,14 @@ mod tests {
         let p = ExponentialHistogramDataPoint {
             scale: 0,
             zero_count: 1,
-            positive: Some(Buckets { offset: 0, bucket_counts: vec![2, 3, 4] }),
-            negative: Some(Buckets { offset: 1, bucket_counts: vec![5] }),
+            positive: Some(Buckets {
+                offset: 0,
+                bucket_counts: vec![2, 3, 4],
+            }),
+            negative: Some(Buckets {
+                offset: 1,
+                bucket_counts: vec![5],
+            }),
             count: 15,
             ..Default::default()
         };

@@ -48,11 +48,11 @@ impl ResourceIdentity {
         let mut values: [String; 9] = Default::default();
         for (slot, (_, keys)) in values.iter_mut().zip(RESOURCE_FIELDS.iter()) {
             for key in *keys {
-                if let Some(value) = find_str(attributes, key) {
-                    if !value.is_empty() {
-                        *slot = value;
-                        break;
-                    }
+                if let Some(value) = find_str(attributes, key)
+                    && !value.is_empty()
+                {
+                    *slot = value;
+                    break;
                 }
             }
         }
@@ -206,6 +206,9 @@ mod tests {
 
     #[test]
     fn canonical_attributes_are_sorted() {
-        assert_eq!(canonical_attributes(&[kv("b", "2"), kv("a", "1")]), "a=1,b=2");
+        assert_eq!(
+            canonical_attributes(&[kv("b", "2"), kv("a", "1")]),
+            "a=1,b=2"
+        );
     }
 }

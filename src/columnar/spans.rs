@@ -21,9 +21,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{
-    ArrayRef, FixedSizeBinaryBuilder, Int32Builder, StringBuilder, UInt64Builder,
-};
+use arrow::array::{ArrayRef, FixedSizeBinaryBuilder, Int32Builder, StringBuilder, UInt64Builder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
@@ -114,17 +112,22 @@ pub fn to_arrow(resource_spans: &[ResourceSpans]) -> Result<Decoded, ArrowError>
                     continue;
                 }
                 if span.span_id.len() != 8 || span.span_id.iter().all(|b| *b == 0) {
-                    rejections
-                        .reject(|| format!("span {:?}: span_id must be 8 non-zero bytes", span.name));
+                    rejections.reject(|| {
+                        format!("span {:?}: span_id must be 8 non-zero bytes", span.name)
+                    });
                     continue;
                 }
                 if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
                     rejections.reject(|| {
-                        format!("span {:?}: parent_span_id must be empty or 8 bytes", span.name)
+                        format!(
+                            "span {:?}: parent_span_id must be empty or 8 bytes",
+                            span.name
+                        )
                     });
                     continue;
                 }
-                if span.end_time_unix_nano == 0 || span.end_time_unix_nano < span.start_time_unix_nano
+                if span.end_time_unix_nano == 0
+                    || span.end_time_unix_nano < span.start_time_unix_nano
                 {
                     rejections.reject(|| {
                         format!(

@@ -26,12 +26,17 @@ pub enum Encoding {
 pub fn gunzip_bounded(body: &[u8], limit: usize) -> Result<Bytes, IngestError> {
     let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
     let mut decoder = flate2::read::GzDecoder::new(body).take(limit as u64 + 1);
-    decoder.read_to_end(&mut out).map_err(|e| IngestError::Decode {
-        what: "gzip body",
-        reason: e.to_string(),
-    })?;
+    decoder
+        .read_to_end(&mut out)
+        .map_err(|e| IngestError::Decode {
+            what: "gzip body",
+            reason: e.to_string(),
+        })?;
     if out.len() > limit {
-        return Err(IngestError::TooLarge { size: out.len(), limit });
+        return Err(IngestError::TooLarge {
+            size: out.len(),
+            limit,
+        });
     }
     Ok(Bytes::from(out))
 }
@@ -106,7 +111,7 @@ pub fn encode_response(decoded: &Decoded, encoding: Encoding) -> Bytes {
     match decoded.signal {
         Signal::Traces => encode(
             &ExportTraceServiceResponse {
-                partial_success: partial.then(|| ExportTracePartialSuccess {
+                partial_success: partial.then_some(ExportTracePartialSuccess {
                     rejected_spans: rejected,
                     error_message: message,
                 }),
@@ -115,7 +120,7 @@ pub fn encode_response(decoded: &Decoded, encoding: Encoding) -> Bytes {
         ),
         Signal::Metrics => encode(
             &ExportMetricsServiceResponse {
-                partial_success: partial.then(|| ExportMetricsPartialSuccess {
+                partial_success: partial.then_some(ExportMetricsPartialSuccess {
                     rejected_data_points: rejected,
                     error_message: message,
                 }),
@@ -124,7 +129,7 @@ pub fn encode_response(decoded: &Decoded, encoding: Encoding) -> Bytes {
         ),
         Signal::Logs => encode(
             &ExportLogsServiceResponse {
-                partial_success: partial.then(|| ExportLogsPartialSuccess {
+                partial_success: partial.then_some(ExportLogsPartialSuccess {
                     rejected_log_records: rejected,
                     error_message: message,
                 }),
@@ -166,7 +171,8 @@ mod tests {
     #[test]
     fn garbage_is_a_decode_error() {
         for signal in [Signal::Traces, Signal::Metrics, Signal::Logs] {
-            let error = decode(signal, b"\xff\xff\xff\xff", Encoding::Protobuf).expect_err("garbage");
+            let error =
+                decode(signal, b"\xff\xff\xff\xff", Encoding::Protobuf).expect_err("garbage");
             assert!(matches!(error, IngestError::Decode { .. }), "{error}");
             let error = decode(signal, b"{not json", Encoding::Json).expect_err("garbage");
             assert!(matches!(error, IngestError::Decode { .. }), "{error}");

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -40,13 +42,21 @@ impl ConsumerContext for IngestContext {
         match rebalance {
             Rebalance::Assign(list) => {
                 for element in list.elements() {
-                    info!(topic = element.topic(), partition = element.partition(), "kafka partition assigned");
+                    info!(
+                        topic = element.topic(),
+                        partition = element.partition(),
+                        "kafka partition assigned"
+                    );
                     self.tracker.assign(element.topic(), element.partition());
                 }
             }
             Rebalance::Revoke(list) => {
                 for element in list.elements() {
-                    info!(topic = element.topic(), partition = element.partition(), "kafka partition revoked");
+                    info!(
+                        topic = element.topic(),
+                        partition = element.partition(),
+                        "kafka partition revoked"
+                    );
                     self.tracker.revoke(element.topic(), element.partition());
                 }
             }
@@ -87,8 +97,14 @@ impl KafkaIngest {
             // Notice topics created after start (a broker that came up late) quickly.
             .set("topic.metadata.refresh.interval.ms", "5000")
             .set("reconnect.backoff.max.ms", "5000")
-            .create_with_context(IngestContext { tracker: tracker.clone() })?;
-        consumer.subscribe(&[&config.spans_topic, &config.metrics_topic, &config.logs_topic])?;
+            .create_with_context(IngestContext {
+                tracker: tracker.clone(),
+            })?;
+        consumer.subscribe(&[
+            &config.spans_topic,
+            &config.metrics_topic,
+            &config.logs_topic,
+        ])?;
         Ok(KafkaIngest {
             consumer: Arc::new(consumer),
             config: config.clone(),
@@ -199,13 +215,15 @@ impl KafkaIngest {
         }
         let mut list = TopicPartitionList::new();
         for (topic, partition, next) in &ready {
-            if let Err(error) = list.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+            if let Err(error) = list.add_partition_offset(topic, *partition, Offset::Offset(*next))
+            {
                 warn!(%error, "cannot build offset list");
                 return;
             }
         }
         let consumer = self.consumer.clone();
-        let result = tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync)).await;
+        let result =
+            tokio::task::spawn_blocking(move || consumer.commit(&list, CommitMode::Sync)).await;
         match result {
             Ok(Ok(())) => {
                 self.metrics.kafka_commit("ok");

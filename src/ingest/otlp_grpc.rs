@@ -56,7 +56,10 @@ fn unframe(body: &Bytes, limit: usize) -> Result<(bool, Bytes), IngestError> {
     if body.len() < 5 {
         return Err(IngestError::Decode {
             what: "grpc frame",
-            reason: format!("{} bytes is shorter than the 5-byte message prefix", body.len()),
+            reason: format!(
+                "{} bytes is shorter than the 5-byte message prefix",
+                body.len()
+            ),
         });
     }
     let compressed = match body[0] {
@@ -93,9 +96,15 @@ async fn export(intake: OtlpIntake, signal: Signal, headers: HeaderMap, body: Bo
             let too_large = std::error::Error::source(&error)
                 .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
             let error = if too_large {
-                IngestError::TooLarge { size: limit + 1, limit }
+                IngestError::TooLarge {
+                    size: limit + 1,
+                    limit,
+                }
             } else {
-                IngestError::Decode { what: "request body", reason: error.to_string() }
+                IngestError::Decode {
+                    what: "request body",
+                    reason: error.to_string(),
+                }
             };
             intake.refused("grpc", signal, &error);
             return error_status(&error);
@@ -140,12 +149,17 @@ async fn export(intake: OtlpIntake, signal: Signal, headers: HeaderMap, body: Bo
             frame.put_slice(&message);
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", HeaderValue::from_static("0"));
-            let frames: [Result<Frame<Bytes>, std::convert::Infallible>; 2] =
-                [Ok(Frame::data(frame.freeze())), Ok(Frame::trailers(trailers))];
+            let frames: [Result<Frame<Bytes>, std::convert::Infallible>; 2] = [
+                Ok(Frame::data(frame.freeze())),
+                Ok(Frame::trailers(trailers)),
+            ];
             let body = Body::new(StreamBody::new(futures::stream::iter(frames)));
             (
                 StatusCode::OK,
-                [(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"))],
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/grpc"),
+                )],
                 body,
             )
                 .into_response()
@@ -162,7 +176,10 @@ fn error_status(error: &IngestError) -> Response {
 fn status_only(code: i32, message: &str) -> Response {
     let mut response = (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        )],
     )
         .into_response();
     let headers = response.headers_mut();
@@ -192,7 +209,10 @@ mod tests {
 
     #[test]
     fn frames_are_checked() {
-        assert!(matches!(unframe(&Bytes::from_static(b"\x00\x00"), 10), Err(IngestError::Decode { .. })));
+        assert!(matches!(
+            unframe(&Bytes::from_static(b"\x00\x00"), 10),
+            Err(IngestError::Decode { .. })
+        ));
         assert!(matches!(
             unframe(&Bytes::from_static(b"\x00\x00\x00\x00\x20"), 10),
             Err(IngestError::TooLarge { .. })
@@ -201,7 +221,8 @@ mod tests {
             unframe(&Bytes::from_static(b"\x02\x00\x00\x00\x00"), 10),
             Err(IngestError::Decode { .. })
         ));
-        let (compressed, payload) = unframe(&Bytes::from_static(b"\x01\x00\x00\x00\x02ab"), 10).expect("ok");
+        let (compressed, payload) =
+            unframe(&Bytes::from_static(b"\x01\x00\x00\x00\x02ab"), 10).expect("ok");
         assert!(compressed);
         assert_eq!(&payload[..], b"ab");
         assert_eq!(percent_encode("a%b\n"), "a%25b%0A");

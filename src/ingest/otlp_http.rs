@@ -60,7 +60,10 @@ fn request_encoding(headers: &HeaderMap) -> Result<Encoding, IngestError> {
 }
 
 fn is_gzip(headers: &HeaderMap) -> Result<bool, IngestError> {
-    match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
+    match headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
         None => Ok(false),
         Some(v) if v.eq_ignore_ascii_case("identity") || v.is_empty() => Ok(false),
         Some(v) if v.eq_ignore_ascii_case("gzip") => Ok(true),
@@ -94,9 +97,15 @@ async fn export(intake: OtlpIntake, signal: Signal, headers: HeaderMap, body: Bo
             let too_large = std::error::Error::source(&error)
                 .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
             let error = if too_large {
-                IngestError::TooLarge { size: limit + 1, limit }
+                IngestError::TooLarge {
+                    size: limit + 1,
+                    limit,
+                }
             } else {
-                IngestError::Decode { what: "request body", reason: error.to_string() }
+                IngestError::Decode {
+                    what: "request body",
+                    reason: error.to_string(),
+                }
             };
             intake.refused("http", signal, &error);
             return error_response(&error, encoding);
@@ -138,7 +147,10 @@ async fn export(intake: OtlpIntake, signal: Signal, headers: HeaderMap, body: Bo
 /// The OTLP/HTTP error response: status code, `google.rpc.Status` body, and
 /// `Retry-After` when retrying helps.
 pub fn error_response(error: &IngestError, encoding: Encoding) -> Response {
-    let status = RpcStatus { code: error.grpc_code(), message: error.to_string() };
+    let status = RpcStatus {
+        code: error.grpc_code(),
+        message: error.to_string(),
+    };
     let (content_type, body) = match encoding {
         Encoding::Protobuf => (PROTOBUF, status.encode_to_vec()),
         Encoding::Json => (JSON, serde_json::to_vec(&status).unwrap_or_default()),

@@ -5,6 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// A topic-partition.
+pub type Partition = (Arc<str>, i32);
+
 /// Where a batch came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaOrigin {
@@ -65,21 +68,23 @@ impl OffsetTracker {
     /// The window stage processed the record; `needed_until_ms` as returned by
     /// [`crate::window::Windows::ingest`].
     pub fn processed(&self, origin: &KafkaOrigin, needed_until_ms: Option<i64>) {
-        if let Ok(mut inner) = self.inner.lock() {
-            if let Some(offsets) = inner.partitions.get_mut(&(origin.topic.clone(), origin.partition)) {
-                if let Some(state) = offsets.get_mut(&origin.offset) {
-                    *state = match needed_until_ms {
-                        Some(ms) => State::NeededUntil(ms),
-                        None => State::Done,
-                    };
-                }
-            }
+        if let Ok(mut inner) = self.inner.lock()
+            && let Some(offsets) = inner
+                .partitions
+                .get_mut(&(origin.topic.clone(), origin.partition))
+            && let Some(state) = offsets.get_mut(&origin.offset)
+        {
+            *state = match needed_until_ms {
+                Some(ms) => State::NeededUntil(ms),
+                None => State::Done,
+            };
         }
     }
 
     /// Windows ending at or before `closed_through_ms` are durable.
     pub fn set_durable(&self, closed_through_ms: i64) {
-        self.durable_through_ms.fetch_max(closed_through_ms, Ordering::SeqCst);
+        self.durable_through_ms
+            .fetch_max(closed_through_ms, Ordering::SeqCst);
     }
 
     /// Notes a partition assigned to this consumer (an input of the window stage).
@@ -91,20 +96,32 @@ impl OffsetTracker {
     }
 
     /// The assigned partitions, when they changed since `generation`.
-    pub fn assignment_since(&self, generation: u64) -> Option<(u64, Vec<(Arc<str>, i32)>)> {
+    pub fn assignment_since(&self, generation: u64) -> Option<(u64, Vec<Partition>)> {
         let inner = self.inner.lock().ok()?;
-        (inner.assignment_generation != generation)
-            .then(|| (inner.assignment_generation, inner.assigned.keys().cloned().collect()))
+        (inner.assignment_generation != generation).then(|| {
+            (
+                inner.assignment_generation,
+                inner.assigned.keys().cloned().collect(),
+            )
+        })
     }
 
     /// Forgets partitions this consumer no longer owns.
     pub fn revoke(&self, topic: &str, partition: i32) {
         if let Ok(mut inner) = self.inner.lock() {
-            inner.assigned.retain(|(t, p), _| !(&**t == topic && *p == partition));
+            inner
+                .assigned
+                .retain(|(t, p), _| !(&**t == topic && *p == partition));
             inner.assignment_generation += 1;
-            inner.partitions.retain(|(t, p), _| !(&**t == topic && *p == partition));
-            inner.committed.retain(|(t, p), _| !(&**t == topic && *p == partition));
-            inner.ready.retain(|(t, p), _| !(&**t == topic && *p == partition));
+            inner
+                .partitions
+                .retain(|(t, p), _| !(&**t == topic && *p == partition));
+            inner
+                .committed
+                .retain(|(t, p), _| !(&**t == topic && *p == partition));
+            inner
+                .ready
+                .retain(|(t, p), _| !(&**t == topic && *p == partition));
         }
     }
 
@@ -116,7 +133,12 @@ impl OffsetTracker {
             return Vec::new();
         };
         let mut out = Vec::new();
-        let Inner { partitions, ready, committed, .. } = &mut *inner;
+        let Inner {
+            partitions,
+            ready,
+            committed,
+            ..
+        } = &mut *inner;
         for ((topic, partition), offsets) in partitions.iter_mut() {
             let mut next = None;
             while let Some((offset, state)) = offsets.first_key_value() {
@@ -137,7 +159,10 @@ impl OffsetTracker {
             }
         }
         for ((topic, partition), next) in ready.iter() {
-            if committed.get(&(topic.clone(), *partition)).is_none_or(|c| next > c) {
+            if committed
+                .get(&(topic.clone(), *partition))
+                .is_none_or(|c| next > c)
+            {
                 out.push((topic.clone(), *partition, *next));
             }
         }
@@ -147,7 +172,9 @@ impl OffsetTracker {
     /// Records a successful commit (so it is not repeated).
     pub fn committed(&self, topic: &Arc<str>, partition: i32, next_offset: i64) {
         if let Ok(mut inner) = self.inner.lock() {
-            inner.committed.insert((topic.clone(), partition), next_offset);
+            inner
+                .committed
+                .insert((topic.clone(), partition), next_offset);
         }
     }
 
@@ -165,7 +192,11 @@ mod tests {
     use super::*;
 
     fn origin(offset: i64) -> KafkaOrigin {
-        KafkaOrigin { topic: Arc::from("t"), partition: 0, offset }
+        KafkaOrigin {
+            topic: Arc::from("t"),
+            partition: 0,
+            offset,
+        }
     }
 
     #[test]

@@ -132,12 +132,11 @@ impl DeltaSum {
                 }
             }
         }
-        if metric_type == MetricType::Summary {
-            if let Some(p99) = point.p99 {
-                if self.p99.is_none_or(|(t, _)| point.time_ns >= t) {
-                    self.p99 = Some((point.time_ns, p99));
-                }
-            }
+        if metric_type == MetricType::Summary
+            && let Some(p99) = point.p99
+            && self.p99.is_none_or(|(t, _)| point.time_ns >= t)
+        {
+            self.p99 = Some((point.time_ns, p99));
         }
         self.min = min_opt(self.min, point.min);
         self.max = max_opt(self.max, point.max);
@@ -230,7 +229,11 @@ impl SeriesAccumulator {
 
     /// Finishes the window: cumulative points become deltas against `previous`,
     /// which is updated to the last point; `window_secs` turns deltas into rates.
-    pub fn finish(mut self, previous: Option<&mut PointValue>, window_secs: f64) -> (SeriesRow, Option<PointValue>) {
+    pub fn finish(
+        mut self,
+        previous: Option<&mut PointValue>,
+        window_secs: f64,
+    ) -> (SeriesRow, Option<PointValue>) {
         let mut new_state = None;
         if self.cumulative {
             self.raw.sort_by_key(|p| p.time_ns);
@@ -241,7 +244,9 @@ impl SeriesAccumulator {
                     None => {
                         // A series seen for the first time counts from its start only when
                         // it started recently; otherwise this point is the baseline.
-                        if point.start_ns != 0 && point.time_ns.saturating_sub(point.start_ns) <= window_ns {
+                        if point.start_ns != 0
+                            && point.time_ns.saturating_sub(point.start_ns) <= window_ns
+                        {
                             Some(point.clone())
                         } else {
                             None
@@ -260,7 +265,10 @@ impl SeriesAccumulator {
             new_state = prev;
         }
         let points = self.points;
-        let mut row = SeriesRow { points, ..Default::default() };
+        let mut row = SeriesRow {
+            points,
+            ..Default::default()
+        };
         if !self.metric_type.is_distribution() && points > 0 {
             row.min = Some(self.min);
             row.max = Some(self.max);
@@ -284,7 +292,13 @@ impl SeriesAccumulator {
                 row.hist_p99 = if self.metric_type == MetricType::Summary {
                     self.delta.p99.map(|(_, v)| v)
                 } else {
-                    bucket_quantile(&self.delta.bounds, &self.delta.counts, 0.99, self.delta.min, self.delta.max)
+                    bucket_quantile(
+                        &self.delta.bounds,
+                        &self.delta.counts,
+                        0.99,
+                        self.delta.min,
+                        self.delta.max,
+                    )
                 };
             }
         }
@@ -295,9 +309,11 @@ impl SeriesAccumulator {
 /// `current - previous` for cumulative points; a reset (value or count going down,
 /// a new start time, or a new bucket layout) makes the current point the delta.
 fn difference(previous: &PointValue, current: &PointValue, monotonic: bool) -> PointValue {
-    let restarted = previous.start_ns != 0 && current.start_ns != 0 && current.start_ns != previous.start_ns;
+    let restarted =
+        previous.start_ns != 0 && current.start_ns != 0 && current.start_ns != previous.start_ns;
     let went_down = monotonic && (current.value < previous.value || current.count < previous.count);
-    let relayout = current.bounds != previous.bounds || current.counts.len() != previous.counts.len();
+    let relayout =
+        current.bounds != previous.bounds || current.counts.len() != previous.counts.len();
     if restarted || went_down || (relayout && !current.counts.is_empty()) {
         return current.clone();
     }
@@ -322,7 +338,13 @@ fn difference(previous: &PointValue, current: &PointValue, monotonic: bool) -> P
 
 /// Estimates quantile `q` from explicit buckets by linear interpolation within the
 /// bucket holding the rank; the open-ended buckets use the recorded min/max when known.
-pub fn bucket_quantile(bounds: &[f64], counts: &[u64], q: f64, min: Option<f64>, max: Option<f64>) -> Option<f64> {
+pub fn bucket_quantile(
+    bounds: &[f64],
+    counts: &[u64],
+    q: f64,
+    min: Option<f64>,
+    max: Option<f64>,
+) -> Option<f64> {
     let total: u64 = counts.iter().sum();
     if total == 0 || counts.len() != bounds.len() + 1 {
         return None;
@@ -355,7 +377,12 @@ mod tests {
     use super::*;
 
     fn sum_point(time_ns: u64, start_ns: u64, value: f64) -> PointValue {
-        PointValue { time_ns, start_ns, value, ..Default::default() }
+        PointValue {
+            time_ns,
+            start_ns,
+            value,
+            ..Default::default()
+        }
     }
 
     #[test]

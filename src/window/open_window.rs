@@ -62,7 +62,11 @@ impl OpenWindow {
     }
 
     fn service(&mut self, row: [&str; 3]) -> ServiceKey {
-        [self.strings.id(row[0]), self.strings.id(row[1]), self.strings.id(row[2])]
+        [
+            self.strings.id(row[0]),
+            self.strings.id(row[1]),
+            self.strings.id(row[2]),
+        ]
     }
 
     /// Counts one request of a server-side span; false when a table is full.
@@ -79,8 +83,14 @@ impl OpenWindow {
         if !room(&self.services, &key, max_series) || !room(&self.operations, &op, max_series) {
             return false;
         }
-        self.services.entry(key).or_default().add(duration_ms, error);
-        self.operations.entry(op).or_default().add(duration_ms, error);
+        self.services
+            .entry(key)
+            .or_default()
+            .add(duration_ms, error);
+        self.operations
+            .entry(op)
+            .or_default()
+            .add(duration_ms, error);
         true
     }
 
@@ -94,7 +104,10 @@ impl OpenWindow {
         if !room(&self.edges, &key, max_series) {
             return false;
         }
-        self.edges.entry(key).or_default().add(edge.duration_ms, edge.error);
+        self.edges
+            .entry(key)
+            .or_default()
+            .add(edge.duration_ms, edge.error);
         true
     }
 
@@ -131,7 +144,12 @@ impl OpenWindow {
     }
 
     /// Counts one log record; false when the table is full.
-    pub(crate) fn add_log(&mut self, service: [&str; 3], severity: &str, max_series: usize) -> bool {
+    pub(crate) fn add_log(
+        &mut self,
+        service: [&str; 3],
+        severity: &str,
+        max_series: usize,
+    ) -> bool {
         let key = (self.service(service), self.strings.id(severity));
         if !room(&self.logs, &key, max_series) {
             return false;
@@ -191,7 +209,18 @@ impl OpenWindow {
             .into_iter()
             .map(|((k, name, attrs, _), (unit, acc))| {
                 let [a, b, c] = svc(&k);
-                ([a, b, c, s.get(name), acc.metric_type().as_str(), s.get(unit), s.get(attrs)], acc)
+                (
+                    [
+                        a,
+                        b,
+                        c,
+                        s.get(name),
+                        acc.metric_type().as_str(),
+                        s.get(unit),
+                        s.get(attrs),
+                    ],
+                    acc,
+                )
             })
             .collect();
         series.sort_by(|a, b| a.0.cmp(&b.0));
@@ -229,7 +258,13 @@ impl OpenWindow {
         Ok(WindowTables {
             start_ms,
             end_ms,
-            batches: [service_stats, operation_stats, edge_stats, metric_stats, log_stats],
+            batches: [
+                service_stats,
+                operation_stats,
+                edge_stats,
+                metric_stats,
+                log_stats,
+            ],
         })
     }
 }

@@ -167,40 +167,38 @@ impl PairingStore {
 
     /// Offers one span; completed edges are pushed to `out`.
     pub fn offer(&mut self, span: PairSpan, out: &mut Vec<EdgeObservation>) {
-        if let Some(database) = span.database.clone() {
-            if matches!(span.kind, kind::CLIENT | kind::UNSPECIFIED) {
-                out.push(EdgeObservation {
-                    caller: span.service.clone(),
-                    callee: database,
-                    callee_kind: CalleeKind::Database,
-                    at_ns: span.end_ns,
-                    duration_ms: span.duration_ms,
-                    error: span.error,
-                    entry: None,
-                });
-                return;
-            }
+        if let Some(database) = span.database.clone()
+            && matches!(span.kind, kind::CLIENT | kind::UNSPECIFIED)
+        {
+            out.push(EdgeObservation {
+                caller: span.service.clone(),
+                callee: database,
+                callee_kind: CalleeKind::Database,
+                at_ns: span.end_ns,
+                duration_ms: span.duration_ms,
+                error: span.error,
+                entry: None,
+            });
+            return;
         }
         let may_be_callee = matches!(span.kind, kind::SERVER | kind::CONSUMER | kind::UNSPECIFIED)
             && span.parent.is_some();
         let may_be_caller = span.kind != kind::INTERNAL;
 
         let mut store_as_callee = false;
-        if may_be_callee {
-            if let Some(parent) = span.parent {
-                let key = (span.trace, parent);
-                match self.callers.get(&key) {
-                    Some(caller) => {
-                        if caller.span.service != span.service {
-                            out.push(edge(&caller.span, &span));
-                        }
-                        if caller.span.kind == kind::CLIENT {
-                            self.callers.remove(&key);
-                            self.len -= 1;
-                        }
+        if may_be_callee && let Some(parent) = span.parent {
+            let key = (span.trace, parent);
+            match self.callers.get(&key) {
+                Some(caller) => {
+                    if caller.span.service != span.service {
+                        out.push(edge(&caller.span, &span));
                     }
-                    None => store_as_callee = true,
+                    if caller.span.kind == kind::CLIENT {
+                        self.callers.remove(&key);
+                        self.len -= 1;
+                    }
                 }
+                None => store_as_callee = true,
             }
         }
         if may_be_caller {
@@ -221,10 +219,19 @@ impl PairingStore {
                     _ => span.end_ns.saturating_add(self.ttl_ns),
                 };
                 if self.has_room() {
-                    self.expiry.entry(expire_ns).or_default().push((true, key.0, key.1));
+                    self.expiry
+                        .entry(expire_ns)
+                        .or_default()
+                        .push((true, key.0, key.1));
                     if self
                         .callers
-                        .insert(key, Stored { span: span.clone(), expire_ns })
+                        .insert(
+                            key,
+                            Stored {
+                                span: span.clone(),
+                                expire_ns,
+                            },
+                        )
                         .is_none()
                     {
                         self.len += 1;
@@ -234,19 +241,20 @@ impl PairingStore {
                 }
             }
         }
-        if store_as_callee {
-            if let Some(parent) = span.parent {
-                if self.has_room() {
-                    let expire_ns = span.end_ns.saturating_add(self.ttl_ns);
-                    self.expiry.entry(expire_ns).or_default().push((false, span.trace, parent));
-                    self.callees
-                        .entry((span.trace, parent))
-                        .or_default()
-                        .push(Stored { span, expire_ns });
-                    self.len += 1;
-                } else {
-                    self.counts.overflow += 1;
-                }
+        if store_as_callee && let Some(parent) = span.parent {
+            if self.has_room() {
+                let expire_ns = span.end_ns.saturating_add(self.ttl_ns);
+                self.expiry
+                    .entry(expire_ns)
+                    .or_default()
+                    .push((false, span.trace, parent));
+                self.callees
+                    .entry((span.trace, parent))
+                    .or_default()
+                    .push(Stored { span, expire_ns });
+                self.len += 1;
+            } else {
+                self.counts.overflow += 1;
             }
         }
     }
@@ -266,22 +274,25 @@ impl PairingStore {
             for (is_caller, trace, id) in keys {
                 if is_caller {
                     let key = (trace, id);
-                    if self.callers.get(&key).is_some_and(|s| s.expire_ns == expire_ns) {
-                        if let Some(stored) = self.callers.remove(&key) {
-                            self.len -= 1;
-                            if stored.span.kind == kind::CLIENT {
-                                if let Some(peer) = stored.span.peer.clone() {
-                                    out.push(EdgeObservation {
-                                        caller: stored.span.service.clone(),
-                                        callee: peer,
-                                        callee_kind: CalleeKind::External,
-                                        at_ns: stored.span.end_ns,
-                                        duration_ms: stored.span.duration_ms,
-                                        error: stored.span.error,
-                                        entry: None,
-                                    });
-                                }
-                            }
+                    if self
+                        .callers
+                        .get(&key)
+                        .is_some_and(|s| s.expire_ns == expire_ns)
+                        && let Some(stored) = self.callers.remove(&key)
+                    {
+                        self.len -= 1;
+                        if stored.span.kind == kind::CLIENT
+                            && let Some(peer) = stored.span.peer.clone()
+                        {
+                            out.push(EdgeObservation {
+                                caller: stored.span.service.clone(),
+                                callee: peer,
+                                callee_kind: CalleeKind::External,
+                                at_ns: stored.span.end_ns,
+                                duration_ms: stored.span.duration_ms,
+                                error: stored.span.error,
+                                entry: None,
+                            });
                         }
                     }
                 } else if let Some(waiting) = self.callees.get_mut(&(trace, id)) {

@@ -34,7 +34,11 @@ impl Default for Quantiles {
 impl Quantiles {
     /// Adds one sample (negative and non-finite samples are clamped to 0).
     pub fn add(&mut self, value: f64) {
-        let value = if value.is_finite() && value > 0.0 { value } else { 0.0 };
+        let value = if value.is_finite() && value > 0.0 {
+            value
+        } else {
+            0.0
+        };
         match self {
             Quantiles::Exact(values) => {
                 values.push(value);
@@ -90,7 +94,10 @@ mod tests {
         for v in 1..=100 {
             q.add(v as f64);
         }
-        assert_eq!(q.quantiles([0.5, 0.95, 0.99]), [Some(50.0), Some(95.0), Some(99.0)]);
+        assert_eq!(
+            q.quantiles([0.5, 0.95, 0.99]),
+            [Some(50.0), Some(95.0), Some(99.0)]
+        );
     }
 
     #[test]
@@ -102,7 +109,10 @@ mod tests {
         assert!(matches!(q, Quantiles::Sketch(_)));
         for (quantile, truth) in [(0.5, 5000.0), (0.99, 9900.0)] {
             let got = q.quantile(quantile).expect("value");
-            assert!((got - truth).abs() / truth <= 0.011, "q{quantile}: {got} vs {truth}");
+            assert!(
+                (got - truth).abs() / truth <= 0.011,
+                "q{quantile}: {got} vs {truth}"
+            );
         }
     }
 }

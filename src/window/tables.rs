@@ -36,7 +36,11 @@ pub struct WindowTables {
 }
 
 fn ts_field(name: &str) -> Field {
-    Field::new(name, DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false)
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        false,
+    )
 }
 
 fn utf8(name: &str) -> Field {
@@ -224,7 +228,9 @@ impl TableBuilder {
         for (builder, cell) in self.values.iter_mut().zip(cells) {
             match (builder, cell) {
                 (ValueBuilder::U64(b), Cell::U64(v)) => b.append_option(*v),
-                (ValueBuilder::F64(b), Cell::F64(v)) => b.append_option(v.filter(|v| v.is_finite())),
+                (ValueBuilder::F64(b), Cell::F64(v)) => {
+                    b.append_option(v.filter(|v| v.is_finite()))
+                }
                 (ValueBuilder::U64(b), Cell::F64(_)) => b.append_null(),
                 (ValueBuilder::F64(b), Cell::U64(v)) => b.append_option(v.map(|v| v as f64)),
             }
@@ -290,7 +296,11 @@ impl TableBuilder {
     pub fn finish(mut self) -> Result<RecordBatch, ArrowError> {
         let mut columns: Vec<ArrayRef> =
             vec![Arc::new(self.start.finish()), Arc::new(self.end.finish())];
-        columns.extend(self.keys.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        columns.extend(
+            self.keys
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
         columns.extend(self.values.iter_mut().map(|b| match b {
             ValueBuilder::U64(b) => Arc::new(b.finish()) as ArrayRef,
             ValueBuilder::F64(b) => Arc::new(b.finish()) as ArrayRef,

@@ -24,14 +24,19 @@ fn spans(service: &str, ends: &[(u8, u64)]) -> Decoded {
     let resource = Resource {
         attributes: vec![KeyValue {
             key: "service.name".into(),
-            value: Some(AnyValue { value: Some(any_value::Value::StringValue(service.into())) }),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(service.into())),
+            }),
             ..Default::default()
         }],
         ..Default::default()
     };
     crate::columnar::spans::to_arrow(&[ResourceSpans {
         resource: Some(resource),
-        scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+        scope_spans: vec![ScopeSpans {
+            spans,
+            ..Default::default()
+        }],
         ..Default::default()
     }])
     .expect("spans")
@@ -43,28 +48,38 @@ fn requests(tables: &WindowTables) -> Vec<(String, u64)> {
     let names = names.as_any().downcast_ref::<StringArray>().expect("str");
     let counts = batch.column_by_name("requests").expect("col");
     let counts = counts.as_any().downcast_ref::<UInt64Array>().expect("u64");
-    (0..batch.num_rows()).map(|i| (names.value(i).to_string(), counts.value(i))).collect()
+    (0..batch.num_rows())
+        .map(|i| (names.value(i).to_string(), counts.value(i)))
+        .collect()
 }
 
 fn windows() -> Windows {
-    Windows::new(&Config::from_toml_str("[window]\nidle_timeout = \"10s\"\n").expect("config").window)
+    Windows::new(
+        &Config::from_toml_str("[window]\nidle_timeout = \"10s\"\n")
+            .expect("config")
+            .window,
+    )
 }
 
 #[test]
 fn watermark_closes_windows_and_late_records_are_counted() {
     let mut w = windows();
     let now = BASE + 3600 * SEC;
-    w.ingest(&spans("a", &[(1, BASE + SEC), (2, BASE + 9 * SEC)]), 0, now).expect("ingest");
+    w.ingest(&spans("a", &[(1, BASE + SEC), (2, BASE + 9 * SEC)]), 0, now)
+        .expect("ingest");
     assert!(w.advance(now).expect("advance").is_empty());
     // 16 s - 5 s lateness = 11 s: the first window [0, 10) closes.
-    w.ingest(&spans("a", &[(3, BASE + 16 * SEC)]), 0, now).expect("ingest");
+    w.ingest(&spans("a", &[(3, BASE + 16 * SEC)]), 0, now)
+        .expect("ingest");
     let closed = w.advance(now).expect("advance");
     assert_eq!(closed.len(), 1);
     assert_eq!(requests(&closed[0]), vec![("a".to_string(), 2)]);
-    w.ingest(&spans("a", &[(4, BASE + 2 * SEC)]), 0, now).expect("ingest");
+    w.ingest(&spans("a", &[(4, BASE + 2 * SEC)]), 0, now)
+        .expect("ingest");
     assert_eq!(w.counts().late, 1);
     // Duplicates within an open window are dropped.
-    w.ingest(&spans("a", &[(3, BASE + 16 * SEC)]), 0, now).expect("ingest");
+    w.ingest(&spans("a", &[(3, BASE + 16 * SEC)]), 0, now)
+        .expect("ingest");
     assert_eq!(w.counts().duplicates, 1);
     let closed = w.close_all().expect("close");
     assert_eq!(requests(&closed[0]), vec![("a".to_string(), 1)]);
@@ -75,26 +90,48 @@ fn a_new_input_holds_the_watermark_until_it_delivers_or_idles() {
     let mut w = windows();
     let now = BASE + 3600 * SEC;
     w.set_inputs(&[1, 2], now);
-    w.ingest(&spans("a", &[(1, BASE + SEC), (2, BASE + 30 * SEC)]), 1, now).expect("ingest");
-    assert!(w.advance(now).expect("advance").is_empty(), "input 2 has not delivered yet");
-    w.ingest(&spans("b", &[(3, BASE + 2 * SEC)]), 2, now).expect("ingest");
+    w.ingest(
+        &spans("a", &[(1, BASE + SEC), (2, BASE + 30 * SEC)]),
+        1,
+        now,
+    )
+    .expect("ingest");
+    assert!(
+        w.advance(now).expect("advance").is_empty(),
+        "input 2 has not delivered yet"
+    );
+    w.ingest(&spans("b", &[(3, BASE + 2 * SEC)]), 2, now)
+        .expect("ingest");
     assert_eq!(w.counts().late, 0, "the slower input's record is not late");
-    assert!(w.advance(now).expect("advance").is_empty(), "input 2 is at 2 s");
+    assert!(
+        w.advance(now).expect("advance").is_empty(),
+        "input 2 is at 2 s"
+    );
     // Input 2 goes silent: after the idle timeout it no longer holds windows open.
     let closed = w.advance(now + 11 * SEC).expect("advance");
-    assert_eq!(closed.len(), 1, "[0 s, 10 s) closes; [30 s, 40 s) is within the lateness");
-    assert_eq!(requests(&closed[0]), vec![("a".to_string(), 1), ("b".to_string(), 1)]);
+    assert_eq!(
+        closed.len(),
+        1,
+        "[0 s, 10 s) closes; [30 s, 40 s) is within the lateness"
+    );
+    assert_eq!(
+        requests(&closed[0]),
+        vec![("a".to_string(), 1), ("b".to_string(), 1)]
+    );
 }
 
 #[test]
 fn checkpoint_restores_lateness_and_cumulative_state() {
     let mut w = windows();
     let now = BASE + 3600 * SEC;
-    w.ingest(&spans("a", &[(1, BASE + SEC)]), 0, now).expect("ingest");
+    w.ingest(&spans("a", &[(1, BASE + SEC)]), 0, now)
+        .expect("ingest");
     w.close_all().expect("close");
     let checkpoint = w.checkpoint();
     let mut restored = windows();
     restored.restore(checkpoint);
-    restored.ingest(&spans("a", &[(2, BASE + 3 * SEC)]), 0, now).expect("ingest");
+    restored
+        .ingest(&spans("a", &[(2, BASE + 3 * SEC)]), 0, now)
+        .expect("ingest");
     assert_eq!(restored.counts().late, 1);
 }

@@ -14,8 +14,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
-    Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric,
-    number_data_point,
+    Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+    Sum, metric, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
@@ -27,7 +27,10 @@ const TABLES: [(&str, &str); 5] = [
     ("service_stats", "window_start, service_name"),
     ("operation_stats", "window_start, service_name, operation"),
     ("edge_stats", "window_start, caller, callee, callee_kind"),
-    ("metric_stats", "window_start, service_name, metric_name, attributes"),
+    (
+        "metric_stats",
+        "window_start, service_name, metric_name, attributes",
+    ),
     ("log_stats", "window_start, service_name, severity"),
 ];
 
@@ -54,7 +57,12 @@ async fn replay(lines: &[(String, String)], pause: Duration) -> Value {
             .send()
             .await
             .expect("engine reachable");
-        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+        assert_eq!(
+            response.status(),
+            200,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
@@ -62,7 +70,11 @@ async fn replay(lines: &[(String, String)], pause: Duration) -> Value {
     engine.flush().await;
     let mut tables = serde_json::Map::new();
     for (table, order) in TABLES {
-        let rows = support::sql(engine.api_addr, &format!("SELECT * FROM {table} ORDER BY {order}")).await;
+        let rows = support::sql(
+            engine.api_addr,
+            &format!("SELECT * FROM {table} ORDER BY {order}"),
+        )
+        .await;
         tables.insert(table.to_string(), Value::Array(rows));
     }
     engine.shutdown().await;
@@ -77,7 +89,11 @@ async fn golden_scenarios_replay_identically_at_two_speeds() {
     for dir in scenarios {
         let input = dir.join("input.jsonl");
         if !input.exists() {
-            assert!(bless, "{} lacks input.jsonl (HOMEOSTAT_BLESS=1 generates one)", dir.display());
+            assert!(
+                bless,
+                "{} lacks input.jsonl (HOMEOSTAT_BLESS=1 generates one)",
+                dir.display()
+            );
             std::fs::write(&input, generate_scenario()).expect("write input");
         }
         let text = std::fs::read_to_string(&input).expect("read input");
@@ -92,7 +108,11 @@ async fn golden_scenarios_replay_identically_at_two_speeds() {
             .collect();
         let fast = replay(&lines, Duration::ZERO).await;
         let slow = replay(&lines, Duration::from_millis(15)).await;
-        assert!(fast == slow, "{}: replay speed changed the tables", dir.display());
+        assert!(
+            fast == slow,
+            "{}: replay speed changed the tables",
+            dir.display()
+        );
         let expected_path = dir.join("expected.json");
         if bless {
             let pretty = serde_json::to_string_pretty(&fast).expect("json");
@@ -100,8 +120,12 @@ async fn golden_scenarios_replay_identically_at_two_speeds() {
             continue;
         }
         let expected: Value = serde_json::from_str(
-            &std::fs::read_to_string(&expected_path)
-                .unwrap_or_else(|_| panic!("{} missing: run with HOMEOSTAT_BLESS=1", expected_path.display())),
+            &std::fs::read_to_string(&expected_path).unwrap_or_else(|_| {
+                panic!(
+                    "{} missing: run with HOMEOSTAT_BLESS=1",
+                    expected_path.display()
+                )
+            }),
         )
         .expect("expected.json");
         for (table, _) in TABLES {
@@ -118,7 +142,9 @@ async fn golden_scenarios_replay_identically_at_two_speeds() {
 fn kv(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.into(),
-        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.into())) }),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
         ..Default::default()
     }
 }
@@ -126,7 +152,9 @@ fn kv(key: &str, value: &str) -> KeyValue {
 fn kv_int(key: &str, value: i64) -> KeyValue {
     KeyValue {
         key: key.into(),
-        value: Some(AnyValue { value: Some(any_value::Value::IntValue(value)) }),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
         ..Default::default()
     }
 }
@@ -193,7 +221,12 @@ fn generate_scenario() -> String {
             // Every fourth request carries no span kinds at all (old instrumentation).
             let kinds = request % 4 != 0;
             let kind = |k: i32| if kinds { k } else { 0 };
-            let status = |error: bool| error.then(|| Status { code: 2, message: "failed".into() });
+            let status = |error: bool| {
+                error.then(|| Status {
+                    code: 2,
+                    message: "failed".into(),
+                })
+            };
             by_service[0].push(Span {
                 trace_id: trace.clone(),
                 span_id: id(0),
@@ -201,7 +234,10 @@ fn generate_scenario() -> String {
                 kind: kind(2),
                 start_time_unix_nano: start,
                 end_time_unix_nano: start + web_ms * MS,
-                attributes: vec![kv("http.route", "/products"), kv_int("http.status_code", if failed { 502 } else { 200 })],
+                attributes: vec![
+                    kv("http.route", "/products"),
+                    kv_int("http.status_code", if failed { 502 } else { 200 }),
+                ],
                 status: status(failed),
                 ..Default::default()
             });
@@ -225,7 +261,10 @@ fn generate_scenario() -> String {
                 kind: kind(2),
                 start_time_unix_nano: start + 2 * MS,
                 end_time_unix_nano: start + (2 + api_ms) * MS,
-                attributes: vec![kv("http.route", "/stock/{id}"), kv_int("http.response.status_code", if failed { 503 } else { 200 })],
+                attributes: vec![
+                    kv("http.route", "/stock/{id}"),
+                    kv_int("http.response.status_code", if failed { 503 } else { 200 }),
+                ],
                 status: status(failed),
                 ..Default::default()
             });
@@ -261,7 +300,10 @@ fn generate_scenario() -> String {
             let request = ExportTraceServiceRequest {
                 resource_spans: vec![ResourceSpans {
                     resource: resource(service),
-                    scope_spans: vec![ScopeSpans { spans: std::mem::take(&mut by_service[index]), ..Default::default() }],
+                    scope_spans: vec![ScopeSpans {
+                        spans: std::mem::take(&mut by_service[index]),
+                        ..Default::default()
+                    }],
                     ..Default::default()
                 }],
             };
@@ -271,7 +313,10 @@ fn generate_scenario() -> String {
             let time = BASE + (batch + 1) * 5_000 * MS - MS;
             let mut buckets = vec![0u64; 4];
             for latency in &api_latency {
-                let bucket = [25.0, 50.0, 100.0].iter().position(|b| latency <= b).unwrap_or(3);
+                let bucket = [25.0, 50.0, 100.0]
+                    .iter()
+                    .position(|b| latency <= b)
+                    .unwrap_or(3);
                 buckets[bucket] += 1;
             }
             let metrics = ExportMetricsServiceRequest {
@@ -304,7 +349,9 @@ fn generate_scenario() -> String {
                                     data_points: vec![NumberDataPoint {
                                         start_time_unix_nano: BASE,
                                         time_unix_nano: time,
-                                        value: Some(number_data_point::Value::AsInt(web_count as i64)),
+                                        value: Some(number_data_point::Value::AsInt(
+                                            web_count as i64,
+                                        )),
                                         attributes: vec![kv("route", "/stock/{id}")],
                                         ..Default::default()
                                     }],
@@ -316,7 +363,9 @@ fn generate_scenario() -> String {
                                 data: Some(metric::Data::Gauge(Gauge {
                                     data_points: vec![NumberDataPoint {
                                         time_unix_nano: time,
-                                        value: Some(number_data_point::Value::AsDouble((rng.below(20) + 1) as f64)),
+                                        value: Some(number_data_point::Value::AsDouble(
+                                            (rng.below(20) + 1) as f64,
+                                        )),
                                         ..Default::default()
                                     }],
                                 })),
@@ -339,9 +388,15 @@ fn generate_scenario() -> String {
                                 LogRecord {
                                     time_unix_nano: time - (i + 1) * 700 * MS,
                                     severity_number: if error { 17 } else { 9 },
-                                    severity_text: if error { "ERROR".into() } else { "INFO".into() },
+                                    severity_text: if error {
+                                        "ERROR".into()
+                                    } else {
+                                        "INFO".into()
+                                    },
                                     body: Some(AnyValue {
-                                        value: Some(any_value::Value::StringValue(format!("stock lookup {i}"))),
+                                        value: Some(any_value::Value::StringValue(format!(
+                                            "stock lookup {i}"
+                                        ))),
                                     }),
                                     ..Default::default()
                                 }

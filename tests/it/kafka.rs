@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, LogsData, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
-    Metric, MetricsData, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
+    Metric, MetricsData, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric,
+    number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, TracesData};
@@ -69,7 +70,10 @@ impl Topics {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let result = admin
-                .create_topics(&topics, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+                .create_topics(
+                    &topics,
+                    &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+                )
                 .await;
             match result {
                 Ok(results) if results.iter().all(|r| r.is_ok()) => return,
@@ -90,7 +94,10 @@ fn producer(brokers: &str) -> FutureProducer {
 
 async fn produce(producer: &FutureProducer, topic: &str, key: &[u8], payload: Vec<u8>) {
     producer
-        .send(FutureRecord::to(topic).key(key).payload(&payload), Duration::from_secs(30))
+        .send(
+            FutureRecord::to(topic).key(key).payload(&payload),
+            Duration::from_secs(30),
+        )
         .await
         .unwrap_or_else(|(error, _)| panic!("produce to {topic}: {error}"));
 }
@@ -98,9 +105,15 @@ async fn produce(producer: &FutureProducer, topic: &str, key: &[u8], payload: Ve
 fn traces(service: &str, spans: Vec<Span>) -> TracesData {
     TracesData {
         resource_spans: vec![ResourceSpans {
-            resource: Some(Resource { attributes: vec![kv("service.name", service)], ..Default::default() }),
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", service)],
+                ..Default::default()
+            }),
             scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope { name: "test".into(), ..Default::default() }),
+                scope: Some(InstrumentationScope {
+                    name: "test".into(),
+                    ..Default::default()
+                }),
                 spans,
                 ..Default::default()
             }],
@@ -136,17 +149,32 @@ async fn topics_land_in_tables(json: bool) {
             let spans = (0..5u64)
                 .map(|i| {
                     let id = (w * 10 + i + 1) as u8;
-                    server_span(s as u8 + 1, id, base + w * 10_000_000_000 + (i + 1) * 1_000_000_000, 10 + i, i == 0)
+                    server_span(
+                        s as u8 + 1,
+                        id,
+                        base + w * 10_000_000_000 + (i + 1) * 1_000_000_000,
+                        10 + i,
+                        i == 0,
+                    )
                 })
                 .collect();
-            produce(&producer, &topics.spans, &[s as u8 + 1; 16], encode(&traces(service, spans), json)).await;
+            produce(
+                &producer,
+                &topics.spans,
+                &[s as u8 + 1; 16],
+                encode(&traces(service, spans), json),
+            )
+            .await;
         }
     }
     // A cumulative counter: 10, 25, 45 over three windows.
     for (w, value) in [10.0, 25.0, 45.0].iter().enumerate() {
         let data = MetricsData {
             resource_metrics: vec![ResourceMetrics {
-                resource: Some(Resource { attributes: vec![kv("service.name", "orders")], ..Default::default() }),
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", "orders")],
+                    ..Default::default()
+                }),
                 scope_metrics: vec![ScopeMetrics {
                     metrics: vec![Metric {
                         name: "orders.placed".into(),
@@ -171,7 +199,10 @@ async fn topics_land_in_tables(json: bool) {
     }
     let logs = LogsData {
         resource_logs: vec![ResourceLogs {
-            resource: Some(Resource { attributes: vec![kv("service.name", "stock")], ..Default::default() }),
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", "stock")],
+                ..Default::default()
+            }),
             scope_logs: vec![ScopeLogs {
                 log_records: (0..4u64)
                     .map(|i| LogRecord {
@@ -187,7 +218,13 @@ async fn topics_land_in_tables(json: bool) {
     };
     produce(&producer, &topics.logs, b"stock", encode(&logs, json)).await;
     // A poison record is skipped, not retried forever, and does not block the partition.
-    produce(&producer, &topics.spans, b"poison", b"\xff\xff not otlp".to_vec()).await;
+    produce(
+        &producer,
+        &topics.spans,
+        b"poison",
+        b"\xff\xff not otlp".to_vec(),
+    )
+    .await;
 
     let rows = support::sql_until(
         engine.api_addr,
@@ -208,10 +245,24 @@ async fn topics_land_in_tables(json: bool) {
     )
     .await;
     let deltas: Vec<f64> = metric.iter().map(|r| num(r, "delta")).collect();
-    assert_eq!(deltas, vec![0.0, 15.0, 20.0], "first point of an old counter is its baseline");
-    let logs = support::sql(engine.api_addr, "SELECT severity, count FROM log_stats ORDER BY severity").await;
-    let logs: Vec<(String, f64)> = logs.iter().map(|r| (text(r, "severity").to_string(), num(r, "count"))).collect();
-    assert_eq!(logs, vec![("ERROR".to_string(), 1.0), ("INFO".to_string(), 3.0)]);
+    assert_eq!(
+        deltas,
+        vec![0.0, 15.0, 20.0],
+        "first point of an old counter is its baseline"
+    );
+    let logs = support::sql(
+        engine.api_addr,
+        "SELECT severity, count FROM log_stats ORDER BY severity",
+    )
+    .await;
+    let logs: Vec<(String, f64)> = logs
+        .iter()
+        .map(|r| (text(r, "severity").to_string(), num(r, "count")))
+        .collect();
+    assert_eq!(
+        logs,
+        vec![("ERROR".to_string(), 1.0), ("INFO".to_string(), 3.0)]
+    );
     engine.shutdown().await;
 }
 
@@ -233,12 +284,17 @@ struct EngineProcess {
 impl EngineProcess {
     fn start(env: &[(&str, String)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_homeostat"));
-        command.arg("run").stdout(Stdio::null()).stderr(Stdio::inherit());
+        command
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
         for (key, value) in env {
             command.env(key, value);
         }
         command.env("RUST_LOG", "warn");
-        EngineProcess { child: command.spawn().expect("start engine") }
+        EngineProcess {
+            child: command.spawn().expect("start engine"),
+        }
     }
 
     fn kill(mut self) {
@@ -262,8 +318,15 @@ fn kill_test_records(base: u64, windows: std::ops::Range<u64>) -> Vec<(String, V
             for half in 0..2u64 {
                 let spans = (0..10u64)
                     .map(|i| {
-                        let mut span = server_span(0, 1, base + w * 10_000_000_000 + (half * 10 + i + 1) * 400_000_000, 5, i == 3);
-                        span.trace_id = [[s as u8 + 1; 8], (w * 100 + half * 10 + i).to_be_bytes()].concat();
+                        let mut span = server_span(
+                            0,
+                            1,
+                            base + w * 10_000_000_000 + (half * 10 + i + 1) * 400_000_000,
+                            5,
+                            i == 3,
+                        );
+                        span.trace_id =
+                            [[s as u8 + 1; 8], (w * 100 + half * 10 + i).to_be_bytes()].concat();
                         span.span_id = (w * 1000 + half * 100 + i + 1).to_be_bytes().to_vec();
                         span
                     })
@@ -320,10 +383,16 @@ async fn killed_engine_restarts_without_loss_or_double_counting() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let rows = api_sql(api, "SELECT COUNT(*) AS n FROM service_stats").await;
-        if rows.as_ref().is_some_and(|r| r.first().is_some_and(|row| num(row, "n") >= 9.0)) {
+        if rows
+            .as_ref()
+            .is_some_and(|r| r.first().is_some_and(|row| num(row, "n") >= 9.0))
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "first engine never closed windows: {rows:?}");
+        assert!(
+            Instant::now() < deadline,
+            "first engine never closed windows: {rows:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Let a commit happen, then kill without any chance to flush or commit more.
@@ -345,7 +414,11 @@ async fn killed_engine_restarts_without_loss_or_double_counting() {
     };
     assert_eq!(rows.len(), 18, "6 windows x 3 services: {rows:?}");
     for row in &rows {
-        assert_eq!(num(row, "requests"), 20.0, "nothing lost, nothing counted twice: {row}");
+        assert_eq!(
+            num(row, "requests"),
+            20.0,
+            "nothing lost, nothing counted twice: {row}"
+        );
         assert_eq!(num(row, "errors"), 2.0, "{row}");
     }
 }
@@ -355,7 +428,15 @@ fn start_tansu(port: u16) -> Child {
         .expect("HOMEOSTAT_TEST_TANSU is not set: run the suite with scripts/test.sh");
     let url = format!("tcp://127.0.0.1:{port}");
     Command::new(tansu)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -376,7 +457,11 @@ async fn broker_down_at_start_and_mid_run_keeps_otlp_and_resumes() {
 
     // Broker down: OTLP still accepted and counted.
     let url = format!("http://{}/v1/traces", engine.http_addr);
-    let body = crate::limits::request("otlp-side", vec![server_span(9, 1, base + 1_000_000_000, 5, false)]).encode_to_vec();
+    let body = crate::limits::request(
+        "otlp-side",
+        vec![server_span(9, 1, base + 1_000_000_000, 5, false)],
+    )
+    .encode_to_vec();
     let response = reqwest::Client::new()
         .post(&url)
         .header("content-type", "application/x-protobuf")
@@ -391,10 +476,21 @@ async fn broker_down_at_start_and_mid_run_keeps_otlp_and_resumes() {
     topics.create(&brokers).await;
     let producer = producer(&brokers);
     // Later windows each time: input idle for `idle_timeout` closes the open ones.
-    let spans = (1..=5u8).map(|i| server_span(7, i, base + 20_000_000_000, 5, false)).collect();
-    produce(&producer, &topics.spans, b"k", traces("kafka-side", spans).encode_to_vec()).await;
+    let spans = (1..=5u8)
+        .map(|i| server_span(7, i, base + 20_000_000_000, 5, false))
+        .collect();
+    produce(
+        &producer,
+        &topics.spans,
+        b"k",
+        traces("kafka-side", spans).encode_to_vec(),
+    )
+    .await;
     let query = "SELECT service_name, SUM(requests) AS requests FROM service_stats GROUP BY service_name ORDER BY service_name";
-    let rows = support::sql_until(engine.api_addr, query, Duration::from_secs(90), |rows| rows.len() == 2).await;
+    let rows = support::sql_until(engine.api_addr, query, Duration::from_secs(90), |rows| {
+        rows.len() == 2
+    })
+    .await;
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(num(&rows[0], "requests"), 5.0);
     assert_eq!(num(&rows[1], "requests"), 1.0);
@@ -402,7 +498,11 @@ async fn broker_down_at_start_and_mid_run_keeps_otlp_and_resumes() {
     // Broker goes down mid-run: OTLP keeps working.
     broker.kill().expect("kill broker");
     let _ = broker.wait();
-    let body = crate::limits::request("otlp-side", vec![server_span(9, 2, base + 40_000_000_000, 5, false)]).encode_to_vec();
+    let body = crate::limits::request(
+        "otlp-side",
+        vec![server_span(9, 2, base + 40_000_000_000, 5, false)],
+    )
+    .encode_to_vec();
     let response = reqwest::Client::new()
         .post(&url)
         .header("content-type", "application/x-protobuf")
@@ -415,13 +515,25 @@ async fn broker_down_at_start_and_mid_run_keeps_otlp_and_resumes() {
     // Broker back (empty, in-memory storage): consumption resumes.
     let mut broker = start_tansu(port);
     topics.create(&brokers).await;
-    let spans = (1..=4u8).map(|i| server_span(8, i, base + 60_000_000_000, 5, false)).collect();
-    produce(&producer, &topics.spans, b"k", traces("kafka-after", spans).encode_to_vec()).await;
+    let spans = (1..=4u8)
+        .map(|i| server_span(8, i, base + 60_000_000_000, 5, false))
+        .collect();
+    produce(
+        &producer,
+        &topics.spans,
+        b"k",
+        traces("kafka-after", spans).encode_to_vec(),
+    )
+    .await;
     let rows = support::sql_until(engine.api_addr, query, Duration::from_secs(120), |rows| {
-        rows.iter().any(|r| text(r, "service_name") == "kafka-after")
+        rows.iter()
+            .any(|r| text(r, "service_name") == "kafka-after")
     })
     .await;
-    let after: Vec<&Value> = rows.iter().filter(|r| text(r, "service_name") == "kafka-after").collect();
+    let after: Vec<&Value> = rows
+        .iter()
+        .filter(|r| text(r, "service_name") == "kafka-after")
+        .collect();
     assert_eq!(after.len(), 1, "{rows:?}");
     assert_eq!(num(after[0], "requests"), 4.0);
     engine.shutdown().await;

@@ -19,7 +19,9 @@ use crate::support::{self, num, text};
 pub fn kv(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.to_string(),
-        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.to_string())) }),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
         ..Default::default()
     }
 }
@@ -33,7 +35,10 @@ pub fn server_span(trace: u8, id: u8, end_ns: u64, ms: u64, error: bool) -> Span
         kind: 2,
         start_time_unix_nano: end_ns - ms * 1_000_000,
         end_time_unix_nano: end_ns,
-        status: error.then(|| Status { code: 2, message: "boom".into() }),
+        status: error.then(|| Status {
+            code: 2,
+            message: "boom".into(),
+        }),
         ..Default::default()
     }
 }
@@ -41,15 +46,23 @@ pub fn server_span(trace: u8, id: u8, end_ns: u64, ms: u64, error: bool) -> Span
 pub fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
-            resource: Some(Resource { attributes: vec![kv("service.name", service)], ..Default::default() }),
-            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", service)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
             ..Default::default()
         }],
     }
 }
 
 async fn post(url: &str, content_type: &str, gzip: bool, body: Vec<u8>) -> reqwest::Response {
-    let mut builder = reqwest::Client::new().post(url).header("content-type", content_type);
+    let mut builder = reqwest::Client::new()
+        .post(url)
+        .header("content-type", content_type);
     if gzip {
         builder = builder.header("content-encoding", "gzip");
     }
@@ -81,7 +94,12 @@ async fn http_limits_and_bad_input() {
     let t = support::aligned_past(20);
 
     // Over the limit as sent.
-    let big = request("svc", (0..200).map(|i| server_span(1, i as u8 + 1, t + 1_000_000, 5, false)).collect());
+    let big = request(
+        "svc",
+        (0..200)
+            .map(|i| server_span(1, i as u8 + 1, t + 1_000_000, 5, false))
+            .collect(),
+    );
     let body = big.encode_to_vec();
     assert!(body.len() > 4096);
     let response = post(&url, "application/x-protobuf", false, body.clone()).await;
@@ -97,15 +115,33 @@ async fn http_limits_and_bad_input() {
     assert_eq!(response.status(), 413);
 
     // Undecodable protobuf and JSON.
-    let response = post(&url, "application/x-protobuf", false, b"\x0a\xff\xff\xff\xff\x0f".to_vec()).await;
+    let response = post(
+        &url,
+        "application/x-protobuf",
+        false,
+        b"\x0a\xff\xff\xff\xff\x0f".to_vec(),
+    )
+    .await;
     assert_eq!(response.status(), 400);
     let (code, message) = rpc_status(&response.bytes().await.expect("body"));
     assert_eq!(code, 3);
     assert!(message.contains("cannot decode traces"), "{message}");
-    let response = post(&url, "application/json", false, b"{\"resourceSpans\": 7}".to_vec()).await;
+    let response = post(
+        &url,
+        "application/json",
+        false,
+        b"{\"resourceSpans\": 7}".to_vec(),
+    )
+    .await;
     assert_eq!(response.status(), 400);
     let error: serde_json::Value = response.json().await.expect("json status");
-    assert!(error["message"].as_str().unwrap_or("").contains("cannot decode"), "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cannot decode"),
+        "{error}"
+    );
     let response = post(&url, "application/json", true, b"not gzip".to_vec()).await;
     assert_eq!(response.status(), 400);
 
@@ -114,7 +150,10 @@ async fn http_limits_and_bad_input() {
     assert_eq!(response.status(), 415);
 
     // Partly invalid: the valid spans count, the response says how many were rejected.
-    let mut spans = vec![server_span(2, 1, t + 1_000_000, 10, false), server_span(2, 2, t + 2_000_000, 20, true)];
+    let mut spans = vec![
+        server_span(2, 1, t + 1_000_000, 10, false),
+        server_span(2, 2, t + 2_000_000, 20, true),
+    ];
     let mut bad = server_span(2, 3, t + 3_000_000, 5, false);
     bad.trace_id = vec![1, 2, 3];
     spans.push(bad);
@@ -122,12 +161,23 @@ async fn http_limits_and_bad_input() {
     no_end.end_time_unix_nano = 0;
     no_end.start_time_unix_nano = 0;
     spans.push(no_end);
-    let response = post(&url, "application/x-protobuf", false, request("partial", spans).encode_to_vec()).await;
+    let response = post(
+        &url,
+        "application/x-protobuf",
+        false,
+        request("partial", spans).encode_to_vec(),
+    )
+    .await;
     assert_eq!(response.status(), 200);
-    let answer = ExportTraceServiceResponse::decode(response.bytes().await.expect("body")).expect("response");
+    let answer = ExportTraceServiceResponse::decode(response.bytes().await.expect("body"))
+        .expect("response");
     let partial = answer.partial_success.expect("partial success");
     assert_eq!(partial.rejected_spans, 2);
-    assert!(partial.error_message.contains("trace_id"), "{}", partial.error_message);
+    assert!(
+        partial.error_message.contains("trace_id"),
+        "{}",
+        partial.error_message
+    );
 
     // A redelivered request is not counted twice.
     let again = request("partial", vec![server_span(2, 1, t + 1_000_000, 10, false)]);
@@ -135,7 +185,11 @@ async fn http_limits_and_bad_input() {
     assert_eq!(response.status(), 200);
 
     engine.flush().await;
-    let rows = support::sql(engine.api_addr, "SELECT service_name, requests, errors FROM service_stats").await;
+    let rows = support::sql(
+        engine.api_addr,
+        "SELECT service_name, requests, errors FROM service_stats",
+    )
+    .await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(text(&rows[0], "service_name"), "partial");
     assert_eq!(num(&rows[0], "requests"), 2.0);
@@ -144,7 +198,13 @@ async fn http_limits_and_bad_input() {
     // Late: the window closed at flush; a span for it is dropped and counted.
     let late = request("partial", vec![server_span(2, 9, t + 1_000_000, 10, false)]);
     post(&url, "application/x-protobuf", false, late.encode_to_vec()).await;
-    let metrics = support::sql_until(engine.api_addr, "SELECT 1 AS x", std::time::Duration::from_millis(10), |_| true).await;
+    let metrics = support::sql_until(
+        engine.api_addr,
+        "SELECT 1 AS x",
+        std::time::Duration::from_millis(10),
+        |_| true,
+    )
+    .await;
     assert_eq!(metrics.len(), 1);
     let exposition = reqwest::get(format!("http://{}/metrics", engine.api_addr))
         .await
@@ -158,7 +218,10 @@ async fn http_limits_and_bad_input() {
         "homeostat_records_rejected_total{signal=\"traces\",reason=\"invalid\"} 2",
         "outcome=\"too_large\"} 2",
     ] {
-        assert!(exposition.contains(needle), "missing {needle} in\n{exposition}");
+        assert!(
+            exposition.contains(needle),
+            "missing {needle} in\n{exposition}"
+        );
     }
     engine.shutdown().await;
 }
@@ -168,9 +231,16 @@ async fn grpc_limits_and_bad_input() {
     let engine = support::engine("[otlp]\nmax_request_bytes = 4096\n").await;
     let endpoint = format!("http://{}", engine.grpc_addr);
     let t = support::aligned_past(20);
-    let big = request("svc", (0..200).map(|i| server_span(1, i as u8 + 1, t + 1_000_000, 5, false)).collect());
+    let big = request(
+        "svc",
+        (0..200)
+            .map(|i| server_span(1, i as u8 + 1, t + 1_000_000, 5, false))
+            .collect(),
+    );
 
-    let mut client = TraceServiceClient::connect(endpoint.clone()).await.expect("connect");
+    let mut client = TraceServiceClient::connect(endpoint.clone())
+        .await
+        .expect("connect");
     let status = client.export(big.clone()).await.expect_err("too large");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
 
@@ -179,7 +249,10 @@ async fn grpc_limits_and_bad_input() {
         .await
         .expect("connect")
         .send_compressed(tonic::codec::CompressionEncoding::Gzip);
-    let status = gzip_client.export(big).await.expect_err("too large once inflated");
+    let status = gzip_client
+        .export(big)
+        .await
+        .expect_err("too large once inflated");
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
 
     // A valid compressed request succeeds.
@@ -191,30 +264,52 @@ async fn grpc_limits_and_bad_input() {
     let mut bad = server_span(3, 2, t + 1_000_000, 5, false);
     bad.span_id = vec![];
     let response = client
-        .export(request("grpc-svc", vec![bad, server_span(3, 3, t + 1_000_000, 5, true)]))
+        .export(request(
+            "grpc-svc",
+            vec![bad, server_span(3, 3, t + 1_000_000, 5, true)],
+        ))
         .await
         .expect("accepted")
         .into_inner();
     assert_eq!(response.partial_success.expect("partial").rejected_spans, 1);
 
     // Undecodable message: INVALID_ARGUMENT with a message.
-    let http2 = reqwest::Client::builder().http2_prior_knowledge().build().expect("client");
+    let http2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
     let mut frame = vec![0u8, 0, 0, 0, 6];
     frame.extend_from_slice(b"\x0a\xff\xff\xff\xff\x0f");
     let response = http2
-        .post(format!("{endpoint}/opentelemetry.proto.collector.trace.v1.TraceService/Export"))
+        .post(format!(
+            "{endpoint}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+        ))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(frame)
         .send()
         .await
         .expect("grpc over h2");
-    assert_eq!(response.headers().get("grpc-status").and_then(|v| v.to_str().ok()), Some("3"));
-    let message = response.headers().get("grpc-message").and_then(|v| v.to_str().ok()).unwrap_or("");
+    assert_eq!(
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()),
+        Some("3")
+    );
+    let message = response
+        .headers()
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     assert!(message.contains("cannot decode traces"), "{message}");
 
     engine.flush().await;
-    let rows = support::sql(engine.api_addr, "SELECT requests, errors FROM service_stats WHERE service_name = 'grpc-svc'").await;
+    let rows = support::sql(
+        engine.api_addr,
+        "SELECT requests, errors FROM service_stats WHERE service_name = 'grpc-svc'",
+    )
+    .await;
     assert_eq!(rows.len(), 1);
     assert_eq!(num(&rows[0], "requests"), 2.0);
     assert_eq!(num(&rows[0], "errors"), 1.0);
@@ -227,9 +322,16 @@ async fn grpc_limits_and_bad_input() {
 async fn full_queue_answers_unavailable() {
     let (queue, _inbox) = tokio::sync::mpsc::channel(1);
     let intake = OtlpIntake::new(queue, 1 << 20, Arc::new(SelfMetrics::new()));
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let (http_addr, grpc_addr) = (http.local_addr().expect("addr"), grpc.local_addr().expect("addr"));
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let (http_addr, grpc_addr) = (
+        http.local_addr().expect("addr"),
+        grpc.local_addr().expect("addr"),
+    );
     tokio::spawn(async move { axum::serve(http, otlp_http::router(intake.clone())).await });
     let (queue, _inbox2) = tokio::sync::mpsc::channel(1);
     let grpc_intake = OtlpIntake::new(queue, 1 << 20, Arc::new(SelfMetrics::new()));
@@ -240,13 +342,29 @@ async fn full_queue_answers_unavailable() {
     let t = support::aligned_past(5);
     let body = request("svc", vec![server_span(1, 1, t, 5, false)]).encode_to_vec();
     let url = format!("http://{http_addr}/v1/traces");
-    assert_eq!(post(&url, "application/x-protobuf", false, body.clone()).await.status(), 200);
+    assert_eq!(
+        post(&url, "application/x-protobuf", false, body.clone())
+            .await
+            .status(),
+        200
+    );
     let response = post(&url, "application/x-protobuf", false, body).await;
     assert_eq!(response.status(), 503);
-    assert_eq!(response.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
 
-    let mut client = TraceServiceClient::connect(format!("http://{grpc_addr}")).await.expect("connect");
-    client.export(request("svc", vec![server_span(1, 1, t, 5, false)])).await.expect("first fits");
+    let mut client = TraceServiceClient::connect(format!("http://{grpc_addr}"))
+        .await
+        .expect("connect");
+    client
+        .export(request("svc", vec![server_span(1, 1, t, 5, false)]))
+        .await
+        .expect("first fits");
     let status = client
         .export(request("svc", vec![server_span(1, 2, t, 5, false)]))
         .await
@@ -260,11 +378,24 @@ async fn series_cardinality_is_capped_and_counted() {
     let url = format!("http://{}/v1/traces", engine.http_addr);
     let t = support::aligned_past(10);
     for (i, service) in ["a", "b", "c", "d", "e"].iter().enumerate() {
-        let body = request(service, vec![server_span(i as u8 + 1, 1, t + 1_000_000, 5, false)]).encode_to_vec();
-        assert_eq!(post(&url, "application/x-protobuf", false, body).await.status(), 200);
+        let body = request(
+            service,
+            vec![server_span(i as u8 + 1, 1, t + 1_000_000, 5, false)],
+        )
+        .encode_to_vec();
+        assert_eq!(
+            post(&url, "application/x-protobuf", false, body)
+                .await
+                .status(),
+            200
+        );
     }
     engine.flush().await;
-    let rows = support::sql(engine.api_addr, "SELECT service_name FROM service_stats ORDER BY service_name").await;
+    let rows = support::sql(
+        engine.api_addr,
+        "SELECT service_name FROM service_stats ORDER BY service_name",
+    )
+    .await;
     let names: Vec<&str> = rows.iter().map(|r| text(r, "service_name")).collect();
     assert_eq!(names, vec!["a", "b", "c"]);
     let exposition = reqwest::get(format!("http://{}/metrics", engine.api_addr))
@@ -291,7 +422,10 @@ async fn sql_errors_are_clear() {
         .expect("api");
     assert_eq!(response.status(), 400);
     let error: serde_json::Value = response.json().await.expect("json");
-    assert!(error["error"].as_str().unwrap_or("").contains("nope"), "{error}");
+    assert!(
+        error["error"].as_str().unwrap_or("").contains("nope"),
+        "{error}"
+    );
     let response = reqwest::Client::new()
         .post(format!("http://{}/sql", engine.api_addr))
         .body("CREATE TABLE x AS SELECT 1")

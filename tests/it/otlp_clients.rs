@@ -32,7 +32,10 @@ struct Exporters {
 impl Exporters {
     fn spans(&self) -> SpanExporter {
         match self.transport {
-            Transport::Grpc => SpanExporter::builder().with_tonic().with_endpoint(&self.grpc).build(),
+            Transport::Grpc => SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(&self.grpc)
+                .build(),
             Transport::HttpProtobuf => SpanExporter::builder()
                 .with_http()
                 .with_protocol(Protocol::HttpBinary)
@@ -49,7 +52,10 @@ impl Exporters {
 
     fn metrics(&self) -> MetricExporter {
         match self.transport {
-            Transport::Grpc => MetricExporter::builder().with_tonic().with_endpoint(&self.grpc).build(),
+            Transport::Grpc => MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(&self.grpc)
+                .build(),
             Transport::HttpProtobuf => MetricExporter::builder()
                 .with_http()
                 .with_protocol(Protocol::HttpBinary)
@@ -66,7 +72,10 @@ impl Exporters {
 
     fn logs(&self) -> LogExporter {
         match self.transport {
-            Transport::Grpc => LogExporter::builder().with_tonic().with_endpoint(&self.grpc).build(),
+            Transport::Grpc => LogExporter::builder()
+                .with_tonic()
+                .with_endpoint(&self.grpc)
+                .build(),
             Transport::HttpProtobuf => LogExporter::builder()
                 .with_http()
                 .with_protocol(Protocol::HttpBinary)
@@ -168,7 +177,10 @@ fn send_metrics(exporters: &Exporters) {
     let meter = provider.meter("shop");
     let orders = meter.u64_counter("orders").build();
     let queue = meter.i64_gauge("queue.depth").build();
-    let latency = meter.f64_histogram("charge.duration").with_unit("ms").build();
+    let latency = meter
+        .f64_histogram("charge.duration")
+        .with_unit("ms")
+        .build();
     for i in 0..10u64 {
         orders.add(i + 1, &[KeyValue::new("region", "eu")]);
         latency.record((i * 10) as f64, &[]);
@@ -187,7 +199,11 @@ fn send_logs(exporters: &Exporters, base_ns: u64) {
     for i in 0..7u64 {
         let mut record = logger.create_log_record();
         record.set_timestamp(at(base_ns, i * 100));
-        let (severity, text) = if i < 3 { (Severity::Error, "ERROR") } else { (Severity::Info, "INFO") };
+        let (severity, text) = if i < 3 {
+            (Severity::Error, "ERROR")
+        } else {
+            (Severity::Info, "INFO")
+        };
         record.set_severity_number(severity);
         record.set_severity_text(text);
         record.set_body(AnyValue::from(format!("charge attempt {i}")));
@@ -228,7 +244,11 @@ async fn exercise(transport: Transport) {
     assert_eq!(text(pay, "service_name"), "pay");
     assert_eq!(text(pay, "deployment_environment"), "test");
     assert_eq!(num(pay, "requests"), 20.0, "{transport:?}");
-    assert_eq!(num(pay, "errors"), 4.0, "{transport:?}: 503s count as errors");
+    assert_eq!(
+        num(pay, "errors"),
+        4.0,
+        "{transport:?}: 503s count as errors"
+    );
     assert_eq!(num(shop, "requests"), 20.0);
     assert_eq!(num(shop, "errors"), 4.0);
     assert_eq!(num(shop, "max_ms"), 119.0);
@@ -246,11 +266,20 @@ async fn exercise(transport: Transport) {
     .await;
     let ops: Vec<(String, String, f64)> = operations
         .iter()
-        .map(|r| (text(r, "service_name").to_string(), text(r, "operation").to_string(), num(r, "requests")))
+        .map(|r| {
+            (
+                text(r, "service_name").to_string(),
+                text(r, "operation").to_string(),
+                num(r, "requests"),
+            )
+        })
         .collect();
     assert_eq!(
         ops,
-        vec![("pay".into(), "/charge".into(), 20.0), ("shop".into(), "/checkout".into(), 20.0)]
+        vec![
+            ("pay".into(), "/charge".into(), 20.0),
+            ("shop".into(), "/checkout".into(), 20.0)
+        ]
     );
 
     let edges = support::sql(
@@ -261,13 +290,21 @@ async fn exercise(transport: Transport) {
     .await;
     assert_eq!(edges.len(), 2, "{transport:?}: {edges:?}");
     assert_eq!(
-        (text(&edges[0], "caller"), text(&edges[0], "callee"), text(&edges[0], "callee_kind")),
+        (
+            text(&edges[0], "caller"),
+            text(&edges[0], "callee"),
+            text(&edges[0], "callee_kind")
+        ),
         ("pay", "payments", "database")
     );
     assert_eq!(num(&edges[0], "calls"), 20.0);
     assert_eq!(num(&edges[0], "errors"), 0.0);
     assert_eq!(
-        (text(&edges[1], "caller"), text(&edges[1], "callee"), text(&edges[1], "callee_kind")),
+        (
+            text(&edges[1], "caller"),
+            text(&edges[1], "callee"),
+            text(&edges[1], "callee_kind")
+        ),
         ("shop", "pay", "service")
     );
     assert_eq!(num(&edges[1], "calls"), 20.0);
@@ -286,12 +323,19 @@ async fn exercise(transport: Transport) {
     assert_eq!(num(histogram, "hist_count"), 10.0);
     assert_eq!(num(histogram, "hist_sum"), 450.0);
     let p99 = num(histogram, "hist_p99");
-    assert!((75.0..=100.0).contains(&p99), "histogram p99 estimate {p99}");
+    assert!(
+        (75.0..=100.0).contains(&p99),
+        "histogram p99 estimate {p99}"
+    );
     let orders = &metrics[1];
     assert_eq!(text(orders, "metric_name"), "orders");
     assert_eq!(text(orders, "attributes"), "region=eu");
     assert_eq!(num(orders, "last"), 55.0);
-    assert_eq!(num(orders, "delta"), 55.0, "a fresh cumulative counter counts from its start");
+    assert_eq!(
+        num(orders, "delta"),
+        55.0,
+        "a fresh cumulative counter counts from its start"
+    );
     let queue = &metrics[2];
     assert_eq!(text(queue, "metric_name"), "queue.depth");
     assert_eq!(num(queue, "last"), 42.0);
@@ -301,8 +345,15 @@ async fn exercise(transport: Transport) {
         "SELECT service_name, severity, SUM(count) AS n FROM log_stats GROUP BY service_name, severity ORDER BY severity",
     )
     .await;
-    let logs: Vec<(String, f64)> = logs.iter().map(|r| (text(r, "severity").to_string(), num(r, "n"))).collect();
-    assert_eq!(logs, vec![("ERROR".to_string(), 3.0), ("INFO".to_string(), 4.0)], "{transport:?}");
+    let logs: Vec<(String, f64)> = logs
+        .iter()
+        .map(|r| (text(r, "severity").to_string(), num(r, "n")))
+        .collect();
+    assert_eq!(
+        logs,
+        vec![("ERROR".to_string(), 3.0), ("INFO".to_string(), 4.0)],
+        "{transport:?}"
+    );
 
     let exposition = reqwest::get(format!("http://{api}/metrics"))
         .await
@@ -310,7 +361,10 @@ async fn exercise(transport: Transport) {
         .text()
         .await
         .expect("text");
-    assert!(exposition.contains("homeostat_records_received_total"), "{exposition}");
+    assert!(
+        exposition.contains("homeostat_records_received_total"),
+        "{exposition}"
+    );
     engine.shutdown().await;
 }
 

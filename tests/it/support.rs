@@ -40,7 +40,10 @@ pub async fn sql(api: std::net::SocketAddr, query: &str) -> Vec<Value> {
         .expect("api reachable");
     let status = response.status();
     let text = response.text().await.expect("body");
-    assert!(status.is_success(), "query {query:?} failed: {status} {text}");
+    assert!(
+        status.is_success(),
+        "query {query:?} failed: {status} {text}"
+    );
     match serde_json::from_str(&text).expect("json rows") {
         Value::Array(rows) => rows,
         other => panic!("expected an array, got {other}"),
