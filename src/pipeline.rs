@@ -44,6 +44,8 @@ pub struct WindowStage {
     idle_timeout: Duration,
     retain_ms: i64,
     close_on_stop: bool,
+    /// Closed windows whose write failed, retried with the next one.
+    unpersisted: Vec<WindowTables>,
 }
 
 fn now_unix_nano() -> u64 {
@@ -95,6 +97,7 @@ impl WindowStage {
             // With Kafka, open windows are rebuilt from uncommitted records after a
             // restart; closing them at stop would turn those records into late ones.
             close_on_stop: !config.kafka_enabled(),
+            unpersisted: Vec::new(),
         })
     }
 
@@ -122,7 +125,9 @@ impl WindowStage {
                         last_input = Instant::now();
                         self.ingest(decoded, origin);
                         match self.windows.advance(now_unix_nano()) {
-                            Ok(closed) => self.publish(closed),
+                            Ok(closed) => {
+                            self.publish(closed);
+                        }
                             Err(error) => warn!(%error, "failed to close windows"),
                         }
                     }
@@ -134,7 +139,9 @@ impl WindowStage {
                 },
                 _ = tick.tick() => {
                     match self.windows.advance(now_unix_nano()) {
-                        Ok(closed) => self.publish(closed),
+                        Ok(closed) => {
+                            self.publish(closed);
+                        }
                         Err(error) => warn!(%error, "failed to close windows"),
                     }
                     if last_input.elapsed() >= self.idle_timeout && self.windows.open_windows() > 0 {
@@ -154,7 +161,9 @@ impl WindowStage {
                         self.close_all();
                     } else {
                         match self.windows.advance(now_unix_nano()) {
-                            Ok(closed) => self.publish(closed),
+                            Ok(closed) => {
+                            self.publish(closed);
+                        }
                             Err(error) => warn!(%error, "failed to close windows"),
                         }
                     }
@@ -192,33 +201,45 @@ impl WindowStage {
 
     fn close_all(&mut self) {
         match self.windows.close_all() {
-            Ok(closed) => self.publish(closed),
+            Ok(closed) => {
+                if self.publish(closed) {
+                    self.offsets.release_processed();
+                }
+            }
             Err(error) => warn!(%error, "failed to close windows"),
         }
     }
 
-    fn publish(&mut self, closed: Vec<WindowTables>) {
-        if closed.is_empty() {
-            return;
+    /// Hands closed windows to the history and the store; false when they (or windows
+    /// whose earlier write failed, retried here first) could not be persisted.
+    fn publish(&mut self, closed: Vec<WindowTables>) -> bool {
+        if closed.is_empty() && self.unpersisted.is_empty() {
+            return true;
         }
         self.windows.evict_stale_series(self.retain_ms);
         let closed_through = self.windows.closed_through_ms();
-        if let Some(store) = &self.store {
-            let checkpoint = self.windows.checkpoint();
-            if let Err(error) = store.persist(&closed, &checkpoint) {
-                // Offsets stay uncommitted, so Kafka input is replayed after a restart.
-                warn!(%error, "failed to persist closed windows");
-                self.metrics.store_error();
-            } else {
-                self.offsets.set_durable(closed_through);
-                if let Err(error) = store.prune(closed_through - self.retain_ms) {
-                    warn!(%error, "failed to prune old windows");
-                }
-            }
-        } else {
+        let horizon = closed_through - self.retain_ms;
+        self.history.extend(closed.iter().cloned());
+        self.history.retain_after(horizon);
+        let Some(store) = &self.store else {
             self.offsets.set_durable(closed_through);
+            return true;
+        };
+        self.unpersisted.extend(closed);
+        let checkpoint = self.windows.checkpoint();
+        if let Err(error) = store.persist(&self.unpersisted, &checkpoint) {
+            // Offsets stay uncommitted (Kafka input is replayed after a restart) and
+            // the windows are retried with the next write.
+            warn!(%error, pending = self.unpersisted.len(), "failed to persist closed windows");
+            self.metrics.store_error();
+            self.unpersisted.retain(|w| w.end_ms > horizon);
+            return false;
         }
-        self.history.extend(closed);
-        self.history.retain_after(closed_through - self.retain_ms);
+        self.unpersisted.clear();
+        self.offsets.set_durable(closed_through);
+        if let Err(error) = store.prune(horizon) {
+            warn!(%error, "failed to prune old windows");
+        }
+        true
     }
 }

@@ -653,8 +653,13 @@ impl Windows {
         self.close_through(through)
     }
 
-    /// Closes every open window (input went idle, or the engine is stopping).
+    /// Closes every open window and empties the pairing store (input went idle, or
+    /// the engine is stopping): afterwards nothing ingested so far is still needed.
     pub fn close_all(&mut self) -> Result<Vec<WindowTables>, ArrowError> {
+        let mut edges = std::mem::take(&mut self.edges);
+        self.pairing.expire(u64::MAX, &mut edges);
+        self.route_edges(&mut edges);
+        self.edges = edges;
         match self.open.last_key_value() {
             Some((start, _)) => {
                 let through = start + self.size_ms;

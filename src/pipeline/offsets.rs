@@ -81,6 +81,20 @@ impl OffsetTracker {
         }
     }
 
+    /// Every record processed so far is done (all windows closed and durable, the
+    /// pairing store empty); records still in flight are not.
+    pub fn release_processed(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            for offsets in inner.partitions.values_mut() {
+                for state in offsets.values_mut() {
+                    if matches!(state, State::NeededUntil(_)) {
+                        *state = State::Done;
+                    }
+                }
+            }
+        }
+    }
+
     /// Windows ending at or before `closed_through_ms` are durable.
     pub fn set_durable(&self, closed_through_ms: i64) {
         self.durable_through_ms
