@@ -2,6 +2,7 @@
 //!
 //! Unknown keys are refused, and [`Config::load`] reports every problem it finds at once.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -75,6 +76,9 @@ pub struct KafkaConfig {
     /// How often offsets of fully processed records are committed.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
+    /// Extra librdkafka client properties (`security.protocol`, `sasl.*`, `ssl.*`,
+    /// ...), applied after Homeostat's own settings.
+    pub librdkafka_options: BTreeMap<String, String>,
 }
 
 /// Event-time windows.
@@ -293,7 +297,8 @@ fn unknown_keys(figment: &Figment) -> Vec<String> {
             };
             match (known.get(key), value) {
                 (None, _) => out.push(format!("unknown key `{path}`")),
-                (Some(Value::Dict(_, known)), Value::Dict(_, actual)) => {
+                // An empty table in the defaults is free-form (librdkafka options).
+                (Some(Value::Dict(_, known)), Value::Dict(_, actual)) if !known.is_empty() => {
                     walk(known, actual, &path, out)
                 }
                 _ => {}
@@ -328,6 +333,27 @@ mod tests {
         assert_eq!(config.window.retain, Duration::from_secs(3600));
         assert_eq!(config.kafka.encoding, KafkaEncoding::OtlpProto);
         assert!(!config.kafka_enabled());
+    }
+
+    #[test]
+    fn librdkafka_options_are_free_form() {
+        let config = Config::from_toml_str(
+            "[kafka.librdkafka_options]\n\"security.protocol\" = \"sasl_ssl\"\n\"api.version.request\" = \"false\"\n",
+        )
+        .expect("valid");
+        let options: Vec<(&str, &str)> = config
+            .kafka
+            .librdkafka_options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            options,
+            vec![
+                ("api.version.request", "false"),
+                ("security.protocol", "sasl_ssl")
+            ]
+        );
     }
 
     #[test]

@@ -53,6 +53,52 @@ impl OtlpIntake {
         self.metrics.request(transport, signal, error.outcome());
     }
 
+    /// Reads a request body of at most `limit` bytes; counts a refusal.
+    pub async fn read_body(
+        &self,
+        transport: &'static str,
+        signal: Signal,
+        body: axum::body::Body,
+        limit: usize,
+    ) -> Result<Bytes, IngestError> {
+        axum::body::to_bytes(body, limit).await.map_err(|error| {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+            let error = if too_large {
+                IngestError::TooLarge {
+                    size: limit + 1,
+                    limit,
+                }
+            } else {
+                IngestError::Decode {
+                    what: "request body",
+                    reason: error.to_string(),
+                }
+            };
+            self.refused(transport, signal, &error);
+            error
+        })
+    }
+
+    /// [`OtlpIntake::accept`], moving large bodies off the reactor threads (decoding
+    /// is CPU work).
+    pub async fn accept_async(
+        &self,
+        transport: &'static str,
+        signal: Signal,
+        body: Bytes,
+        encoding: Encoding,
+        gzip: bool,
+    ) -> Result<Decoded, IngestError> {
+        if body.len() <= 256 * 1024 {
+            return self.accept(transport, signal, body, encoding, gzip);
+        }
+        let intake = self.clone();
+        tokio::task::spawn_blocking(move || intake.accept(transport, signal, body, encoding, gzip))
+            .await
+            .unwrap_or_else(|e| Err(IngestError::Internal(e.to_string())))
+    }
+
     /// Decompresses (when `gzip`), decodes and enqueues one export request.
     pub fn accept(
         &self,

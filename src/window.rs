@@ -258,6 +258,36 @@ impl Windows {
         }
     }
 
+    /// Future and late records are counted and refused; otherwise the record's window.
+    fn admit(&mut self, time_ns: u64, now_ns: u64) -> Option<i64> {
+        if self.is_future(time_ns, now_ns) {
+            self.counts.future += 1;
+            return None;
+        }
+        let window = self.window_start(time_ns);
+        if window < self.closed_through_ms {
+            self.counts.late += 1;
+            return None;
+        }
+        self.observe_event(time_ns);
+        Some(window)
+    }
+
+    /// The open window `window` when `identity` is new to it; repeats are counted and
+    /// refused, and a full identity set is counted (the record still counts).
+    fn first_sighting(&mut self, window: i64, identity: u64) -> Option<&mut OpenWindow> {
+        let open = self.open.entry(window).or_default();
+        match open.first_sighting(identity, self.max_dedup) {
+            Some(false) => {
+                self.counts.duplicates += 1;
+                return None;
+            }
+            None => self.counts.dedup_overflow += 1,
+            Some(true) => {}
+        }
+        Some(open)
+    }
+
     fn window_mut(&mut self, start_ms: i64) -> &mut OpenWindow {
         self.open.entry(start_ms).or_default()
     }
@@ -346,22 +376,16 @@ impl Windows {
             } else {
                 self.observe_event(end_ns);
                 let max_series = self.max_series;
-                let max_dedup = self.max_dedup;
-                let open = self.open.entry(window).or_default();
-                match open.first_sighting(hash_of((trace, span)), max_dedup) {
-                    Some(false) => {
-                        self.counts.duplicates += 1;
-                        continue;
-                    }
-                    None => self.counts.dedup_overflow += 1,
-                    Some(true) => {}
-                }
-                self.counts.accepted += 1;
-                if server_like {
+                let Some(open) = self.first_sighting(window, hash_of((trace, span))) else {
+                    continue;
+                };
+                let counted = !server_like || {
                     let operation = opt(route, i).unwrap_or(name.value(i));
-                    if !open.add_request(service_row, operation, duration_ms, error, max_series) {
-                        self.counts.series_overflow += 1;
-                    }
+                    open.add_request(service_row, operation, duration_ms, error, max_series)
+                };
+                self.counts.accepted += 1;
+                if !counted {
+                    self.counts.series_overflow += 1;
                 }
             }
             // Late spans still feed the pairing store: after a restart they pair with
@@ -482,19 +506,12 @@ impl Windows {
 
         for i in 0..batch.num_rows() {
             let t = time.value(i);
-            if self.is_future(t, now_ns) {
-                self.counts.future += 1;
+            let Some(window) = self.admit(t, now_ns) else {
                 continue;
-            }
-            let window = self.window_start(t);
-            if window < self.closed_through_ms {
-                self.counts.late += 1;
-                continue;
-            }
+            };
             let Some(kind) = MetricType::parse(metric_type.value(i)) else {
                 continue;
             };
-            self.observe_event(t);
             let service_row = services.row(i);
             let identity = hash_of((
                 service_row,
@@ -503,17 +520,10 @@ impl Windows {
                 attributes.value(i),
                 t,
             ));
-            let max_dedup = self.max_dedup;
             let max_series = self.max_series;
-            let open = self.open.entry(window).or_default();
-            match open.first_sighting(identity, max_dedup) {
-                Some(false) => {
-                    self.counts.duplicates += 1;
-                    continue;
-                }
-                None => self.counts.dedup_overflow += 1,
-                Some(true) => {}
-            }
+            let Some(open) = self.first_sighting(window, identity) else {
+                continue;
+            };
             let mut point = PointValue {
                 start_ns: start.value(i),
                 time_ns: t,
@@ -570,16 +580,9 @@ impl Windows {
         let mut release = None;
         for i in 0..batch.num_rows() {
             let t = time.value(i);
-            if self.is_future(t, now_ns) {
-                self.counts.future += 1;
+            let Some(window) = self.admit(t, now_ns) else {
                 continue;
-            }
-            let window = self.window_start(t);
-            if window < self.closed_through_ms {
-                self.counts.late += 1;
-                continue;
-            }
-            self.observe_event(t);
+            };
             let service_row = services.row(i);
             let trace = trace_id.is_valid(i).then(|| trace_id.value(i));
             let span = span_id.is_valid(i).then(|| span_id.value(i));
@@ -592,17 +595,10 @@ impl Windows {
                 span,
                 event_name.value(i),
             ));
-            let max_dedup = self.max_dedup;
             let max_series = self.max_series;
-            let open = self.open.entry(window).or_default();
-            match open.first_sighting(identity, max_dedup) {
-                Some(false) => {
-                    self.counts.duplicates += 1;
-                    continue;
-                }
-                None => self.counts.dedup_overflow += 1,
-                Some(true) => {}
-            }
+            let Some(open) = self.first_sighting(window, identity) else {
+                continue;
+            };
             if open.add_log(service_row, severity.value(i), max_series) {
                 self.counts.accepted += 1;
                 release = release.max(Some(window + self.size_ms));

@@ -85,7 +85,8 @@ impl KafkaIngest {
         max_record_bytes: usize,
     ) -> Result<Self, KafkaError> {
         let session_ms = config.session_timeout.as_millis().max(1000);
-        let consumer: IngestConsumer = ClientConfig::new()
+        let mut client = ClientConfig::new();
+        client
             .set("bootstrap.servers", &config.brokers)
             .set("group.id", &config.group_id)
             .set("enable.auto.commit", "false")
@@ -94,12 +95,15 @@ impl KafkaIngest {
             .set("session.timeout.ms", session_ms.to_string())
             .set("heartbeat.interval.ms", (session_ms / 3).to_string())
             .set("reconnect.backoff.ms", "100")
-            // Notice topics created after start (a broker that came up late) quickly.
-            .set("topic.metadata.refresh.interval.ms", "5000")
             .set("reconnect.backoff.max.ms", "5000")
-            .create_with_context(IngestContext {
-                tracker: tracker.clone(),
-            })?;
+            // Notice topics created after start (a broker that came up late) quickly.
+            .set("topic.metadata.refresh.interval.ms", "5000");
+        for (key, value) in &config.librdkafka_options {
+            client.set(key, value);
+        }
+        let consumer: IngestConsumer = client.create_with_context(IngestContext {
+            tracker: tracker.clone(),
+        })?;
         consumer.subscribe(&[
             &config.spans_topic,
             &config.metrics_topic,

@@ -90,25 +90,12 @@ fn unframe(body: &Bytes, limit: usize) -> Result<(bool, Bytes), IngestError> {
 
 async fn export(intake: OtlpIntake, signal: Signal, headers: HeaderMap, body: Body) -> Response {
     let limit = intake.max_request_bytes();
-    let body = match axum::body::to_bytes(body, limit.saturating_add(5)).await {
+    let body = match intake
+        .read_body("grpc", signal, body, limit.saturating_add(5))
+        .await
+    {
         Ok(body) => body,
-        Err(error) => {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
-            let error = if too_large {
-                IngestError::TooLarge {
-                    size: limit + 1,
-                    limit,
-                }
-            } else {
-                IngestError::Decode {
-                    what: "request body",
-                    reason: error.to_string(),
-                }
-            };
-            intake.refused("grpc", signal, &error);
-            return error_status(&error);
-        }
+        Err(error) => return error_status(&error),
     };
     let (compressed, payload) = match unframe(&body, limit) {
         Ok(parts) => parts,
@@ -130,16 +117,9 @@ async fn export(intake: OtlpIntake, signal: Signal, headers: HeaderMap, body: Bo
     } else {
         false
     };
-    let result = if payload.len() > 256 * 1024 {
-        let intake = intake.clone();
-        tokio::task::spawn_blocking(move || {
-            intake.accept("grpc", signal, payload, Encoding::Protobuf, gzip)
-        })
-        .await
-        .unwrap_or_else(|e| Err(IngestError::Internal(e.to_string())))
-    } else {
-        intake.accept("grpc", signal, payload, Encoding::Protobuf, gzip)
-    };
+    let result = intake
+        .accept_async("grpc", signal, payload, Encoding::Protobuf, gzip)
+        .await;
     match result {
         Ok(decoded) => {
             let message = encode_response(&decoded, Encoding::Protobuf);

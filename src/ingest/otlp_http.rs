@@ -91,25 +91,9 @@ async fn export(intake: OtlpIntake, signal: Signal, headers: HeaderMap, body: Bo
         intake.refused("http", signal, &error);
         return error_response(&error, encoding);
     }
-    let body = match axum::body::to_bytes(body, limit).await {
+    let body = match intake.read_body("http", signal, body, limit).await {
         Ok(body) => body,
-        Err(error) => {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
-            let error = if too_large {
-                IngestError::TooLarge {
-                    size: limit + 1,
-                    limit,
-                }
-            } else {
-                IngestError::Decode {
-                    what: "request body",
-                    reason: error.to_string(),
-                }
-            };
-            intake.refused("http", signal, &error);
-            return error_response(&error, encoding);
-        }
+        Err(error) => return error_response(&error, encoding),
     };
     let gzip = match is_gzip(&headers) {
         Ok(gzip) => gzip,
@@ -118,15 +102,9 @@ async fn export(intake: OtlpIntake, signal: Signal, headers: HeaderMap, body: Bo
             return error_response(&error, encoding);
         }
     };
-    // Decoding is CPU work; keep large bodies off the reactor threads.
-    let result = if body.len() > 256 * 1024 {
-        let intake = intake.clone();
-        tokio::task::spawn_blocking(move || intake.accept("http", signal, body, encoding, gzip))
-            .await
-            .unwrap_or_else(|e| Err(IngestError::Internal(e.to_string())))
-    } else {
-        intake.accept("http", signal, body, encoding, gzip)
-    };
+    let result = intake
+        .accept_async("http", signal, body, encoding, gzip)
+        .await;
     match result {
         Ok(decoded) => {
             let content_type = match encoding {

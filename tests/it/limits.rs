@@ -198,20 +198,9 @@ async fn http_limits_and_bad_input() {
     // Late: the window closed at flush; a span for it is dropped and counted.
     let late = request("partial", vec![server_span(2, 9, t + 1_000_000, 10, false)]);
     post(&url, "application/x-protobuf", false, late.encode_to_vec()).await;
-    let metrics = support::sql_until(
-        engine.api_addr,
-        "SELECT 1 AS x",
-        std::time::Duration::from_millis(10),
-        |_| true,
-    )
-    .await;
-    assert_eq!(metrics.len(), 1);
-    let exposition = reqwest::get(format!("http://{}/metrics", engine.api_addr))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    // The flush queues behind the late batch: once it answers, the batch was processed.
+    engine.flush().await;
+    let exposition = support::exposition(engine.api_addr).await;
     for needle in [
         "homeostat_window_records_dropped_total{reason=\"late\"} 1",
         "homeostat_window_records_dropped_total{reason=\"duplicate\"} 1",
@@ -398,12 +387,7 @@ async fn series_cardinality_is_capped_and_counted() {
     .await;
     let names: Vec<&str> = rows.iter().map(|r| text(r, "service_name")).collect();
     assert_eq!(names, vec!["a", "b", "c"]);
-    let exposition = reqwest::get(format!("http://{}/metrics", engine.api_addr))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let exposition = support::exposition(engine.api_addr).await;
     assert!(
         exposition.contains("homeostat_window_records_dropped_total{reason=\"series_overflow\"} 2"),
         "{exposition}"

@@ -355,12 +355,7 @@ async fn exercise(transport: Transport) {
         "{transport:?}"
     );
 
-    let exposition = reqwest::get(format!("http://{api}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let exposition = support::exposition(api).await;
     assert!(
         exposition.contains("homeostat_records_received_total"),
         "{exposition}"

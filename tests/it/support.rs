@@ -107,3 +107,13 @@ pub fn aligned_past(minutes_ago: u64) -> u64 {
     let t = now - minutes_ago * 60 * 1_000_000_000;
     t - t % 10_000_000_000
 }
+
+/// The engine's Prometheus exposition.
+pub async fn exposition(api: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{api}/metrics"))
+        .await
+        .expect("metrics endpoint")
+        .text()
+        .await
+        .expect("metrics text")
+}
