@@ -390,10 +390,10 @@ impl Windows {
             }
             // Late spans still feed the pairing store: after a restart they pair with
             // spans of windows that are still open.
-            let window_end_ns = ((window + self.size_ms) * NANOS_PER_MS) as u64;
+            let window_end_ns = (window + self.size_ms).saturating_mul(NANOS_PER_MS).max(0) as u64;
             if late
                 && end_ns.saturating_add(self.ttl_ns)
-                    <= (self.closed_through_ms.max(0) * NANOS_PER_MS) as u64
+                    <= self.closed_through_ms.max(0).saturating_mul(NANOS_PER_MS) as u64
             {
                 continue;
             }
@@ -670,8 +670,10 @@ impl Windows {
             return Ok(Vec::new());
         }
         let mut edges = std::mem::take(&mut self.edges);
-        self.pairing
-            .expire((through_ms.max(0) * NANOS_PER_MS) as u64, &mut edges);
+        self.pairing.expire(
+            through_ms.max(0).saturating_mul(NANOS_PER_MS) as u64,
+            &mut edges,
+        );
         self.route_edges(&mut edges);
         self.edges = edges;
         self.closed_through_ms = through_ms;
@@ -690,8 +692,11 @@ impl Windows {
 
     /// Forgets cumulative series not updated within `retain_ms` of event time.
     pub fn evict_stale_series(&mut self, retain_ms: i64) {
-        let horizon_ns =
-            (self.closed_through_ms.saturating_sub(retain_ms).max(0) * NANOS_PER_MS) as u64;
+        let horizon_ns = self
+            .closed_through_ms
+            .saturating_sub(retain_ms)
+            .max(0)
+            .saturating_mul(NANOS_PER_MS) as u64;
         self.cumulative.retain(|_, p| p.time_ns >= horizon_ns);
     }
 }

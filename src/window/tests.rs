@@ -135,3 +135,17 @@ fn checkpoint_restores_lateness_and_cumulative_state() {
         .expect("ingest");
     assert_eq!(restored.counts().late, 1);
 }
+
+#[test]
+fn extreme_timestamps_do_not_panic() {
+    let config =
+        Config::from_toml_str("[window]\nmax_future_skew = \"100000d\"\n").expect("config");
+    let mut w = Windows::new(&config.window);
+    let now = u64::MAX - 1;
+    let mut extreme = spans("a", &[(1, u64::MAX), (2, 1_000_000)]);
+    w.ingest(&extreme, 0, now).expect("ingest");
+    w.advance(now).expect("advance");
+    extreme = spans("b", &[(3, u64::MAX - 5)]);
+    w.ingest(&extreme, 0, now).expect("ingest");
+    w.close_all().expect("close");
+}
