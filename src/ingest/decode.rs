@@ -101,6 +101,10 @@ pub fn encode_response(decoded: &Decoded, encoding: Encoding) -> Bytes {
     };
     let message = decoded.rejection.clone().unwrap_or_default();
     let partial = decoded.rejected > 0;
+    if !partial && encoding == Encoding::Json {
+        // OTLP/JSON omits absent fields rather than writing null.
+        return Bytes::from_static(b"{}");
+    }
     let rejected = decoded.rejected as i64;
     fn encode<M: Message + serde::Serialize>(m: &M, encoding: Encoding) -> Bytes {
         match encoding {
