@@ -191,14 +191,6 @@ impl OffsetTracker {
                 .insert((topic.clone(), partition), next_offset);
         }
     }
-
-    /// Records neither processed nor durable yet, over all partitions.
-    pub fn outstanding(&self) -> usize {
-        self.inner
-            .lock()
-            .map(|inner| inner.partitions.values().map(|o| o.len()).sum())
-            .unwrap_or(0)
-    }
 }
 
 #[cfg(test)]

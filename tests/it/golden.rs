@@ -21,6 +21,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use serde_json::{Value, json};
 
+use crate::limits::kv;
 use crate::support;
 
 const TABLES: [(&str, &str); 5] = [
@@ -136,16 +137,6 @@ async fn golden_scenarios_replay_identically_at_two_speeds() {
                 serde_json::to_string(&fast[table]).unwrap_or_default()
             );
         }
-    }
-}
-
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.into())),
-        }),
-        ..Default::default()
     }
 }
 

@@ -59,6 +59,16 @@ pub fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
     }
 }
 
+/// 200 spans: well over the 4 KiB limit these tests configure, yet small gzipped.
+fn oversized_request(t: u64) -> ExportTraceServiceRequest {
+    request(
+        "svc",
+        (0..200)
+            .map(|i| server_span(1, i as u8 + 1, t + 1_000_000, 5, false))
+            .collect(),
+    )
+}
+
 async fn post(url: &str, content_type: &str, gzip: bool, body: Vec<u8>) -> reqwest::Response {
     let mut builder = reqwest::Client::new()
         .post(url)
@@ -94,12 +104,7 @@ async fn http_limits_and_bad_input() {
     let t = support::aligned_past(20);
 
     // Over the limit as sent.
-    let big = request(
-        "svc",
-        (0..200)
-            .map(|i| server_span(1, i as u8 + 1, t + 1_000_000, 5, false))
-            .collect(),
-    );
+    let big = oversized_request(t);
     let body = big.encode_to_vec();
     assert!(body.len() > 4096);
     let response = post(&url, "application/x-protobuf", false, body.clone()).await;
@@ -220,12 +225,7 @@ async fn grpc_limits_and_bad_input() {
     let engine = support::engine("[otlp]\nmax_request_bytes = 4096\n").await;
     let endpoint = format!("http://{}", engine.grpc_addr);
     let t = support::aligned_past(20);
-    let big = request(
-        "svc",
-        (0..200)
-            .map(|i| server_span(1, i as u8 + 1, t + 1_000_000, 5, false))
-            .collect(),
-    );
+    let big = oversized_request(t);
 
     let mut client = TraceServiceClient::connect(endpoint.clone())
         .await
