@@ -26,12 +26,14 @@
 //! - [`config`]: one typed configuration.
 //! - [`self_metrics`]: the engine's own Prometheus metrics, named in one place.
 //! - [`engine`]: wires the stages together and runs them until shutdown.
+//! - [`loadgen`]: a synthetic fleet's OTLP traffic, for benchmarks.
 
 pub mod api;
 pub mod columnar;
 pub mod config;
 pub mod engine;
 pub mod ingest;
+pub mod loadgen;
 pub mod pipeline;
 pub mod self_metrics;
 pub mod store;

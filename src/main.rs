@@ -1,4 +1,5 @@
-//! The `homeostat` binary: `run` the engine, or query it with `sql`.
+//! The `homeostat` binary: `run` the engine, query it with `sql`, or load it with
+//! `loadgen`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +9,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use homeostat::config::Config;
 use homeostat::engine::Engine;
+
+/// mimalloc: the engine allocates many small, short-lived buffers per request, and
+/// glibc's allocator was a third of the ingest profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +48,8 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Send realistic OTLP load from a synthetic fleet (or measure the decode ceiling).
+    Loadgen(homeostat::loadgen::Options),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -62,6 +70,9 @@ fn main() -> ExitCode {
             format,
             config,
         } => sql(query, api, format, config),
+        Command::Loadgen(options) => {
+            runtime().and_then(|rt| rt.block_on(homeostat::loadgen::run(options)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

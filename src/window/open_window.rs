@@ -1,12 +1,11 @@
 //! The aggregates of one open window, keyed by interned strings.
 
-use std::collections::{HashMap, HashSet};
-
 use arrow::error::ArrowError;
 
 use super::metric_series::{CumulativeState, MetricType, PointValue, SeriesAccumulator};
 use super::pairing::{CalleeKind, EdgeObservation};
 use super::tables::{Red, TableBuilder, WindowTables};
+use super::{FastMap, FastSet};
 
 /// (service.namespace, service.name, deployment.environment), interned.
 pub(crate) type ServiceKey = [u32; 3];
@@ -14,7 +13,7 @@ pub(crate) type ServiceKey = [u32; 3];
 /// Interns strings so hot-path keys are integers; allocates only for new strings.
 #[derive(Debug, Default)]
 struct Interner {
-    ids: HashMap<Box<str>, u32>,
+    ids: FastMap<Box<str>, u32>,
     strings: Vec<Box<str>>,
 }
 
@@ -39,15 +38,15 @@ type SeriesId = (ServiceKey, u32, u32, u8);
 #[derive(Debug, Default)]
 pub(crate) struct OpenWindow {
     strings: Interner,
-    seen: HashSet<u64>,
-    services: HashMap<ServiceKey, Red>,
-    operations: HashMap<(ServiceKey, u32), Red>,
-    edges: HashMap<(u32, u32, CalleeKind), Red>,
-    series: HashMap<SeriesId, (u32, SeriesAccumulator)>,
-    logs: HashMap<(ServiceKey, u32), u64>,
+    seen: FastSet<u64>,
+    services: FastMap<ServiceKey, Red>,
+    operations: FastMap<(ServiceKey, u32), Red>,
+    edges: FastMap<(u32, u32, CalleeKind), Red>,
+    series: FastMap<SeriesId, (u32, SeriesAccumulator)>,
+    logs: FastMap<(ServiceKey, u32), u64>,
 }
 
-fn room<K: Eq + std::hash::Hash, V>(map: &HashMap<K, V>, key: &K, max: usize) -> bool {
+fn room<K: Eq + std::hash::Hash, V>(map: &FastMap<K, V>, key: &K, max: usize) -> bool {
     map.len() < max || map.contains_key(key)
 }
 

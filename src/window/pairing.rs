@@ -11,7 +11,9 @@
 //! - CLIENT, SERVER and CONSUMER callers leave the store when their window closes;
 //!   PRODUCER and UNSPECIFIED callers and all waiting callees stay `pair_ttl` past their end.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use super::FastMap;
 use std::sync::Arc;
 
 use crate::columnar::spans::kind;
@@ -129,8 +131,8 @@ pub struct PairingCounts {
 pub struct PairingStore {
     ttl_ns: u64,
     capacity: usize,
-    callers: HashMap<(u128, u64), Stored>,
-    callees: HashMap<(u128, u64), Vec<Stored>>,
+    callers: FastMap<(u128, u64), Stored>,
+    callees: FastMap<(u128, u64), Vec<Stored>>,
     expiry: BTreeMap<u64, Vec<(bool, u128, u64)>>,
     len: usize,
     counts: PairingCounts,
@@ -142,8 +144,8 @@ impl PairingStore {
         PairingStore {
             ttl_ns,
             capacity,
-            callers: HashMap::new(),
-            callees: HashMap::new(),
+            callers: FastMap::default(),
+            callees: FastMap::default(),
             expiry: BTreeMap::new(),
             len: 0,
             counts: PairingCounts::default(),

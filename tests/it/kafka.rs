@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::limits::{kv, server_span};
 use crate::support::{self, num, text};
 
-fn broker() -> String {
+pub(crate) fn broker() -> String {
     std::env::var("HOMEOSTAT_TEST_KAFKA")
         .expect("HOMEOSTAT_TEST_KAFKA is not set: run the suite with scripts/test.sh, which starts the broker")
 }
@@ -34,14 +34,14 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{nanos}")
 }
 
-struct Topics {
-    spans: String,
-    metrics: String,
-    logs: String,
+pub(crate) struct Topics {
+    pub(crate) spans: String,
+    pub(crate) metrics: String,
+    pub(crate) logs: String,
 }
 
 impl Topics {
-    fn new(prefix: &str) -> Self {
+    pub(crate) fn new(prefix: &str) -> Self {
         let id = unique(prefix);
         Topics {
             spans: format!("{id}-spans"),
@@ -50,14 +50,14 @@ impl Topics {
         }
     }
 
-    fn config(&self, brokers: &str, group: &str, encoding: &str) -> String {
+    pub(crate) fn config(&self, brokers: &str, group: &str, encoding: &str) -> String {
         format!(
             "[kafka]\nbrokers = \"{brokers}\"\ngroup_id = \"{group}\"\nspans_topic = \"{}\"\nmetrics_topic = \"{}\"\nlogs_topic = \"{}\"\nencoding = \"{encoding}\"\nsession_timeout = \"6s\"\ncommit_interval = \"200ms\"\n",
             self.spans, self.metrics, self.logs
         )
     }
 
-    async fn create(&self, brokers: &str) {
+    pub(crate) async fn create(&self, brokers: &str) {
         let admin: AdminClient<DefaultClientContext> =
             client(brokers).create().expect("admin client");
         let topics: Vec<NewTopic<'_>> = [&self.spans, &self.metrics, &self.logs]

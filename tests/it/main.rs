@@ -7,6 +7,7 @@ mod cli;
 mod golden;
 mod kafka;
 mod limits;
+mod loadgen;
 mod otlp_clients;
 mod properties;
 mod support;
