@@ -9,6 +9,7 @@ pub mod logs;
 pub mod metrics;
 pub mod resource;
 pub mod spans;
+pub mod spans_wire;
 
 use arrow::record_batch::RecordBatch;
 

@@ -358,6 +358,7 @@ impl Windows {
         let peer_service: &StringArray = column(batch, "peer_service")?;
         let ttl_ms = (self.ttl_ns / NANOS_PER_MS as u64) as i64;
         let mut release: Option<i64> = None;
+        let mut last_service: Option<(&str, Arc<str>)> = None;
 
         for i in 0..batch.num_rows() {
             let end_ns = end.value(i);
@@ -438,7 +439,15 @@ impl Windows {
                 trace,
                 span,
                 parent: has_parent.then(|| id_u64(parent.value(i))),
-                service: self.intern(service_row[1]),
+                service: match &last_service {
+                    // Rows of one resource are adjacent: skip the intern lookup.
+                    Some((name, arc)) if *name == service_row[1] => arc.clone(),
+                    _ => {
+                        let arc = self.intern(service_row[1]);
+                        last_service = Some((service_row[1], arc.clone()));
+                        arc
+                    }
+                },
                 kind,
                 end_ns,
                 duration_ms,

@@ -45,10 +45,16 @@ impl ResourceIdentity {
     /// Reads the identity attributes of `resource`.
     pub fn from_resource(resource: Option<&Resource>) -> Self {
         let attributes: &[KeyValue] = resource.map(|r| r.attributes.as_slice()).unwrap_or(&[]);
+        Self::resolve(|key| find_str(attributes, key))
+    }
+
+    /// The identity given `lookup`, which renders the first attribute named `key`
+    /// (see [`find_str`]).
+    pub(crate) fn resolve(mut lookup: impl FnMut(&str) -> Option<String>) -> Self {
         let mut values: [String; 9] = Default::default();
         for (slot, (_, keys)) in values.iter_mut().zip(RESOURCE_FIELDS.iter()) {
             for key in *keys {
-                if let Some(value) = find_str(attributes, key)
+                if let Some(value) = lookup(key)
                     && !value.is_empty()
                 {
                     *slot = value;

@@ -81,6 +81,148 @@ fn first_str(attributes: &[KeyValue], keys: &[&str]) -> Option<String> {
         .find_map(|key| find_str(attributes, key).filter(|v| !v.is_empty()))
 }
 
+/// The span attributes that become columns: `http_status_code`, then the six
+/// string columns, each a list of attribute names in order of preference.
+pub(crate) const STRING_ATTRIBUTES: [&[&str]; 6] = [
+    &["http.route"],
+    &["db.system.name", "db.system"],
+    &["db.namespace", "db.name"],
+    &["server.address", "net.peer.name"],
+    &["service.peer.name", "peer.service"],
+    &["messaging.destination.name"],
+];
+/// Attribute names of `http_status_code`, in order of preference.
+pub(crate) const HTTP_STATUS_ATTRIBUTES: [&str; 2] =
+    ["http.response.status_code", "http.status_code"];
+
+/// One span as the batch needs it, borrowed from whichever decoder read it.
+pub(crate) struct SpanRow<'a> {
+    pub(crate) trace_id: &'a [u8],
+    pub(crate) span_id: &'a [u8],
+    pub(crate) parent_span_id: &'a [u8],
+    pub(crate) name: &'a str,
+    pub(crate) kind: i32,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) status_code: i32,
+    pub(crate) http_status: Option<i64>,
+    pub(crate) strings: [Option<std::borrow::Cow<'a, str>>; 6],
+}
+
+/// Accumulates span rows into the batch; rejects invalid spans.
+pub(crate) struct SpanBatchBuilder {
+    resource: ResourceColumns,
+    trace_id: FixedSizeBinaryBuilder,
+    span_id: FixedSizeBinaryBuilder,
+    parent: FixedSizeBinaryBuilder,
+    name: StringBuilder,
+    kind: Int32Builder,
+    start: UInt64Builder,
+    end: UInt64Builder,
+    status: Int32Builder,
+    http_status: Int32Builder,
+    strings: [StringBuilder; 6],
+    rejections: Rejections,
+}
+
+impl SpanBatchBuilder {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        SpanBatchBuilder {
+            resource: ResourceColumns::with_capacity(capacity),
+            trace_id: FixedSizeBinaryBuilder::with_capacity(capacity, 16),
+            span_id: FixedSizeBinaryBuilder::with_capacity(capacity, 8),
+            parent: FixedSizeBinaryBuilder::with_capacity(capacity, 8),
+            name: StringBuilder::with_capacity(capacity, capacity * 16),
+            kind: Int32Builder::with_capacity(capacity),
+            start: UInt64Builder::with_capacity(capacity),
+            end: UInt64Builder::with_capacity(capacity),
+            status: Int32Builder::with_capacity(capacity),
+            http_status: Int32Builder::with_capacity(capacity),
+            strings: Default::default(),
+            rejections: Rejections::default(),
+        }
+    }
+
+    /// A span whose ids or times are unusable is rejected, with the reason.
+    fn check(row: &SpanRow<'_>) -> Result<(), String> {
+        let name = row.name;
+        if row.trace_id.len() != 16 || row.trace_id.iter().all(|b| *b == 0) {
+            return Err(format!("span {name:?}: trace_id must be 16 non-zero bytes"));
+        }
+        if row.span_id.len() != 8 || row.span_id.iter().all(|b| *b == 0) {
+            return Err(format!("span {name:?}: span_id must be 8 non-zero bytes"));
+        }
+        if !row.parent_span_id.is_empty() && row.parent_span_id.len() != 8 {
+            return Err(format!(
+                "span {name:?}: parent_span_id must be empty or 8 bytes"
+            ));
+        }
+        if row.end == 0 || row.end < row.start {
+            return Err(format!(
+                "span {name:?}: end_time_unix_nano must be set and not before start_time_unix_nano"
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn append(
+        &mut self,
+        identity: &ResourceIdentity,
+        row: SpanRow<'_>,
+    ) -> Result<(), ArrowError> {
+        if let Err(why) = Self::check(&row) {
+            self.rejections.reject(|| why);
+            return Ok(());
+        }
+        self.resource.append(identity);
+        self.trace_id.append_value(row.trace_id)?;
+        self.span_id.append_value(row.span_id)?;
+        if row.parent_span_id.is_empty() || row.parent_span_id.iter().all(|b| *b == 0) {
+            self.parent.append_null();
+        } else {
+            self.parent.append_value(row.parent_span_id)?;
+        }
+        self.name.append_value(row.name);
+        self.kind.append_value(row.kind.clamp(0, 5));
+        self.start.append_value(row.start);
+        self.end.append_value(row.end);
+        self.status.append_value(row.status_code);
+        self.http_status
+            .append_option(row.http_status.and_then(|v| i32::try_from(v).ok()));
+        for (builder, value) in self.strings.iter_mut().zip(row.strings) {
+            builder.append_option(value);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn finish(mut self) -> Result<Decoded, ArrowError> {
+        let mut columns = self.resource.finish();
+        columns.extend([
+            Arc::new(self.trace_id.finish()) as ArrayRef,
+            Arc::new(self.span_id.finish()),
+            Arc::new(self.parent.finish()),
+            Arc::new(self.name.finish()),
+            Arc::new(self.kind.finish()),
+            Arc::new(self.start.finish()),
+            Arc::new(self.end.finish()),
+            Arc::new(self.status.finish()),
+            Arc::new(self.http_status.finish()),
+        ]);
+        columns.extend(
+            self.strings
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as ArrayRef),
+        );
+        let batch = RecordBatch::try_new(schema(), columns)?;
+        Ok(Decoded {
+            signal: Signal::Traces,
+            batch,
+            rejected: self.rejections.count,
+            rejection: self.rejections.first,
+        })
+    }
+}
+
 /// Converts spans; invalid spans are rejected, the rest kept.
 pub fn to_arrow(resource_spans: &[ResourceSpans]) -> Result<Decoded, ArrowError> {
     let capacity: usize = resource_spans
@@ -88,107 +230,29 @@ pub fn to_arrow(resource_spans: &[ResourceSpans]) -> Result<Decoded, ArrowError>
         .flat_map(|r| r.scope_spans.iter())
         .map(|s| s.spans.len())
         .sum();
-    let mut resource = ResourceColumns::with_capacity(capacity);
-    let mut trace_id = FixedSizeBinaryBuilder::with_capacity(capacity, 16);
-    let mut span_id = FixedSizeBinaryBuilder::with_capacity(capacity, 8);
-    let mut parent = FixedSizeBinaryBuilder::with_capacity(capacity, 8);
-    let mut name = StringBuilder::with_capacity(capacity, capacity * 16);
-    let mut kind = Int32Builder::with_capacity(capacity);
-    let mut start = UInt64Builder::with_capacity(capacity);
-    let mut end = UInt64Builder::with_capacity(capacity);
-    let mut status = Int32Builder::with_capacity(capacity);
-    let mut http_status = Int32Builder::with_capacity(capacity);
-    let mut strings: [StringBuilder; 6] = Default::default();
-    let mut rejections = Rejections::default();
-
+    let mut builder = SpanBatchBuilder::with_capacity(capacity);
     for rs in resource_spans {
         let identity = ResourceIdentity::from_resource(rs.resource.as_ref());
         for scope in &rs.scope_spans {
             for span in &scope.spans {
-                if span.trace_id.len() != 16 || span.trace_id.iter().all(|b| *b == 0) {
-                    rejections.reject(|| {
-                        format!("span {:?}: trace_id must be 16 non-zero bytes", span.name)
-                    });
-                    continue;
-                }
-                if span.span_id.len() != 8 || span.span_id.iter().all(|b| *b == 0) {
-                    rejections.reject(|| {
-                        format!("span {:?}: span_id must be 8 non-zero bytes", span.name)
-                    });
-                    continue;
-                }
-                if !span.parent_span_id.is_empty() && span.parent_span_id.len() != 8 {
-                    rejections.reject(|| {
-                        format!(
-                            "span {:?}: parent_span_id must be empty or 8 bytes",
-                            span.name
-                        )
-                    });
-                    continue;
-                }
-                if span.end_time_unix_nano == 0
-                    || span.end_time_unix_nano < span.start_time_unix_nano
-                {
-                    rejections.reject(|| {
-                        format!(
-                            "span {:?}: end_time_unix_nano must be set and not before start_time_unix_nano",
-                            span.name
-                        )
-                    });
-                    continue;
-                }
-                resource.append(&identity);
-                trace_id.append_value(&span.trace_id)?;
-                span_id.append_value(&span.span_id)?;
-                if span.parent_span_id.is_empty() || span.parent_span_id.iter().all(|b| *b == 0) {
-                    parent.append_null();
-                } else {
-                    parent.append_value(&span.parent_span_id)?;
-                }
-                name.append_value(&span.name);
-                kind.append_value(span.kind.clamp(0, 5));
-                start.append_value(span.start_time_unix_nano);
-                end.append_value(span.end_time_unix_nano);
-                status.append_value(span.status.as_ref().map(|s| s.code).unwrap_or(0));
                 let attrs = &span.attributes;
-                http_status.append_option(
-                    find_i64(attrs, "http.response.status_code")
-                        .or_else(|| find_i64(attrs, "http.status_code"))
-                        .and_then(|v| i32::try_from(v).ok()),
-                );
-                let values = [
-                    first_str(attrs, &["http.route"]),
-                    first_str(attrs, &["db.system.name", "db.system"]),
-                    first_str(attrs, &["db.namespace", "db.name"]),
-                    first_str(attrs, &["server.address", "net.peer.name"]),
-                    first_str(attrs, &["service.peer.name", "peer.service"]),
-                    first_str(attrs, &["messaging.destination.name"]),
-                ];
-                for (builder, value) in strings.iter_mut().zip(values) {
-                    builder.append_option(value);
-                }
+                let row = SpanRow {
+                    trace_id: &span.trace_id,
+                    span_id: &span.span_id,
+                    parent_span_id: &span.parent_span_id,
+                    name: &span.name,
+                    kind: span.kind,
+                    start: span.start_time_unix_nano,
+                    end: span.end_time_unix_nano,
+                    status_code: span.status.as_ref().map(|s| s.code).unwrap_or(0),
+                    http_status: HTTP_STATUS_ATTRIBUTES
+                        .iter()
+                        .find_map(|key| find_i64(attrs, key)),
+                    strings: STRING_ATTRIBUTES.map(|keys| first_str(attrs, keys).map(Into::into)),
+                };
+                builder.append(&identity, row)?;
             }
         }
     }
-
-    let mut columns = resource.finish();
-    columns.extend([
-        Arc::new(trace_id.finish()) as ArrayRef,
-        Arc::new(span_id.finish()),
-        Arc::new(parent.finish()),
-        Arc::new(name.finish()),
-        Arc::new(kind.finish()),
-        Arc::new(start.finish()),
-        Arc::new(end.finish()),
-        Arc::new(status.finish()),
-        Arc::new(http_status.finish()),
-    ]);
-    columns.extend(strings.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
-    let batch = RecordBatch::try_new(schema(), columns)?;
-    Ok(Decoded {
-        signal: Signal::Traces,
-        batch,
-        rejected: rejections.count,
-        rejection: rejections.first,
-    })
+    builder.finish()
 }

@@ -74,6 +74,11 @@ fn internal(e: arrow::error::ArrowError) -> IngestError {
 pub fn decode(signal: Signal, body: &[u8], encoding: Encoding) -> Result<Decoded, IngestError> {
     match signal {
         Signal::Traces => {
+            if encoding == Encoding::Protobuf
+                && let Ok(result) = columnar::spans_wire::decode(body)
+            {
+                return result.map_err(internal);
+            }
             let request: ExportTraceServiceRequest = decode_message(body, encoding, "traces")?;
             columnar::spans::to_arrow(&request.resource_spans).map_err(internal)
         }

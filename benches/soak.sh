@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Memory and overload behaviour of `homeostat run` under `homeostat loadgen`.
+#
+# 1. soak: full-rate load for DURATION (default 5m); RSS sampled every 5 s. Prints
+#    RSS after the warm-up (WARMUP, default 60s) and at the end, and the growth.
+# 2. overload: a tiny pipeline queue and 32 connections at full rate: the engine
+#    must shed (503 / UNAVAILABLE) and keep its memory bounded; then a light load
+#    (RATE_AFTER spans/s) must be fully accepted again (recovery).
+#
+# Usage: benches/soak.sh   env: DURATION, WARMUP, PROTOCOL (grpc|http), RATE_AFTER
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${HOMEOSTAT_CACHE:-$HOME/.cache/homeostat}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+DURATION="${DURATION:-5m}"
+WARMUP="${WARMUP:-60}"
+PROTOCOL="${PROTOCOL:-grpc}"
+RATE_AFTER="${RATE_AFTER:-20000}"
+log() { printf '[soak] %s\n' "$*" >&2; }
+
+cargo build --release --locked --quiet
+BIN="$CARGO_TARGET_DIR/release/homeostat"
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  SERVER_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1)
+else
+  SERVER_CPU=(); LOAD_CPU=()
+fi
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+WORK="$(mktemp -d -t homeostat-soak.XXXXXX)"
+PID=""
+cleanup() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi; }
+trap cleanup EXIT
+
+start_engine() {
+  GRPC="$(free_port)"; HTTP="$(free_port)"; API="$(free_port)"
+  HOMEOSTAT__OTLP__GRPC_ADDR="127.0.0.1:$GRPC" HOMEOSTAT__OTLP__HTTP_ADDR="127.0.0.1:$HTTP" \
+    HOMEOSTAT__API__ADDR="127.0.0.1:$API" RUST_LOG=warn "$@" "${SERVER_CPU[@]}" "$BIN" run \
+    >"$WORK/engine.log" 2>&1 &
+  PID=$!
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$API") 2>/dev/null; then break; fi
+    sleep 0.05
+  done
+  if [ "$PROTOCOL" = grpc ]; then ENDPOINT="grpc://127.0.0.1:$GRPC"; else ENDPOINT="http://127.0.0.1:$HTTP"; fi
+}
+stop_engine() { kill -INT "$PID"; wait "$PID" 2>/dev/null || true; PID=""; }
+
+# --- 1. soak -----------------------------------------------------------------------
+start_engine env
+log "soak: $DURATION at full rate over $PROTOCOL; RSS every 5 s"
+"${LOAD_CPU[@]}" "$BIN" loadgen --endpoint "$ENDPOINT" --duration "$DURATION" --concurrency 8 \
+  >"$WORK/soak.out" 2>"$WORK/soak.err" &
+LOAD=$!
+: >"$WORK/rss"
+T=0
+while kill -0 "$LOAD" 2>/dev/null; do
+  echo "$T $(rss_kib "$PID")" >>"$WORK/rss"
+  sleep 5; T=$((T + 5))
+done
+wait "$LOAD"
+log "soak: $(tail -1 "$WORK/soak.out")"
+stop_engine
+python3 - "$WORK/rss" "$WARMUP" <<'EOF'
+import sys
+rows = [tuple(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()]
+warmup = int(sys.argv[2])
+after = [r for t, r in rows if t >= warmup]
+at_warmup, end, peak = after[0], after[-1], max(after)
+print(f"soak RSS MiB: after {warmup}s warm-up {at_warmup/1024:.1f}, end {end/1024:.1f}, "
+      f"peak after warm-up {peak/1024:.1f}, growth after warm-up {100*(end-at_warmup)/at_warmup:+.1f}%")
+print("soak RSS MiB over time: " + " ".join(f"{t}s={r/1024:.0f}" for t, r in rows[::6]))
+EOF
+
+# --- 2. overload -----------------------------------------------------------------
+start_engine env HOMEOSTAT__PIPELINE__QUEUE_CAPACITY=2
+log "overload: queue_capacity=2, 32 connections at full rate for 20 s"
+"${LOAD_CPU[@]}" "$BIN" loadgen --endpoint "$ENDPOINT" --duration 20s --concurrency 32 \
+  >"$WORK/over.out" 2>"$WORK/over.err" &
+LOAD=$!
+PEAK=0
+while kill -0 "$LOAD" 2>/dev/null; do
+  R="$(rss_kib "$PID")"; [ "$R" -gt "$PEAK" ] && PEAK="$R"; sleep 1
+done
+wait "$LOAD"
+echo "overload: $(grep 'requests in' "$WORK/over.err" | sed 's/^loadgen: //')"
+echo "overload: $(tail -1 "$WORK/over.out"); peak RSS $((PEAK / 1024)) MiB"
+"${LOAD_CPU[@]}" "$BIN" loadgen --endpoint "$ENDPOINT" --duration 10s --concurrency 2 --rate "$RATE_AFTER" \
+  >"$WORK/after.out" 2>"$WORK/after.err"
+echo "after overload, $RATE_AFTER spans/s: $(grep 'requests in' "$WORK/after.err" | sed 's/^loadgen: //')"
+echo "after overload: $(tail -1 "$WORK/after.out")"
+stop_engine

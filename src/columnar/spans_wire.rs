@@ -1,0 +1,606 @@
+//! The fast path for spans: OTLP protobuf bytes straight into the span batch,
+//! without materialising prost messages (prost decoding allocated every key,
+//! value and attribute list, and was the largest item of the ingest profile).
+//!
+//! It reads `ExportTraceServiceRequest` / `TracesData` (the same wire format) and
+//! produces exactly what [`super::spans::to_arrow`] produces from the prost
+//! messages. Anything it does not handle (a malformed message, groups, a known
+//! field with an unexpected wire type) makes it give up with [`Unsupported`]; the
+//! caller then decodes with prost, which either succeeds or reports the error.
+//! Attribute values other than plain strings, integers, booleans and doubles are
+//! rendered by decoding just that `KeyValue` with prost. Events, links and the
+//! instrumentation scope are skipped unread.
+
+use std::borrow::Cow;
+
+use arrow::error::ArrowError;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use prost::Message;
+
+use super::Decoded;
+use super::resource::{ResourceIdentity, any_value_to_string, find_i64};
+use super::spans::{HTTP_STATUS_ATTRIBUTES, STRING_ATTRIBUTES, SpanBatchBuilder, SpanRow};
+
+/// The fast path cannot decode this input (the prost path decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsupported;
+
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const FIXED32: u8 = 5;
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    fn more(&self) -> bool {
+        self.pos < self.buf.len()
+    }
+
+    fn varint(&mut self) -> Result<u64, Unsupported> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let byte = *self.buf.get(self.pos).ok_or(Unsupported)?;
+            self.pos += 1;
+            if i == 9 && byte > 1 {
+                return Err(Unsupported);
+            }
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                return Ok(value);
+            }
+        }
+        Err(Unsupported)
+    }
+
+    /// (field number, wire type)
+    fn key(&mut self) -> Result<(u64, u8), Unsupported> {
+        let key = self.varint()?;
+        if key > u64::from(u32::MAX) || key >> 3 == 0 {
+            return Err(Unsupported);
+        }
+        Ok((key >> 3, (key & 7) as u8))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], Unsupported> {
+        let len = usize::try_from(self.varint()?).map_err(|_| Unsupported)?;
+        let end = self.pos.checked_add(len).ok_or(Unsupported)?;
+        let out = self.buf.get(self.pos..end).ok_or(Unsupported)?;
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn str(&mut self) -> Result<&'a str, Unsupported> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| Unsupported)
+    }
+
+    fn fixed64(&mut self) -> Result<u64, Unsupported> {
+        let end = self.pos.checked_add(8).ok_or(Unsupported)?;
+        let bytes = self.buf.get(self.pos..end).ok_or(Unsupported)?;
+        self.pos = end;
+        let mut out = [0u8; 8];
+        out.copy_from_slice(bytes);
+        Ok(u64::from_le_bytes(out))
+    }
+
+    fn skip(&mut self, wire_type: u8) -> Result<(), Unsupported> {
+        match wire_type {
+            VARINT => self.varint().map(|_| ()),
+            FIXED64 => self.fixed64().map(|_| ()),
+            LEN => self.bytes().map(|_| ()),
+            FIXED32 => {
+                let end = self.pos.checked_add(4).ok_or(Unsupported)?;
+                if end > self.buf.len() {
+                    return Err(Unsupported);
+                }
+                self.pos = end;
+                Ok(())
+            }
+            // Groups (3, 4) and invalid wire types: prost decides.
+            _ => Err(Unsupported),
+        }
+    }
+}
+
+fn expect(wire_type: u8, wanted: u8) -> Result<(), Unsupported> {
+    if wire_type == wanted {
+        Ok(())
+    } else {
+        Err(Unsupported)
+    }
+}
+
+/// An attribute value, when simple enough to read without prost.
+#[derive(Debug, Clone, Copy)]
+enum Simple<'a> {
+    /// No value at all.
+    None,
+    Str(&'a str),
+    Int(i64),
+    Bool(bool),
+    Double(f64),
+}
+
+/// One `KeyValue`: its key, its simple value if it has one, and its bytes.
+#[derive(Debug, Clone, Copy)]
+struct Attribute<'a> {
+    key: &'a str,
+    value: Option<Simple<'a>>,
+    raw: &'a [u8],
+}
+
+fn any_value(bytes: &[u8]) -> Result<Option<Simple<'_>>, Unsupported> {
+    let mut reader = Reader::new(bytes);
+    let mut value = Simple::None;
+    let mut fields = 0;
+    while reader.more() {
+        let (field, wire_type) = reader.key()?;
+        fields += 1;
+        value = match (field, wire_type) {
+            (1, LEN) => Simple::Str(reader.str()?),
+            (2, VARINT) => Simple::Bool(reader.varint()? != 0),
+            (3, VARINT) => Simple::Int(reader.varint()? as i64),
+            (4, FIXED64) => Simple::Double(f64::from_bits(reader.fixed64()?)),
+            _ => {
+                reader.skip(wire_type)?;
+                return Ok(None);
+            }
+        };
+    }
+    // A repeated value field is merged by prost: leave that to prost.
+    Ok((fields <= 1).then_some(value))
+}
+
+fn attribute(raw: &[u8]) -> Result<Attribute<'_>, Unsupported> {
+    let mut reader = Reader::new(raw);
+    let (mut key, mut value, mut values) = ("", Some(Simple::None), 0);
+    while reader.more() {
+        match reader.key()? {
+            (1, wire_type) => {
+                expect(wire_type, LEN)?;
+                key = reader.str()?;
+            }
+            (2, wire_type) => {
+                expect(wire_type, LEN)?;
+                value = any_value(reader.bytes()?)?;
+                values += 1;
+            }
+            (_, wire_type) => reader.skip(wire_type)?,
+        }
+    }
+    if values > 1 {
+        value = None;
+    }
+    Ok(Attribute { key, value, raw })
+}
+
+/// `find_str` over wire attributes: the first attribute named `key`, rendered.
+fn find_str<'a>(attributes: &[Attribute<'a>], key: &str) -> Option<Cow<'a, str>> {
+    let attribute = attributes.iter().find(|a| a.key == key)?;
+    match attribute.value {
+        Some(Simple::None) => None,
+        Some(Simple::Str(s)) => Some(Cow::Borrowed(s)),
+        Some(Simple::Int(i)) => Some(Cow::Owned(i.to_string())),
+        Some(Simple::Bool(b)) => Some(Cow::Owned(b.to_string())),
+        Some(Simple::Double(d)) => Some(Cow::Owned(d.to_string())),
+        None => {
+            let kv = KeyValue::decode(attribute.raw).ok()?;
+            kv.value
+                .as_ref()
+                .and_then(any_value_to_string)
+                .map(Cow::Owned)
+        }
+    }
+}
+
+/// `find_i64` over wire attributes.
+fn find_int(attributes: &[Attribute<'_>], key: &str) -> Option<i64> {
+    let attribute = attributes.iter().find(|a| a.key == key)?;
+    match attribute.value {
+        Some(Simple::Int(i)) => Some(i),
+        Some(Simple::Double(d)) if d.is_finite() => Some(d as i64),
+        Some(Simple::Str(s)) => s.trim().parse().ok(),
+        Some(_) => None,
+        None => {
+            let kv = KeyValue::decode(attribute.raw).ok()?;
+            find_i64(std::slice::from_ref(&kv), key)
+        }
+    }
+}
+
+/// Decodes a traces request into the span batch, or gives up.
+pub fn decode(body: &[u8]) -> Result<Result<Decoded, ArrowError>, Unsupported> {
+    // Size the builders by a cheap estimate: about 200 bytes per span.
+    let mut builder = SpanBatchBuilder::with_capacity((body.len() / 200).clamp(16, 1 << 16));
+    let mut attributes: Vec<Attribute<'_>> = Vec::new();
+    let mut resource_attributes: Vec<Attribute<'_>> = Vec::new();
+    let mut reader = Reader::new(body);
+    while reader.more() {
+        match reader.key()? {
+            (1, wire_type) => {
+                expect(wire_type, LEN)?;
+                let resource_spans = reader.bytes()?;
+                if let Err(error) = self::resource_spans(
+                    resource_spans,
+                    &mut builder,
+                    &mut resource_attributes,
+                    &mut attributes,
+                )? {
+                    return Ok(Err(error));
+                }
+            }
+            (_, wire_type) => reader.skip(wire_type)?,
+        }
+    }
+    Ok(builder.finish())
+}
+
+fn resource_spans<'a>(
+    bytes: &'a [u8],
+    builder: &mut SpanBatchBuilder,
+    resource_attributes: &mut Vec<Attribute<'a>>,
+    attributes: &mut Vec<Attribute<'a>>,
+) -> Result<Result<(), ArrowError>, Unsupported> {
+    // The resource may follow the spans on the wire: read it first.
+    resource_attributes.clear();
+    let mut reader = Reader::new(bytes);
+    while reader.more() {
+        match reader.key()? {
+            (1, wire_type) => {
+                expect(wire_type, LEN)?;
+                let mut resource = Reader::new(reader.bytes()?);
+                while resource.more() {
+                    match resource.key()? {
+                        (1, wire_type) => {
+                            expect(wire_type, LEN)?;
+                            resource_attributes.push(attribute(resource.bytes()?)?);
+                        }
+                        (_, wire_type) => resource.skip(wire_type)?,
+                    }
+                }
+            }
+            (2, wire_type) => {
+                expect(wire_type, LEN)?;
+                reader.bytes()?;
+            }
+            (3, wire_type) => {
+                expect(wire_type, LEN)?;
+                reader.str()?;
+            }
+            (_, wire_type) => reader.skip(wire_type)?,
+        }
+    }
+    let identity =
+        ResourceIdentity::resolve(|key| find_str(resource_attributes, key).map(Cow::into_owned));
+    let mut reader = Reader::new(bytes);
+    while reader.more() {
+        let (field, wire_type) = reader.key()?;
+        if field != 2 {
+            reader.skip(wire_type)?;
+            continue;
+        }
+        let mut scope = Reader::new(reader.bytes()?);
+        while scope.more() {
+            match scope.key()? {
+                (2, wire_type) => {
+                    expect(wire_type, LEN)?;
+                    let span = scope.bytes()?;
+                    if let Err(error) = self::span(span, &identity, builder, attributes)? {
+                        return Ok(Err(error));
+                    }
+                }
+                (3, wire_type) => {
+                    expect(wire_type, LEN)?;
+                    scope.str()?;
+                }
+                (_, wire_type) => scope.skip(wire_type)?,
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+fn span<'a>(
+    bytes: &'a [u8],
+    identity: &ResourceIdentity,
+    builder: &mut SpanBatchBuilder,
+    attributes: &mut Vec<Attribute<'a>>,
+) -> Result<Result<(), ArrowError>, Unsupported> {
+    attributes.clear();
+    let mut reader = Reader::new(bytes);
+    let (mut trace_id, mut span_id, mut parent): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
+    let (mut name, mut kind, mut start, mut end, mut status_code) = ("", 0i32, 0u64, 0u64, 0i32);
+    while reader.more() {
+        let (field, wire_type) = reader.key()?;
+        match field {
+            1 | 2 | 4 => {
+                expect(wire_type, LEN)?;
+                let value = reader.bytes()?;
+                match field {
+                    1 => trace_id = value,
+                    2 => span_id = value,
+                    _ => parent = value,
+                }
+            }
+            3 => {
+                expect(wire_type, LEN)?;
+                reader.str()?;
+            }
+            5 => {
+                expect(wire_type, LEN)?;
+                name = reader.str()?;
+            }
+            6 => {
+                expect(wire_type, VARINT)?;
+                kind = reader.varint()? as i32;
+            }
+            7 | 8 => {
+                expect(wire_type, FIXED64)?;
+                let value = reader.fixed64()?;
+                if field == 7 {
+                    start = value;
+                } else {
+                    end = value;
+                }
+            }
+            9 => {
+                expect(wire_type, LEN)?;
+                attributes.push(attribute(reader.bytes()?)?);
+            }
+            15 => {
+                expect(wire_type, LEN)?;
+                let mut status = Reader::new(reader.bytes()?);
+                while status.more() {
+                    match status.key()? {
+                        (2, wire_type) => {
+                            expect(wire_type, LEN)?;
+                            status.str()?;
+                        }
+                        (3, wire_type) => {
+                            expect(wire_type, VARINT)?;
+                            status_code = status.varint()? as i32;
+                        }
+                        (_, wire_type) => status.skip(wire_type)?,
+                    }
+                }
+            }
+            // dropped counts, events, links, flags and unknown fields.
+            _ => reader.skip(wire_type)?,
+        }
+    }
+    let attrs = &attributes[..];
+    let row = SpanRow {
+        trace_id,
+        span_id,
+        parent_span_id: parent,
+        name,
+        kind,
+        start,
+        end,
+        status_code,
+        http_status: HTTP_STATUS_ATTRIBUTES
+            .iter()
+            .find_map(|key| find_int(attrs, key)),
+        strings: STRING_ATTRIBUTES.map(|keys| {
+            keys.iter()
+                .find_map(|key| find_str(attrs, key).filter(|v| !v.is_empty()))
+        }),
+    };
+    Ok(builder.append(identity, row))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{
+        AnyValue, ArrayValue, InstrumentationScope, any_value::Value,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span};
+    use proptest::prelude::*;
+
+    const KEYS: [&str; 16] = [
+        "service.name",
+        "service.namespace",
+        "deployment.environment",
+        "deployment.environment.name",
+        "k8s.pod.name",
+        "http.route",
+        "http.response.status_code",
+        "http.status_code",
+        "db.system",
+        "db.system.name",
+        "db.name",
+        "server.address",
+        "net.peer.name",
+        "peer.service",
+        "messaging.destination.name",
+        "other",
+    ];
+
+    fn value() -> impl Strategy<Value = Option<AnyValue>> {
+        let simple = prop_oneof![
+            "[a-z0-9 ]{0,6}".prop_map(Value::StringValue),
+            Just(Value::StringValue(" 503 ".into())),
+            any::<i64>().prop_map(Value::IntValue),
+            (100i64..600).prop_map(Value::IntValue),
+            any::<bool>().prop_map(Value::BoolValue),
+            prop_oneof![Just(f64::NAN), Just(404.7), Just(-0.0), Just(1e300)]
+                .prop_map(Value::DoubleValue),
+            proptest::collection::vec(any::<u8>(), 0..4).prop_map(Value::BytesValue),
+        ];
+        let value = prop_oneof![
+            4 => simple.clone(),
+            1 => proptest::collection::vec(simple, 0..3).prop_map(|values| {
+                Value::ArrayValue(ArrayValue {
+                    values: values.into_iter().map(|v| AnyValue { value: Some(v) }).collect(),
+                })
+            }),
+        ];
+        proptest::option::weighted(0.9, value.prop_map(|v| AnyValue { value: Some(v) }))
+    }
+
+    fn attributes() -> impl Strategy<Value = Vec<KeyValue>> {
+        proptest::collection::vec(
+            (proptest::sample::select(&KEYS[..]), value()).prop_map(|(key, value)| KeyValue {
+                key: key.to_string(),
+                value,
+                ..Default::default()
+            }),
+            0..6,
+        )
+    }
+
+    fn id(len: usize) -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            6 => proptest::collection::vec(any::<u8>(), len),
+            1 => Just(vec![0u8; len]),
+            1 => proptest::collection::vec(any::<u8>(), 0..20),
+        ]
+    }
+
+    fn span() -> impl Strategy<Value = Span> {
+        (
+            (id(16), id(8), prop_oneof![Just(vec![]), id(8)]),
+            ("[A-Za-z /]{0,8}", -1i32..7),
+            (0u64..3_000, 0u64..3_000),
+            attributes(),
+            proptest::option::of((0i32..4, "[a-z]{0,3}")),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(
+                    (trace_id, span_id, parent_span_id),
+                    (name, kind),
+                    (start, end),
+                    attributes,
+                    status,
+                    event,
+                )| Span {
+                    trace_id,
+                    span_id,
+                    parent_span_id,
+                    name,
+                    kind,
+                    start_time_unix_nano: start,
+                    end_time_unix_nano: end,
+                    attributes,
+                    status: status.map(|(code, message)| Status { code, message }),
+                    events: if event {
+                        vec![span::Event {
+                            name: "exception".into(),
+                            time_unix_nano: 5,
+                            ..Default::default()
+                        }]
+                    } else {
+                        vec![]
+                    },
+                    trace_state: "k=v".into(),
+                    flags: 1,
+                    ..Default::default()
+                },
+            )
+    }
+
+    fn request() -> impl Strategy<Value = (Vec<ResourceSpans>, bool)> {
+        (
+            proptest::collection::vec(
+                (
+                    proptest::option::of(attributes()),
+                    proptest::collection::vec(proptest::collection::vec(span(), 0..4), 0..3),
+                ),
+                0..3,
+            ),
+            any::<bool>(),
+        )
+            .prop_map(|(resources, resource_last)| {
+                let resource_spans = resources
+                    .into_iter()
+                    .map(|(attributes, scopes)| ResourceSpans {
+                        resource: attributes.map(|attributes| Resource {
+                            attributes,
+                            ..Default::default()
+                        }),
+                        scope_spans: scopes
+                            .into_iter()
+                            .map(|spans| ScopeSpans {
+                                scope: Some(InstrumentationScope {
+                                    name: "s".into(),
+                                    ..Default::default()
+                                }),
+                                spans,
+                                schema_url: "u".into(),
+                            })
+                            .collect(),
+                        schema_url: String::new(),
+                    })
+                    .collect();
+                (resource_spans, resource_last)
+            })
+    }
+
+    /// The request's encoding; with `resource_last`, each resource follows its
+    /// spans on the wire (legal protobuf that prost never writes).
+    fn encode(resource_spans: &[ResourceSpans], resource_last: bool) -> Vec<u8> {
+        if !resource_last {
+            return ExportTraceServiceRequest {
+                resource_spans: resource_spans.to_vec(),
+            }
+            .encode_to_vec();
+        }
+        let mut out = Vec::new();
+        for rs in resource_spans {
+            let mut inner = ResourceSpans {
+                resource: None,
+                ..rs.clone()
+            }
+            .encode_to_vec();
+            inner.extend(
+                ResourceSpans {
+                    resource: rs.resource.clone(),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            );
+            prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut out);
+            prost::encoding::encode_varint(inner.len() as u64, &mut out);
+            out.extend(inner);
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn wire_path_equals_the_prost_path((resource_spans, resource_last) in request()) {
+            let body = encode(&resource_spans, resource_last);
+            let expected = super::super::spans::to_arrow(
+                &ExportTraceServiceRequest::decode(body.as_slice()).expect("prost decodes").resource_spans,
+            ).expect("convert");
+            let got = decode(&body).expect("fast path handles it").expect("convert");
+            prop_assert_eq!(&got.batch, &expected.batch);
+            prop_assert_eq!(got.rejected, expected.rejected);
+            prop_assert_eq!(got.rejection, expected.rejection);
+        }
+
+        #[test]
+        fn wire_path_gives_up_or_agrees_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(result) = decode(&bytes) {
+                // Where prost accepts too, both agree. (The fast path may accept
+                // more: it does not read events, links or the scope.)
+                if let Ok(request) = ExportTraceServiceRequest::decode(bytes.as_slice()) {
+                    let expected = super::super::spans::to_arrow(&request.resource_spans).expect("convert");
+                    let got = result.expect("convert");
+                    prop_assert_eq!(got.batch, expected.batch);
+                }
+            }
+        }
+    }
+}
