@@ -142,6 +142,13 @@ impl OtlpIntake {
                 limit: self.max_request_bytes,
             });
         }
+        // Reserve first: a full queue sheds the request before any decompression or decoding
+        // work
+        // is spent on it, and before anything is counted.
+        let permit = self.queue.try_reserve().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(()) => IngestError::QueueFull,
+            mpsc::error::TrySendError::Closed(()) => IngestError::ShuttingDown,
+        })?;
         let body = if gzip {
             decode::gunzip_bounded(&body, self.max_request_bytes)?
         } else {
@@ -149,11 +156,6 @@ impl OtlpIntake {
         };
         let decoded = decode::decode(signal, &body, encoding)?;
         if decoded.batch.num_rows() > 0 {
-            // Reserve first so a full queue rejects the request before anything is counted.
-            let permit = self.queue.try_reserve().map_err(|e| match e {
-                mpsc::error::TrySendError::Full(()) => IngestError::QueueFull,
-                mpsc::error::TrySendError::Closed(()) => IngestError::ShuttingDown,
-            })?;
             permit.send(PipelineMessage::Batch {
                 decoded: decoded.clone(),
                 origin: None,

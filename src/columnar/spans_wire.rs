@@ -8,8 +8,12 @@
 //! field with an unexpected wire type) makes it give up with [`Unsupported`]; the
 //! caller then decodes with prost, which either succeeds or reports the error.
 //! Attribute values other than plain strings, integers, booleans and doubles are
-//! rendered by decoding just that `KeyValue` with prost. Events, links and the
-//! instrumentation scope are skipped unread.
+//! rendered by decoding just that `KeyValue` with prost.
+//!
+//! One difference, on purpose: only what becomes a column is read and
+//! UTF-8-checked. Attributes that are not columns, `trace_state`, events, links and
+//! the instrumentation scope are skipped unread, so invalid UTF-8 there does not
+//! cost the whole request (prost refuses the request; this path keeps its spans).
 
 use std::borrow::Cow;
 
@@ -128,12 +132,31 @@ enum Simple<'a> {
     Double(f64),
 }
 
-/// One `KeyValue`: its key, its simple value if it has one, and its bytes.
+/// One `KeyValue`: its key and value bytes, read lazily: only the few attributes
+/// that become columns are validated and parsed.
 #[derive(Debug, Clone, Copy)]
 struct Attribute<'a> {
-    key: &'a str,
-    value: Option<Simple<'a>>,
+    key: &'a [u8],
+    /// The last `value` (AnyValue) field, and how many there were.
+    value: Option<&'a [u8]>,
+    values: u32,
     raw: &'a [u8],
+}
+
+impl<'a> Attribute<'a> {
+    /// The value, when simple; `Err` when prost must decide.
+    fn simple(&self) -> Result<Simple<'a>, Unsupported> {
+        match (self.values, self.value) {
+            (0, _) | (_, None) => Ok(Simple::None),
+            (1, Some(bytes)) => any_value(bytes)?.ok_or(Unsupported),
+            _ => Err(Unsupported),
+        }
+    }
+
+    /// The value as prost decodes it (repeated or nested values, bytes, invalid text).
+    fn decoded(&self) -> Option<KeyValue> {
+        KeyValue::decode(self.raw).ok()
+    }
 }
 
 fn any_value(bytes: &[u8]) -> Result<Option<Simple<'_>>, Unsupported> {
@@ -160,58 +183,56 @@ fn any_value(bytes: &[u8]) -> Result<Option<Simple<'_>>, Unsupported> {
 
 fn attribute(raw: &[u8]) -> Result<Attribute<'_>, Unsupported> {
     let mut reader = Reader::new(raw);
-    let (mut key, mut value, mut values) = ("", Some(Simple::None), 0);
+    let mut attribute = Attribute {
+        key: &[],
+        value: None,
+        values: 0,
+        raw,
+    };
     while reader.more() {
         match reader.key()? {
             (1, wire_type) => {
                 expect(wire_type, LEN)?;
-                key = reader.str()?;
+                attribute.key = reader.bytes()?;
             }
             (2, wire_type) => {
                 expect(wire_type, LEN)?;
-                value = any_value(reader.bytes()?)?;
-                values += 1;
+                attribute.value = Some(reader.bytes()?);
+                attribute.values += 1;
             }
             (_, wire_type) => reader.skip(wire_type)?,
         }
     }
-    if values > 1 {
-        value = None;
-    }
-    Ok(Attribute { key, value, raw })
+    Ok(attribute)
 }
 
 /// `find_str` over wire attributes: the first attribute named `key`, rendered.
 fn find_str<'a>(attributes: &[Attribute<'a>], key: &str) -> Option<Cow<'a, str>> {
-    let attribute = attributes.iter().find(|a| a.key == key)?;
-    match attribute.value {
-        Some(Simple::None) => None,
-        Some(Simple::Str(s)) => Some(Cow::Borrowed(s)),
-        Some(Simple::Int(i)) => Some(Cow::Owned(i.to_string())),
-        Some(Simple::Bool(b)) => Some(Cow::Owned(b.to_string())),
-        Some(Simple::Double(d)) => Some(Cow::Owned(d.to_string())),
-        None => {
-            let kv = KeyValue::decode(attribute.raw).ok()?;
-            kv.value
-                .as_ref()
-                .and_then(any_value_to_string)
-                .map(Cow::Owned)
-        }
+    let attribute = attributes.iter().find(|a| a.key == key.as_bytes())?;
+    match attribute.simple() {
+        Ok(Simple::None) => None,
+        Ok(Simple::Str(s)) => Some(Cow::Borrowed(s)),
+        Ok(Simple::Int(i)) => Some(Cow::Owned(i.to_string())),
+        Ok(Simple::Bool(b)) => Some(Cow::Owned(b.to_string())),
+        Ok(Simple::Double(d)) => Some(Cow::Owned(d.to_string())),
+        Err(Unsupported) => attribute
+            .decoded()?
+            .value
+            .as_ref()
+            .and_then(any_value_to_string)
+            .map(Cow::Owned),
     }
 }
 
 /// `find_i64` over wire attributes.
 fn find_int(attributes: &[Attribute<'_>], key: &str) -> Option<i64> {
-    let attribute = attributes.iter().find(|a| a.key == key)?;
-    match attribute.value {
-        Some(Simple::Int(i)) => Some(i),
-        Some(Simple::Double(d)) if d.is_finite() => Some(d as i64),
-        Some(Simple::Str(s)) => s.trim().parse().ok(),
-        Some(_) => None,
-        None => {
-            let kv = KeyValue::decode(attribute.raw).ok()?;
-            find_i64(std::slice::from_ref(&kv), key)
-        }
+    let attribute = attributes.iter().find(|a| a.key == key.as_bytes())?;
+    match attribute.simple() {
+        Ok(Simple::Int(i)) => Some(i),
+        Ok(Simple::Double(d)) if d.is_finite() => Some(d as i64),
+        Ok(Simple::Str(s)) => s.trim().parse().ok(),
+        Ok(_) => None,
+        Err(Unsupported) => find_i64(std::slice::from_ref(&attribute.decoded()?), key),
     }
 }
 
@@ -331,7 +352,7 @@ fn span<'a>(
             }
             3 => {
                 expect(wire_type, LEN)?;
-                reader.str()?;
+                reader.bytes()?;
             }
             5 => {
                 expect(wire_type, LEN)?;
