@@ -62,8 +62,8 @@ impl Corpus {
     /// Send number `seq` decoded, `seq` ms after the base time.
     fn decoded(&self, seq: u64) -> Decoded {
         let template = &self.templates[(seq % self.templates.len() as u64) as usize];
-        let body = &template.instantiate(seq, Some(BASE_NS + seq * 2_000_000))[0];
-        decode(Signal::Traces, body, Encoding::Protobuf).expect("decode")
+        let body = template.traces(seq, Some(BASE_NS + seq * 2_000_000));
+        decode(Signal::Traces, &body, Encoding::Protobuf).expect("decode")
     }
 }
 

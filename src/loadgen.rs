@@ -140,10 +140,18 @@ impl Template {
     /// The three requests of send number `seq`, made unique by `seq` and with the
     /// latest timestamp at `now_ns` (or unshifted when `now_ns` is `None`).
     pub fn instantiate(&self, seq: u64, now_ns: Option<u64>) -> [Bytes; 3] {
+        [&self.traces, &self.logs, &self.metrics].map(|part| self.patch(part, seq, now_ns))
+    }
+
+    /// Only the traces request of send number `seq` (see [`Template::instantiate`]).
+    pub fn traces(&self, seq: u64, now_ns: Option<u64>) -> Bytes {
+        self.patch(&self.traces, seq, now_ns)
+    }
+
+    fn patch(&self, (body, plan): &(Vec<u8>, PatchPlan), seq: u64, now_ns: Option<u64>) -> Bytes {
         let key = mix64(seq.wrapping_add(0x5EED)) | 1;
         let shift = now_ns.map_or(0, |now| now as i64 - self.last_time as i64);
-        let one = |(body, plan): &(Vec<u8>, PatchPlan)| Bytes::from(plan.apply(body, key, shift));
-        [one(&self.traces), one(&self.logs), one(&self.metrics)]
+        Bytes::from(plan.apply(body, key, shift))
     }
 }
 
