@@ -30,6 +30,17 @@ pub struct Config {
     pub store: StoreConfig,
     /// The API listener: health, Prometheus metrics, SQL.
     pub api: ApiConfig,
+    /// Detection.
+    pub detect: DetectConfig,
+}
+
+/// Detection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectConfig {
+    /// The univariate detector's parameters, one set for every series (and for
+    /// `homeostat replay`).
+    pub univariate: crate::detect::UnivariateParams,
 }
 
 /// OTLP receivers.
@@ -206,8 +217,16 @@ impl Config {
         let pipeline = section(&figment, "pipeline", &mut problems);
         let store = section(&figment, "store", &mut problems);
         let api = section(&figment, "api", &mut problems);
-        let (Some(otlp), Some(kafka), Some(window), Some(pipeline), Some(store), Some(api)) =
-            (otlp, kafka, window, pipeline, store, api)
+        let detect = section(&figment, "detect", &mut problems);
+        let (
+            Some(otlp),
+            Some(kafka),
+            Some(window),
+            Some(pipeline),
+            Some(store),
+            Some(api),
+            Some(detect),
+        ) = (otlp, kafka, window, pipeline, store, api, detect)
         else {
             return Err(ConfigError { problems });
         };
@@ -218,6 +237,7 @@ impl Config {
             pipeline,
             store,
             api,
+            detect,
         };
         if let Err(error) = config.validate() {
             problems.extend(error.problems);
@@ -254,6 +274,7 @@ impl Config {
         if self.api.max_result_rows == 0 {
             problems.push("api.max_result_rows must be positive".to_string());
         }
+        problems.extend(self.detect.univariate.problems("detect.univariate"));
         let k = &self.kafka;
         if !k.brokers.trim().is_empty() {
             for (key, value) in [

@@ -21,6 +21,7 @@
 //!   spans into call edges, per-window tables.
 //! - [`pipeline`]: the window stage task: one bounded queue in, closed windows out
 //!   to history and store, Kafka offsets released once durable.
+//! - [`detect`]: per-series anomaly scores on window values; `homeostat replay`.
 //! - [`store`]: embedded persistence of closed windows and the checkpoint.
 //! - [`api`]: HTTP health, Prometheus self-metrics and SQL over retained windows.
 //! - [`config`]: one typed configuration.
@@ -31,6 +32,7 @@
 pub mod api;
 pub mod columnar;
 pub mod config;
+pub mod detect;
 pub mod engine;
 pub mod ingest;
 pub mod loadgen;

@@ -2,7 +2,7 @@
 //! `loadgen`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -50,6 +50,19 @@ enum Command {
     },
     /// Send realistic OTLP load from a synthetic fleet (or measure the decode ceiling).
     Loadgen(homeostat::loadgen::Options),
+    /// Score `timestamp,value` CSV files with the univariate detector, row by row
+    /// (one row = one window value, no look-ahead); writes `timestamp,value,anomaly_score`.
+    Replay {
+        /// A CSV file, or a directory searched for `.csv` files.
+        #[arg(long)]
+        input: PathBuf,
+        /// Directory for the scored files, at the same relative paths.
+        #[arg(long)]
+        output: PathBuf,
+        /// Configuration file whose `[detect.univariate]` is used.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -73,6 +86,11 @@ fn main() -> ExitCode {
         Command::Loadgen(options) => {
             runtime().and_then(|rt| rt.block_on(homeostat::loadgen::run(options)))
         }
+        Command::Replay {
+            input,
+            output,
+            config,
+        } => replay(&input, &output, config.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -166,4 +184,24 @@ fn sql(
         }
         Ok(())
     })
+}
+
+fn replay(input: &Path, output: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+    let config = Config::load(config)?;
+    let summary = homeostat::detect::replay::replay(input, output, &config.detect.univariate)?;
+    for failure in &summary.failed {
+        eprintln!("error: {failure}");
+    }
+    println!(
+        "files={} rows={} alerts={} failed={}",
+        summary.files,
+        summary.rows,
+        summary.alerts,
+        summary.failed.len()
+    );
+    if summary.failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} file(s) could not be replayed", summary.failed.len())
+    }
 }

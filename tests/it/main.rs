@@ -10,4 +10,5 @@ mod limits;
 mod loadgen;
 mod otlp_clients;
 mod properties;
+mod replay;
 mod support;
