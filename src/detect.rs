@@ -1,5 +1,12 @@
-//! Detection: turns window values into anomaly scores.
+//! Detection: turns closed windows into anomalies with a failure class.
 //!
+//! - [`stage`]: the detection stage: every closed window's rows against the
+//!   catalogue's patterns, hysteresis and debouncing, snapshots.
+//! - [`catalogue`]: the failure-pattern catalogue (`models/*.toml`).
+//! - [`baseline`]: per-series level, spread and daily/weekly seasonality.
+//! - [`drain`]: online log template mining.
+//! - [`anomaly`]: anomalies, failure classes, the `anomalies` SQL table.
+//! - [`rows`]: window tables read into plain rows.
 //! - [`univariate`]: the streaming univariate detector, one value per window in,
 //!   a score in [0, 1] out, never looking ahead. The same code scores a series in
 //!   the engine and a CSV file in `homeostat replay`.
@@ -8,8 +15,18 @@
 //! - [`replay`]: `homeostat replay` over `timestamp,value` CSV files (the NAB
 //!   benchmark's format).
 
+pub mod anomaly;
+pub mod baseline;
+pub mod catalogue;
+pub mod drain;
 pub mod replay;
+pub mod rows;
+pub mod stage;
 pub mod tail;
 pub mod univariate;
 
+pub use anomaly::{Anomaly, AnomalyLog, FailureClass, SeriesKey};
+pub use baseline::BaselineParams;
+pub use catalogue::Catalogue;
+pub use stage::{DetectStage, StageParams};
 pub use univariate::{Univariate, UnivariateParams};

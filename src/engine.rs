@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
+use crate::detect::{AnomalyLog, Catalogue, DetectStage, StageParams};
 use crate::ingest::kafka::KafkaIngest;
 use crate::ingest::{OtlpIntake, otlp_grpc, otlp_http};
 use crate::pipeline::{History, OffsetTracker, PipelineMessage, WindowStage};
@@ -37,6 +38,9 @@ pub enum EngineError {
     /// The store could not be opened or read.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The failure-pattern catalogue is invalid.
+    #[error(transparent)]
+    Catalogue(#[from] crate::detect::catalogue::CatalogueError),
     /// The Kafka client could not be created (bad settings).
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -90,13 +94,41 @@ fn serve(
     })
 }
 
+/// The detection stage's parameters from the configuration.
+pub fn stage_params(config: &Config) -> StageParams {
+    let d = &config.detect;
+    StageParams {
+        baseline: d.baseline.clone(),
+        univariate: d.univariate.clone(),
+        window_ms: config.window.size.as_millis().max(1) as i64,
+        max_series: d.max_series,
+        max_univariate_series: d.max_univariate_series,
+        max_templates: d.max_templates,
+        template_similarity: d.template_similarity,
+        template_warmup: d.template_warmup,
+        snapshot: (!config.store.path.as_os_str().is_empty())
+            .then(|| config.store.path.join("detect-snapshot.json")),
+        snapshot_every: d.snapshot_every,
+    }
+}
+
 impl Engine {
     /// Binds every listener and starts every stage.
     pub async fn start(config: Config) -> Result<Engine, EngineError> {
         let metrics = Arc::new(SelfMetrics::new());
-        let history = History::default();
+        let history = History::new(AnomalyLog::new(config.detect.max_anomalies));
         let offsets = OffsetTracker::new();
-        let stage = WindowStage::new(&config, history.clone(), offsets.clone(), metrics.clone())?;
+        let mut stage =
+            WindowStage::new(&config, history.clone(), offsets.clone(), metrics.clone())?;
+        if config.detect.enabled {
+            let catalogue = Catalogue::load(&config.detect.catalogue)?;
+            info!(source = %catalogue.source, patterns = catalogue.patterns.len(), "failure-pattern catalogue loaded");
+            stage = stage.with_detection(DetectStage::new(
+                catalogue,
+                stage_params(&config),
+                history.anomalies().clone(),
+            ));
+        }
         let (queue, inbox) = mpsc::channel(config.pipeline.queue_capacity);
 
         let grpc_listener = bind("OTLP/gRPC", config.otlp.grpc_addr).await?;

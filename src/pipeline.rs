@@ -12,8 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::columnar::Decoded;
+use crate::columnar::{Decoded, Signal};
 use crate::config::Config;
+use crate::detect::DetectStage;
 use crate::self_metrics::SelfMetrics;
 use crate::store::Store;
 use crate::window::{WindowTables, Windows};
@@ -46,6 +47,8 @@ pub struct WindowStage {
     close_on_stop: bool,
     /// Closed windows whose write failed, retried with the next one.
     unpersisted: Vec<WindowTables>,
+    /// The detection stage, fed every closed window (and the log records).
+    detect: Option<DetectStage>,
 }
 
 fn now_unix_nano() -> u64 {
@@ -98,7 +101,14 @@ impl WindowStage {
             // restart; closing them at stop would turn those records into late ones.
             close_on_stop: !config.kafka_enabled(),
             unpersisted: Vec::new(),
+            detect: None,
         })
+    }
+
+    /// Runs every closed window through `detect` (and mines log records into it).
+    pub fn with_detection(mut self, detect: DetectStage) -> Self {
+        self.detect = Some(detect);
+        self
     }
 
     /// Runs until the queue closes (every sender dropped) or `stop` fires and the
@@ -179,6 +189,9 @@ impl WindowStage {
                 queue.len(),
             );
         }
+        if let Some(detect) = &mut self.detect {
+            detect.snapshot();
+        }
         info!("window stage stopped");
     }
 
@@ -187,6 +200,11 @@ impl WindowStage {
         let input = origin
             .as_ref()
             .map_or(0, |o| input_id(&o.topic, o.partition));
+        if decoded.signal == Signal::Logs
+            && let Some(detect) = &mut self.detect
+        {
+            detect.on_logs(&decoded.batch);
+        }
         let release = match self.windows.ingest(&decoded, input, now_unix_nano()) {
             Ok(release) => release,
             Err(error) => {
@@ -219,8 +237,14 @@ impl WindowStage {
         self.windows.evict_stale_series(self.retain_ms);
         let closed_through = self.windows.closed_through_ms();
         let horizon = closed_through - self.retain_ms;
+        if let Some(detect) = &mut self.detect {
+            for window in &closed {
+                detect.on_window(window);
+            }
+        }
         self.history.extend(closed.iter().cloned());
         self.history.retain_after(horizon);
+        self.history.anomalies().retain_after(horizon);
         let Some(store) = &self.store else {
             self.offsets.set_durable(closed_through);
             return true;

@@ -42,6 +42,14 @@ pub async fn query(history: &History, sql: &str, max_rows: usize) -> Result<Quer
         ctx.register_table(*name, Arc::new(table))
             .map_err(|e| SqlError::Internal(e.to_string()))?;
     }
+    let anomalies = history
+        .anomalies()
+        .to_batch()
+        .map_err(|e| SqlError::Internal(e.to_string()))?;
+    let table = MemTable::try_new(crate::detect::anomaly::schema(), vec![vec![anomalies]])
+        .map_err(|e| SqlError::Internal(e.to_string()))?;
+    ctx.register_table("anomalies", Arc::new(table))
+        .map_err(|e| SqlError::Internal(e.to_string()))?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)

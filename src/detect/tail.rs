@@ -19,11 +19,13 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 /// Quantiles kept per closed block for the body of the distribution.
 const QUANTILES: usize = 16;
 
 /// The shape of a [`TailWindow`].
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TailShape {
     /// Values per block.
     pub block_len: usize,
@@ -59,7 +61,7 @@ impl TailShape {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Block {
     len: usize,
     /// Largest values, descending.
@@ -141,7 +143,7 @@ impl Block {
 }
 
 /// A sliding window of values with tail-probability queries (see the module docs).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TailWindow {
     shape: TailShape,
     extremes: usize,

@@ -19,12 +19,12 @@
 
 use std::collections::VecDeque;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::tail::{TailShape, TailWindow};
 
 /// Parameters of [`Univariate`]: one set for every series (`[detect.univariate]`).
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnivariateParams {
     /// Values seen before any score is given.
@@ -142,7 +142,7 @@ impl UnivariateParams {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 struct Slot {
     level: f64,
     days: u32,
@@ -150,7 +150,7 @@ struct Slot {
 }
 
 /// A seasonal profile: an exponentially weighted level per slot of the period.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct Profile {
     slots: Vec<Slot>,
     /// Exponentially weighted squared error of the profile's prediction.
@@ -174,7 +174,7 @@ impl Profile {
 const ERROR_DECAY: f64 = 0.99;
 
 /// The streaming univariate detector (see the module docs).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Univariate {
     params: UnivariateParams,
     seen: usize,
@@ -221,9 +221,27 @@ impl Univariate {
         self.seen
     }
 
-    /// Scores `value` observed at `unix_secs` (event time), then learns it.
-    /// Non-finite values score 0 and are not learned.
+    /// Scores `value` observed at `unix_secs` (event time), then learns it: 0
+    /// during the warm-up and the rest after an alert. Non-finite values score 0
+    /// and are not learned.
     pub fn observe(&mut self, unix_secs: i64, value: f64) -> f64 {
+        let score = self.observe_raw(unix_secs, value);
+        if !value.is_finite() || self.seen <= self.params.warmup {
+            return 0.0;
+        }
+        self.since_alert = self.since_alert.saturating_add(1);
+        if self.since_alert <= self.params.rest {
+            return 0.0;
+        }
+        if score >= self.params.fire {
+            self.since_alert = 0;
+        }
+        score
+    }
+
+    /// Like [`Self::observe`] but without the rest after an alert (for callers
+    /// that debounce themselves); still 0 during the warm-up.
+    pub fn observe_raw(&mut self, unix_secs: i64, value: f64) -> f64 {
         if !value.is_finite() {
             return 0.0;
         }
@@ -253,18 +271,10 @@ impl Univariate {
         self.values.push(value);
 
         let p = ps[..views].iter().copied().fold(1.0f64, f64::min) * views as f64;
-        let score = (1.0 - p).clamp(0.0, 1.0);
         if self.seen <= self.params.warmup {
             return 0.0;
         }
-        self.since_alert = self.since_alert.saturating_add(1);
-        if self.since_alert <= self.params.rest {
-            return 0.0;
-        }
-        if score >= self.params.fire {
-            self.since_alert = 0;
-        }
-        score
+        (1.0 - p).clamp(0.0, 1.0)
     }
 
     /// The value's residual against the better-fitting seasonal profile, if one

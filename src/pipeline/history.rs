@@ -5,15 +5,30 @@ use std::sync::{Arc, RwLock};
 
 use arrow::record_batch::RecordBatch;
 
+use crate::detect::AnomalyLog;
 use crate::window::{TABLE_NAMES, WindowTables};
 
 /// Shared, cheaply cloneable history of closed windows.
 #[derive(Debug, Clone, Default)]
 pub struct History {
     windows: Arc<RwLock<VecDeque<WindowTables>>>,
+    anomalies: AnomalyLog,
 }
 
 impl History {
+    /// An empty history whose anomalies go to `anomalies`.
+    pub fn new(anomalies: AnomalyLog) -> Self {
+        Self {
+            windows: Arc::default(),
+            anomalies,
+        }
+    }
+
+    /// The anomalies detected over the retained windows.
+    pub fn anomalies(&self) -> &AnomalyLog {
+        &self.anomalies
+    }
+
     /// Appends closed windows (in order).
     pub fn extend(&self, closed: impl IntoIterator<Item = WindowTables>) {
         if let Ok(mut windows) = self.windows.write() {

@@ -4,6 +4,7 @@
 //! HTTP/2 gRPC, a real Kafka-protocol broker (started by `scripts/test.sh`).
 
 mod cli;
+mod detection;
 mod golden;
 mod kafka;
 mod limits;

@@ -1,0 +1,545 @@
+//! The failure-pattern catalogue: which series each pattern watches, which
+//! detector it runs, and its hysteresis. Declared in TOML under `models/` and
+//! loaded at start, so patterns are added or tuned without recompiling.
+//!
+//! ```toml
+//! [[pattern]]
+//! name = "service_error_rate"      # unique
+//! class = "error_spike"            # the failure class it reports
+//! series = "service"               # service | operation | edge | metric | log | log_template
+//! measure = "error_rate"           # the column of that series' table (metric: auto = by type)
+//! consecutive = 2                  # hysteresis: windows in a row before it fires
+//! cooldown = 30                    # debounce: quiet windows after an episode ends
+//! [pattern.detector]
+//! kind = "deviation"               # deviation | limit | growth | stall | new_template | univariate
+//! direction = "up"
+//! min_score = 0.9999
+//! ```
+//!
+//! The detector kinds and their fields are [`Detector`]'s variants.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::anomaly::FailureClass;
+
+/// The catalogue shipped in the binary (`models/catalogue.toml` at build time).
+pub const BUILT_IN: &str = include_str!("../../models/catalogue.toml");
+
+/// The default `detect.catalogue`; when it does not exist the built-in copy is used.
+pub const DEFAULT_PATH: &str = "models";
+
+/// Which window table a pattern reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeriesKind {
+    /// `service_stats`: one series per service and measure.
+    Service,
+    /// `operation_stats`: per service, operation and measure.
+    Operation,
+    /// `edge_stats`: per caller, callee and measure.
+    Edge,
+    /// `metric_stats`: per metric series.
+    Metric,
+    /// `log_stats`: per service and severity.
+    Log,
+    /// Mined log templates: per service and template.
+    LogTemplate,
+}
+
+impl SeriesKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SeriesKind::Service => "service",
+            SeriesKind::Operation => "operation",
+            SeriesKind::Edge => "edge",
+            SeriesKind::Metric => "metric",
+            SeriesKind::Log => "log",
+            SeriesKind::LogTemplate => "log_template",
+        }
+    }
+
+    /// The measures a pattern on this series may name.
+    pub fn measures(self) -> &'static [&'static str] {
+        match self {
+            SeriesKind::Service | SeriesKind::Operation => &[
+                "requests",
+                "errors",
+                "error_rate",
+                "p50_ms",
+                "p95_ms",
+                "p99_ms",
+                "mean_ms",
+                "max_ms",
+            ],
+            SeriesKind::Edge => &[
+                "calls",
+                "errors",
+                "error_rate",
+                "p50_ms",
+                "p99_ms",
+                "mean_ms",
+            ],
+            SeriesKind::Metric => &[
+                "auto",
+                "count",
+                "last",
+                "mean",
+                "min",
+                "max",
+                "delta",
+                "rate",
+                "hist_count",
+                "hist_sum",
+                "hist_p99",
+            ],
+            SeriesKind::Log | SeriesKind::LogTemplate => &["count"],
+        }
+    }
+}
+
+/// Up, down or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Up,
+    Down,
+    Both,
+}
+
+/// A detector and its parameters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Detector {
+    /// The value against its baseline: fires when the deviation's score reaches
+    /// `min_score` in `direction`, the change is at least `min_delta` (absolute)
+    /// and `min_ratio` (observed / expected, or its inverse going down), the
+    /// window's volume (requests or calls) is at least `min_volume` and the
+    /// expectation at least `min_expected`.
+    Deviation {
+        direction: Direction,
+        min_score: f64,
+        #[serde(default)]
+        min_delta: f64,
+        #[serde(default)]
+        min_ratio: f64,
+        #[serde(default)]
+        min_volume: f64,
+        #[serde(default)]
+        min_expected: f64,
+    },
+    /// Use of a bounded resource: the value over its limit (`limit`, or a sibling
+    /// metric named by swapping a suffix per `limit_pairs`, or 1 / 100 for
+    /// utilization metrics with unit `1` / `%`) reaches `threshold`, or reaches
+    /// `forecast_from` while the linear trend of the last `trend_windows` windows
+    /// exhausts it within `horizon`.
+    Limit {
+        #[serde(default)]
+        limit: Option<f64>,
+        #[serde(default)]
+        limit_pairs: Vec<[String; 2]>,
+        threshold: f64,
+        forecast_from: f64,
+        #[serde(with = "humantime_serde")]
+        horizon: std::time::Duration,
+        trend_windows: u32,
+    },
+    /// Sustained growth: each of the last `windows` steps rises, the total rise is
+    /// at least `min_z` spreads of the series and `min_growth` of the level where
+    /// it started, and the value ends at least `min_z / 2` spreads above its
+    /// baseline (a rise out of a dip is not growth).
+    Growth {
+        windows: u32,
+        min_z: f64,
+        min_growth: f64,
+    },
+    /// A stall: throughput at most `max_throughput_ratio` of its baseline (from at
+    /// least `min_expected`) while latency is at least `latency_ratio` times its
+    /// baseline or an in-flight metric (`inflight_metrics` globs) rises.
+    Stall {
+        max_throughput_ratio: f64,
+        min_expected: f64,
+        latency_ratio: f64,
+        #[serde(default)]
+        inflight_metrics: Vec<String>,
+    },
+    /// A log template never seen before, once the miner has warmed up, at
+    /// `min_severity` or above.
+    NewTemplate { min_severity: String },
+    /// The univariate detector (`[detect.univariate]`): a generic anomaly score,
+    /// which must reach `min_score` (default: the detector's own `fire`).
+    Univariate {
+        #[serde(default)]
+        min_score: Option<f64>,
+        /// The value must also be this many spreads from its baseline (0: off).
+        #[serde(default)]
+        min_z: f64,
+    },
+}
+
+/// One pattern of the catalogue.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pattern {
+    /// Unique name.
+    pub name: String,
+    /// Failure class reported.
+    pub class: FailureClass,
+    /// The series it watches.
+    pub series: SeriesKind,
+    /// The measure (see [`SeriesKind::measures`]).
+    #[serde(default = "default_measure")]
+    pub measure: String,
+    /// Metric series only: metric-name globs (`*` any run, `?` one character);
+    /// empty matches every metric.
+    #[serde(default)]
+    pub metrics: Vec<String>,
+    /// Metric series only: names matching these globs are skipped.
+    #[serde(default)]
+    pub exclude_metrics: Vec<String>,
+    /// Edge series only: callee kinds (`service`, `database`, `messaging`,
+    /// `external`, ...); empty matches all.
+    #[serde(default)]
+    pub callee_kinds: Vec<String>,
+    /// Log series only: severities; empty matches all.
+    #[serde(default)]
+    pub severities: Vec<String>,
+    /// Applies only to series that no non-fallback pattern of the same series
+    /// kind watches (the generic detector).
+    #[serde(default)]
+    pub fallback: bool,
+    /// Windows in a row the condition must hold before the pattern fires.
+    #[serde(default = "one")]
+    pub consecutive: u32,
+    /// Windows after an episode ends before the same series can fire again.
+    #[serde(default)]
+    pub cooldown: u32,
+    /// The detector.
+    pub detector: Detector,
+}
+
+fn default_measure() -> String {
+    "auto".to_string()
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default, rename = "pattern")]
+    patterns: Vec<Pattern>,
+}
+
+/// The loaded catalogue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Catalogue {
+    pub patterns: Vec<Pattern>,
+    /// Where it came from (for logs).
+    pub source: String,
+}
+
+/// A catalogue that could not be loaded; lists every problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid failure-pattern catalogue ({source_name}):\n  - {}", problems.join("\n  - "))]
+pub struct CatalogueError {
+    pub source_name: String,
+    pub problems: Vec<String>,
+}
+
+impl Catalogue {
+    /// The built-in catalogue.
+    pub fn built_in() -> Result<Self, CatalogueError> {
+        Self::from_documents(&[(
+            "built-in models/catalogue.toml".to_string(),
+            BUILT_IN.to_string(),
+        )])
+    }
+
+    /// Loads `path`: a TOML file, or a directory whose `*.toml` files are read in
+    /// name order. An empty path, or the default path when it does not exist, gives
+    /// the built-in catalogue.
+    pub fn load(path: &Path) -> Result<Self, CatalogueError> {
+        if path.as_os_str().is_empty() || (path == Path::new(DEFAULT_PATH) && !path.exists()) {
+            return Self::built_in();
+        }
+        let error = |problem: String| CatalogueError {
+            source_name: path.display().to_string(),
+            problems: vec![problem],
+        };
+        let files: Vec<PathBuf> = if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| error(format!("cannot read directory: {e}")))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(error("no .toml files in the directory".to_string()));
+            }
+            files
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let mut documents = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| error(format!("{}: {e}", file.display())))?;
+            documents.push((file.display().to_string(), text));
+        }
+        let mut catalogue = Self::from_documents(&documents)?;
+        catalogue.source = path.display().to_string();
+        Ok(catalogue)
+    }
+
+    /// Parses and validates TOML documents `(name, text)`, reporting every problem.
+    pub fn from_documents(documents: &[(String, String)]) -> Result<Self, CatalogueError> {
+        let mut problems = Vec::new();
+        let mut patterns = Vec::new();
+        for (name, text) in documents {
+            match toml::from_str::<File>(text) {
+                Ok(file) => patterns.extend(file.patterns),
+                Err(e) => problems.push(format!("{name}: {}", e.to_string().trim())),
+            }
+        }
+        for (i, p) in patterns.iter().enumerate() {
+            problems.extend(validate(p));
+            if patterns[..i].iter().any(|q| q.name == p.name) {
+                problems.push(format!("pattern name `{}` is used twice", p.name));
+            }
+        }
+        let source_name = documents
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if problems.is_empty() {
+            Ok(Catalogue {
+                patterns,
+                source: source_name,
+            })
+        } else {
+            Err(CatalogueError {
+                source_name,
+                problems,
+            })
+        }
+    }
+}
+
+fn validate(p: &Pattern) -> Vec<String> {
+    let mut out = Vec::new();
+    let at = |m: &str| format!("pattern `{}`: {m}", p.name);
+    if p.name.trim().is_empty() {
+        out.push("a pattern has an empty name".to_string());
+    }
+    let known = p.series.measures().contains(&p.measure.as_str());
+    if !known && p.measure != "auto" {
+        out.push(at(&format!(
+            "measure `{}` is not one of {} for series `{}`",
+            p.measure,
+            p.series.measures().join(", "),
+            p.series.as_str()
+        )));
+    }
+    if p.measure == "auto"
+        && !matches!(
+            p.series,
+            SeriesKind::Metric | SeriesKind::Log | SeriesKind::LogTemplate
+        )
+    {
+        out.push(at(&format!(
+            "series `{}` needs an explicit measure",
+            p.series.as_str()
+        )));
+    }
+    if p.consecutive == 0 {
+        out.push(at("consecutive must be at least 1"));
+    }
+    let unit = |v: f64| (0.0..=1.0).contains(&v);
+    match &p.detector {
+        Detector::Deviation {
+            min_score,
+            min_ratio,
+            ..
+        } => {
+            if !unit(*min_score) {
+                out.push(at("min_score must be in [0, 1]"));
+            }
+            if *min_ratio < 0.0 {
+                out.push(at("min_ratio must not be negative"));
+            }
+        }
+        Detector::Limit {
+            threshold,
+            forecast_from,
+            trend_windows,
+            limit,
+            ..
+        } => {
+            if !(*threshold > 0.0 && *forecast_from > 0.0 && forecast_from <= threshold) {
+                out.push(at("need 0 < forecast_from <= threshold"));
+            }
+            if *trend_windows < 2 {
+                out.push(at("trend_windows must be at least 2"));
+            }
+            if limit.is_some_and(|l| l <= 0.0) {
+                out.push(at("limit must be positive"));
+            }
+            if p.series != SeriesKind::Metric {
+                out.push(at("kind `limit` needs series = \"metric\""));
+            }
+        }
+        Detector::Growth { windows, .. } => {
+            if *windows < 2 {
+                out.push(at("windows must be at least 2"));
+            }
+        }
+        Detector::Stall {
+            max_throughput_ratio,
+            ..
+        } => {
+            if p.series != SeriesKind::Service {
+                out.push(at("kind `stall` needs series = \"service\""));
+            }
+            if !unit(*max_throughput_ratio) {
+                out.push(at("max_throughput_ratio must be in [0, 1]"));
+            }
+        }
+        Detector::NewTemplate { .. } => {
+            if p.series != SeriesKind::LogTemplate {
+                out.push(at("kind `new_template` needs series = \"log_template\""));
+            }
+        }
+        Detector::Univariate { min_score, .. } => {
+            if min_score.is_some_and(|s| !unit(s)) {
+                out.push(at("min_score must be in [0, 1]"));
+            }
+        }
+    }
+    out
+}
+
+/// `*` matches any run of characters, `?` any one byte; case-sensitive.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_built_in_catalogue_loads_and_covers_every_class() {
+        let catalogue = Catalogue::built_in().expect("built-in catalogue");
+        for class in [
+            FailureClass::ErrorSpike,
+            FailureClass::LatencyDegradation,
+            FailureClass::Saturation,
+            FailureClass::MemoryLeak,
+            FailureClass::DependencyFailure,
+            FailureClass::TrafficAnomaly,
+            FailureClass::QueueBacklog,
+            FailureClass::Deadlock,
+            FailureClass::LogPattern,
+            FailureClass::Generic,
+        ] {
+            assert!(
+                catalogue.patterns.iter().any(|p| p.class == class),
+                "no pattern for {class}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+[[pattern]]
+name = "a"
+class = "error_spike"
+series = "service"
+measure = "nonsense"
+consecutive = 0
+[pattern.detector]
+kind = "deviation"
+direction = "up"
+min_score = 2.0
+
+[[pattern]]
+name = "a"
+class = "memory_leak"
+series = "service"
+measure = "requests"
+[pattern.detector]
+kind = "limit"
+threshold = 0.9
+forecast_from = 0.5
+horizon = "10m"
+trend_windows = 1
+"#;
+        let error =
+            Catalogue::from_documents(&[("t.toml".into(), text.into())]).expect_err("invalid");
+        let all = error.problems.join("\n");
+        for needle in [
+            "measure `nonsense`",
+            "consecutive",
+            "min_score",
+            "used twice",
+            "trend_windows",
+            "series = \"metric\"",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in\n{all}");
+        }
+        let unknown = "[[pattern]]\nname = \"x\"\nclass = \"error_spike\"\nseries = \"service\"\nmeasure = \"requests\"\ncolour = 1\n[pattern.detector]\nkind = \"univariate\"\n";
+        let error = Catalogue::from_documents(&[("u.toml".into(), unknown.into())])
+            .expect_err("unknown field");
+        assert!(error.problems.join("\n").contains("colour"), "{error}");
+    }
+
+    #[test]
+    fn a_directory_of_files_is_one_catalogue() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::write(dir.path().join("b.toml"), BUILT_IN).expect("write");
+        std::fs::write(
+            dir.path().join("a.toml"),
+            "[[pattern]]\nname = \"custom\"\nclass = \"generic\"\nseries = \"metric\"\nmetrics = [\"shop.*\"]\n[pattern.detector]\nkind = \"univariate\"\n",
+        )
+        .expect("write");
+        let catalogue = Catalogue::load(dir.path()).expect("load");
+        assert_eq!(catalogue.patterns[0].name, "custom");
+        assert!(catalogue.patterns.len() > 5);
+        assert!(Catalogue::load(Path::new("/nonexistent/models.toml")).is_err());
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*memory*", "process.memory.usage"));
+        assert!(glob_match("jvm.*.used", "jvm.memory.used"));
+        assert!(!glob_match("jvm.*.used", "jvm.memory.limit"));
+        assert!(glob_match("a?c", "abc"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("a", ""));
+    }
+}

@@ -1,0 +1,185 @@
+//! Online log template mining in the style of Drain (He et al., ICWS 2017).
+//!
+//! A message is split into tokens; tokens that carry numbers, hex ids or paths
+//! are masked to `<*>`. Messages are grouped by service, token count and first
+//! token; in a group the closest template (share of equal tokens) takes the
+//! message if the share reaches `similarity`, and the positions where they
+//! differ become `<*>`; otherwise the message starts a new template. Memory is
+//! bounded: at most `max_templates` templates; messages beyond that count as the
+//! overflow template of their service.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Tokens compared at most (longer messages are cut for matching).
+const MAX_TOKENS: usize = 64;
+const WILDCARD: &str = "<*>";
+
+/// A template: its id, service and text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Template {
+    pub id: u32,
+    pub service: String,
+    pub tokens: Vec<String>,
+    /// Messages matched so far.
+    pub count: u64,
+}
+
+impl Template {
+    pub fn text(&self) -> String {
+        self.tokens.join(" ")
+    }
+}
+
+/// The miner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Drain {
+    similarity: f64,
+    max_templates: usize,
+    templates: Vec<Template>,
+    /// (service, token count, first token) -> template indices.
+    groups: HashMap<String, Vec<u32>>,
+    /// Messages that found no room.
+    pub overflow: u64,
+}
+
+/// Where a message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Match {
+    /// The template id (`u32::MAX` for overflow).
+    pub id: u32,
+    /// Whether this message created the template.
+    pub new: bool,
+}
+
+impl Drain {
+    pub fn new(similarity: f64, max_templates: usize) -> Self {
+        Self {
+            similarity,
+            max_templates,
+            templates: Vec::new(),
+            groups: HashMap::new(),
+            overflow: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.templates.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.templates.is_empty()
+    }
+
+    pub fn template(&self, id: u32) -> Option<&Template> {
+        self.templates.get(id as usize)
+    }
+
+    /// Assigns `message` of `service` to a template.
+    pub fn add(&mut self, service: &str, message: &str) -> Match {
+        let tokens: Vec<String> = message
+            .split_whitespace()
+            .take(MAX_TOKENS)
+            .map(mask)
+            .collect();
+        let group = format!(
+            "{service}\u{1f}{}\u{1f}{}",
+            tokens.len(),
+            tokens.first().map_or("", |t| t.as_str())
+        );
+        let candidates = self.groups.get(&group).map(Vec::as_slice).unwrap_or(&[]);
+        let mut best: Option<(u32, f64)> = None;
+        for &id in candidates {
+            let Some(t) = self.templates.get(id as usize) else {
+                continue;
+            };
+            let same = t
+                .tokens
+                .iter()
+                .zip(&tokens)
+                .filter(|(a, b)| a == b || a.as_str() == WILDCARD)
+                .count();
+            let share = same as f64 / tokens.len().max(1) as f64;
+            if share >= self.similarity && best.is_none_or(|(_, s)| share > s) {
+                best = Some((id, share));
+            }
+        }
+        if let Some((id, _)) = best {
+            if let Some(t) = self.templates.get_mut(id as usize) {
+                for (slot, token) in t.tokens.iter_mut().zip(&tokens) {
+                    if slot != token {
+                        *slot = WILDCARD.to_string();
+                    }
+                }
+                t.count += 1;
+            }
+            return Match { id, new: false };
+        }
+        if self.templates.len() >= self.max_templates {
+            self.overflow += 1;
+            return Match {
+                id: u32::MAX,
+                new: false,
+            };
+        }
+        let id = self.templates.len() as u32;
+        self.templates.push(Template {
+            id,
+            service: service.to_string(),
+            tokens,
+            count: 1,
+        });
+        self.groups.entry(group).or_default().push(id);
+        Match { id, new: true }
+    }
+}
+
+/// Masks a token that is, or carries, a variable: digits, long hex, paths, quotes.
+fn mask(token: &str) -> String {
+    let has_digit = token.chars().any(|c| c.is_ascii_digit());
+    let hexish = token.len() >= 8 && token.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    let path = token.contains('/') && token.len() > 1;
+    if has_digit || hexish || path {
+        WILDCARD.to_string()
+    } else {
+        token.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_collapse_into_one_template() {
+        let mut d = Drain::new(0.5, 100);
+        let a = d.add("api", "connection to 10.0.0.1:5432 failed after 3 retries");
+        let b = d.add("api", "connection to 10.0.0.7:5432 failed after 5 retries");
+        let c = d.add("api", "user alice logged in");
+        let e = d.add("api", "user bob logged in");
+        assert!(a.new && !b.new && c.new && !e.new);
+        assert_eq!(a.id, b.id);
+        assert_eq!(c.id, e.id);
+        assert_eq!(
+            d.template(c.id).map(Template::text).as_deref(),
+            Some("user <*> logged in")
+        );
+        assert_eq!(
+            d.template(a.id).map(Template::text).as_deref(),
+            Some("connection to <*> failed after <*> retries")
+        );
+        // Same text from another service is its own template.
+        assert!(d.add("web", "user carol logged in").new);
+    }
+
+    #[test]
+    fn the_number_of_templates_is_bounded() {
+        let mut d = Drain::new(0.9, 3);
+        for word in ["alpha", "beta", "gamma", "delta", "epsilon"] {
+            d.add("s", &format!("{word} happened"));
+        }
+        assert_eq!(d.len(), 3);
+        assert_eq!(d.overflow, 2);
+    }
+}

@@ -1,0 +1,160 @@
+//! Reads the rows of a closed window's tables into plain values the detectors use.
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, Float64Array, StringArray, UInt64Array};
+use arrow::record_batch::RecordBatch;
+
+use super::catalogue::SeriesKind;
+use crate::window::WindowTables;
+
+/// One row of one table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub kind: SeriesKind,
+    /// The service (edges: the caller).
+    pub service: String,
+    /// Metric name (metric rows); empty otherwise.
+    pub metric: String,
+    /// `gauge`, `sum`, `histogram`, `summary` (metric rows).
+    pub metric_type: String,
+    /// Metric unit (metric rows).
+    pub unit: String,
+    /// The identity beyond service and name: `k=v` pairs joined by `,`.
+    pub attributes: String,
+    /// Edge rows: the callee kind; log rows: the severity.
+    pub tag: String,
+    /// The numeric columns by name (nulls left out).
+    pub values: HashMap<&'static str, f64>,
+}
+
+impl Row {
+    /// The value of `measure`; `auto` picks by metric type (gauge: mean, sum: rate,
+    /// distributions: p99).
+    pub fn measure(&self, measure: &str) -> Option<f64> {
+        let column = match measure {
+            "auto" => match self.metric_type.as_str() {
+                "sum" => "rate",
+                "histogram" | "summary" | "exponential_histogram" => "hist_p99",
+                _ => "mean",
+            },
+            other => other,
+        };
+        self.values.get(column).copied().filter(|v| v.is_finite())
+    }
+
+    /// Requests or calls in the window (0 when the table has none).
+    pub fn volume(&self) -> f64 {
+        self.values
+            .get("requests")
+            .or_else(|| self.values.get("calls"))
+            .copied()
+            .unwrap_or(0.0)
+    }
+}
+
+/// Every row of the window's tables.
+pub fn rows(tables: &WindowTables) -> Vec<Row> {
+    let [service, operation, edge, metric, log] = &tables.batches;
+    let mut out = Vec::new();
+    read(service, SeriesKind::Service, &mut out);
+    read(operation, SeriesKind::Operation, &mut out);
+    read(edge, SeriesKind::Edge, &mut out);
+    read(metric, SeriesKind::Metric, &mut out);
+    read(log, SeriesKind::Log, &mut out);
+    out
+}
+
+
+fn read(batch: &RecordBatch, kind: SeriesKind, out: &mut Vec<Row>) {
+    let text = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+    };
+    let get = |col: Option<&StringArray>, i: usize| -> String {
+        col.filter(|c| !c.is_null(i))
+            .map(|c| c.value(i).to_string())
+            .unwrap_or_default()
+    };
+    let service_col = if kind == SeriesKind::Edge {
+        text("caller")
+    } else {
+        text("service_name")
+    };
+    let (namespace, environment) = (text("service_namespace"), text("deployment_environment"));
+    let (operation, callee, callee_kind) = (text("operation"), text("callee"), text("callee_kind"));
+    let (metric, metric_type, unit, attrs, severity) = (
+        text("metric_name"),
+        text("metric_type"),
+        text("metric_unit"),
+        text("attributes"),
+        text("severity"),
+    );
+    // The columns a pattern on this kind of row may name.
+    let numeric: Vec<(&'static str, &dyn Array)> = kind
+        .measures()
+        .iter()
+        .filter_map(|name| batch.column_by_name(name).map(|c| (*name, c.as_ref())))
+        .collect();
+    for i in 0..batch.num_rows() {
+        let mut attributes = Vec::new();
+        let ns = get(namespace, i);
+        if !ns.is_empty() {
+            attributes.push(format!("namespace={ns}"));
+        }
+        let env = get(environment, i);
+        if !env.is_empty() {
+            attributes.push(format!("environment={env}"));
+        }
+        let tag = match kind {
+            SeriesKind::Operation => {
+                attributes.push(format!("operation={}", get(operation, i)));
+                String::new()
+            }
+            SeriesKind::Edge => {
+                let k = get(callee_kind, i);
+                attributes.push(format!("callee={}", get(callee, i)));
+                attributes.push(format!("callee_kind={k}"));
+                k
+            }
+            SeriesKind::Metric => {
+                let a = get(attrs, i);
+                if !a.is_empty() && a != "{}" {
+                    attributes.push(a);
+                }
+                String::new()
+            }
+            SeriesKind::Log => {
+                let s = get(severity, i);
+                attributes.push(format!("severity={s}"));
+                s
+            }
+            _ => String::new(),
+        };
+        let mut values = HashMap::new();
+        for (name, column) in &numeric {
+            if column.is_null(i) {
+                continue;
+            }
+            let value = if let Some(c) = column.as_any().downcast_ref::<UInt64Array>() {
+                c.value(i) as f64
+            } else if let Some(c) = column.as_any().downcast_ref::<Float64Array>() {
+                c.value(i)
+            } else {
+                continue;
+            };
+            values.insert(*name, value);
+        }
+        out.push(Row {
+            kind,
+            service: get(service_col, i),
+            metric: get(metric, i),
+            metric_type: get(metric_type, i),
+            unit: get(unit, i),
+            attributes: attributes.join(","),
+            tag,
+            values,
+        });
+    }
+}
