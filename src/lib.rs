@@ -2,14 +2,16 @@
 //!
 //! A streaming telemetry engine that heals the systems it watches. This crate is the
 //! engine: it ingests OpenTelemetry traces, metrics and logs, aggregates them into
-//! event-time windows held as Arrow record batches, and serves them over SQL.
+//! event-time windows held as Arrow record batches, detects anomalies in them
+//! against per-series baselines, and serves windows and anomalies over SQL.
 //!
 //! ```text
 //!  OTLP gRPC :4317 ─┐
 //!  OTLP HTTP :4318 ─┼─> ingest ──> columnar ──> window ──────────> store (Arrow IPC)
 //!  Kafka otlp_*   ──┘   decode     Arrow        event-time          │
 //!                       + limits   batches      aggregates ──> history ──> api: SQL (DataFusion),
-//!                                                                           health, /metrics
+//!                                                    │                      health, /metrics
+//!                                                    └──> detect: baselines + catalogue ──> anomalies
 //! ```
 //!
 //! One stage, one module, in the order the data flows:

@@ -65,7 +65,6 @@ pub fn rows(tables: &WindowTables) -> Vec<Row> {
     out
 }
 
-
 fn read(batch: &RecordBatch, kind: SeriesKind, out: &mut Vec<Row>) {
     let text = |name: &str| {
         batch

@@ -457,3 +457,93 @@ fn detects_a_new_error_log_pattern() {
 fn detects_a_generic_metric_anomaly() {
     detects(Fault::Generic);
 }
+
+/// End to end: a real OpenTelemetry SDK sends spans over OTLP/gRPC to a running
+/// engine; an error spike after the warm-up shows up in the `anomalies` SQL table
+/// with its class, onset and the expected error rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_spike_sent_over_otlp_is_in_the_anomalies_table() {
+    use opentelemetry::KeyValue as Attribute;
+    use opentelemetry::trace::{Span, SpanKind, Status, Tracer, TracerProvider};
+    use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+    use opentelemetry_sdk::Resource as SdkResource;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    let engine =
+        crate::support::engine("[window]\nsize = \"1s\"\n[detect.baseline]\nwarmup = 20\n").await;
+    let grpc = format!("http://{}", engine.grpc_addr);
+    let base_ns = crate::support::aligned_past(30);
+    const SPIKE: u64 = 25;
+    tokio::task::spawn_blocking(move || {
+        let exporter = SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(&grpc)
+            .build()
+            .expect("exporter");
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter)
+            .with_resource(SdkResource::builder().with_service_name("checkout").build())
+            .build();
+        let tracer = provider.tracer("checkout");
+        for second in 0..32u64 {
+            for i in 0..20u64 {
+                let start = UNIX_EPOCH
+                    + Duration::from_nanos(base_ns + second * 1_000_000_000 + i * 40_000_000);
+                let failed = if second >= SPIKE {
+                    i < 12
+                } else {
+                    i < second % 3
+                };
+                let mut span = tracer
+                    .span_builder("POST /pay")
+                    .with_kind(SpanKind::Server)
+                    .with_start_time(start)
+                    .with_attributes(vec![Attribute::new("http.route", "/pay")])
+                    .start(&tracer);
+                if failed {
+                    span.set_status(Status::error("upstream refused"));
+                }
+                span.end_with_timestamp(start + Duration::from_millis(20 + i));
+            }
+        }
+        provider.shutdown().expect("flush spans");
+    })
+    .await
+    .expect("client ran");
+    engine.flush().await;
+    let rows = crate::support::sql(
+        engine.api_addr,
+        "SELECT class, pattern, service, name, onset, detected, observed, expected, score FROM anomalies ORDER BY detected",
+    )
+    .await;
+    let spike = rows
+        .iter()
+        .find(|r| crate::support::text(r, "class") == "error_spike")
+        .unwrap_or_else(|| panic!("no error_spike among {rows:?}"));
+    assert_eq!(crate::support::text(spike, "service"), "checkout");
+    assert_eq!(crate::support::text(spike, "name"), "error_rate");
+    assert!(
+        (crate::support::num(spike, "observed") - 0.6).abs() < 1e-9,
+        "{spike}"
+    );
+    assert!(crate::support::num(spike, "expected") < 0.15, "{spike}");
+    assert!(crate::support::num(spike, "score") > 0.9999, "{spike}");
+    // Windows are 1 s: onset is the spike's first second, detected one window later
+    // (two windows in a row).
+    let onset_ms = (base_ns / 1_000_000 + SPIKE * 1000) as i64;
+    let onset = spike
+        .get("onset")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let detected = spike
+        .get("detected")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let ms = |text: &str| homeostat::detect::replay::parse_timestamp(text).map(|s| s * 1000);
+    assert_eq!(ms(&onset), Some(onset_ms), "onset {onset}");
+    assert_eq!(ms(&detected), Some(onset_ms + 1000), "detected {detected}");
+    engine.shutdown().await;
+}
