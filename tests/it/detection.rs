@@ -39,6 +39,8 @@ enum Fault {
     Deadlock,
     LogPattern,
     Generic,
+    /// CPU utilization climbing toward its limit, still below the threshold.
+    SaturationTrend,
 }
 
 impl Fault {
@@ -54,6 +56,7 @@ impl Fault {
             Fault::Deadlock => FailureClass::Deadlock,
             Fault::LogPattern => FailureClass::LogPattern,
             Fault::Generic => FailureClass::Generic,
+            Fault::SaturationTrend => FailureClass::Saturation,
         }
     }
 }
@@ -196,12 +199,11 @@ fn window(w: i64, fault: Option<Fault>, noise: &mut Noise) -> (WindowTables, Vec
             memory *= 1.02f64.powi(since as i32 + 1);
         }
         gauge("process.memory.usage", "By", "gauge", memory);
-        gauge(
-            "system.cpu.utilization",
-            "1",
-            "gauge",
-            (0.2 + 0.15 * season + 0.02 * noise.normal()).clamp(0.0, 1.0),
-        );
+        let mut cpu = (0.2 + 0.15 * season + 0.02 * noise.normal()).clamp(0.0, 1.0);
+        if faulty && active(Fault::SaturationTrend) {
+            cpu = 0.72 + 0.03 * since as f64;
+        }
+        gauge("system.cpu.utilization", "1", "gauge", cpu);
         let mut connections = (10.0 + 2.0 * noise.normal()).max(0.0).round();
         if faulty && active(Fault::Saturation) {
             connections = 95.0;
@@ -456,6 +458,71 @@ fn detects_a_new_error_log_pattern() {
 #[test]
 fn detects_a_generic_metric_anomaly() {
     detects(Fault::Generic);
+}
+
+#[test]
+fn forecasts_saturation_before_the_limit_is_reached() {
+    detects(Fault::SaturationTrend);
+    let anomalies = run(Some(Fault::SaturationTrend));
+    let forecast = anomalies
+        .iter()
+        .find(|a| a.class == FailureClass::Saturation && a.key.name == "system.cpu.utilization")
+        .unwrap_or_else(|| panic!("no forecast:\n{}", describe(&anomalies)));
+    assert!(
+        forecast.observed < 0.9,
+        "fired only at the threshold: {forecast:?}"
+    );
+    assert!(
+        forecast.detail.contains("exhausted in"),
+        "{}",
+        forecast.detail
+    );
+}
+
+/// Baselines survive a restart: a stage restored from the snapshot is `ready` at
+/// once and keeps quiet on the same traffic.
+#[test]
+fn baselines_are_restored_from_the_snapshot() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = homeostat::config::Config::from_toml_str(&format!(
+        "[window]\nsize = \"1m\"\nretain = \"1h\"\n[store]\npath = {:?}\n",
+        dir.path().display().to_string()
+    ))
+    .expect("config");
+    let params = homeostat::engine::stage_params(&config);
+    let mut noise = Noise(42);
+    let mut stage = DetectStage::new(
+        Catalogue::built_in().expect("catalogue"),
+        params.clone(),
+        AnomalyLog::new(100),
+    );
+    for w in 0..60 {
+        stage.on_window(&window(w, None, &mut noise).0);
+    }
+    stage.snapshot();
+    let tracked = stage.series_count();
+    drop(stage);
+    let key = homeostat::detect::SeriesKey {
+        service: name(3),
+        signal: "service".into(),
+        name: "error_rate".into(),
+        attributes: "namespace=shop,environment=prod".into(),
+    };
+    let log = AnomalyLog::new(100);
+    let mut restored = DetectStage::new(
+        Catalogue::built_in().expect("catalogue"),
+        params,
+        log.clone(),
+    );
+    assert_eq!(restored.series_count(), tracked);
+    assert_eq!(
+        restored.baseline_state(&key, "error_rate"),
+        Some(homeostat::detect::baseline::BaselineState::Ready)
+    );
+    for w in 60..120 {
+        restored.on_window(&window(w, None, &mut noise).0);
+    }
+    assert!(log.is_empty(), "{}", describe(&log.snapshot()));
 }
 
 /// End to end: a real OpenTelemetry SDK sends spans over OTLP/gRPC to a running
