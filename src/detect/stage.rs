@@ -46,7 +46,14 @@ pub struct StageParams {
     pub snapshot: Option<PathBuf>,
     /// Windows between snapshots.
     pub snapshot_every: u32,
+    /// Log records stamped further than this past the wall clock are not mined
+    /// (the window stage drops them too: `window.max_future_skew`).
+    pub max_future_ms: i64,
 }
+
+/// Most future windows with pending template counts (a backstop; the skew check
+/// keeps far fewer).
+const MAX_PENDING_WINDOWS: usize = 10_000;
 
 /// What a series remembers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,13 +195,22 @@ impl DetectStage {
             return;
         };
         let w = self.params.window_ms.max(1);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(i64::MAX, |d| d.as_millis() as i64);
+        let horizon = now_ms.saturating_add(self.params.max_future_ms);
         for i in 0..batch.num_rows() {
             if body.is_null(i) || time.is_null(i) {
                 continue;
             }
             let ms = (time.value(i) / 1_000_000) as i64;
             let start = ms.div_euclid(w) * w;
-            if start < self.closed_through {
+            if start < self.closed_through || ms > horizon {
+                continue;
+            }
+            if !self.template_counts.contains_key(&start)
+                && self.template_counts.len() >= MAX_PENDING_WINDOWS
+            {
                 continue;
             }
             let m = self.drain.add(service.value(i), body.value(i));
@@ -1075,5 +1091,71 @@ impl<'a> WindowContext<'a> {
             }
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    fn logs_at(times_ms: &[u64]) -> RecordBatch {
+        let text = |v: &str| {
+            Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.to_string())),
+            })
+        };
+        let records = times_ms
+            .iter()
+            .map(|t| LogRecord {
+                time_unix_nano: t * 1_000_000,
+                severity_number: 17,
+                severity_text: "ERROR".into(),
+                body: text("disk full on volume data"),
+                ..Default::default()
+            })
+            .collect();
+        let resource_logs = vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: text("api"),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: records,
+                ..Default::default()
+            }],
+            schema_url: String::new(),
+        }];
+        crate::columnar::logs::to_arrow(&resource_logs, 0)
+            .expect("logs")
+            .batch
+    }
+
+    #[test]
+    fn log_records_far_in_the_future_hold_no_state() {
+        let config = crate::config::Config::from_toml_str("").expect("defaults");
+        let mut stage = DetectStage::new(
+            Catalogue::built_in().expect("catalogue"),
+            crate::engine::stage_params(&config),
+            AnomalyLog::new(10),
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        // A year ahead, many distinct windows: none is kept.
+        let future: Vec<u64> = (0..1000)
+            .map(|i| now + 365 * 86_400_000 + i * 10_000)
+            .collect();
+        stage.on_logs(&logs_at(&future));
+        assert!(stage.template_counts.is_empty());
+        stage.on_logs(&logs_at(&[now]));
+        assert_eq!(stage.template_counts.len(), 1);
     }
 }
