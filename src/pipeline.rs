@@ -239,7 +239,13 @@ impl WindowStage {
         let horizon = closed_through - self.retain_ms;
         if let Some(detect) = &mut self.detect {
             for window in &closed {
-                detect.on_window(window);
+                let opened = detect.on_window(window);
+                self.metrics.detection(
+                    &opened,
+                    detect.series_count(),
+                    detect.take_untracked(),
+                    detect.template_count(),
+                );
             }
         }
         self.history.extend(closed.iter().cloned());

@@ -39,6 +39,11 @@ struct Outcome {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    class: &'static str,
+}
+
 /// The engine's self-metrics; one instance per engine, rendered at `/metrics`.
 pub struct SelfMetrics {
     registry: Registry,
@@ -57,6 +62,10 @@ pub struct SelfMetrics {
     pending_pairs: Gauge,
     closed_through_seconds: Gauge,
     queue_depth: Gauge,
+    anomalies: Family<ClassLabel, Counter>,
+    detect_untracked: Counter,
+    detect_series: Gauge,
+    log_templates: Gauge,
 }
 
 impl std::fmt::Debug for SelfMetrics {
@@ -165,8 +174,36 @@ impl SelfMetrics {
             "Batches waiting in the pipeline queue",
             queue_depth.clone(),
         );
+        let anomalies = Family::<ClassLabel, Counter>::default();
+        registry.register(
+            "anomalies",
+            "Anomalies opened, by failure class",
+            anomalies.clone(),
+        );
+        let detect_untracked = Counter::default();
+        registry.register(
+            "detect_untracked_series",
+            "Series values not tracked because detect.max_series was reached",
+            detect_untracked.clone(),
+        );
+        let detect_series = Gauge::default();
+        registry.register(
+            "detect_series",
+            "Series with a baseline",
+            detect_series.clone(),
+        );
+        let log_templates = Gauge::default();
+        registry.register(
+            "log_templates",
+            "Log templates mined",
+            log_templates.clone(),
+        );
         SelfMetrics {
             registry,
+            anomalies,
+            detect_untracked,
+            detect_series,
+            log_templates,
             received,
             requests,
             rejected,
@@ -272,6 +309,26 @@ impl SelfMetrics {
             self.closed_through_seconds.set(closed_through_ms / 1000);
         }
         self.queue_depth.set(queue_depth as i64);
+    }
+
+    /// Counts the anomalies a closed window opened and sets the detection gauges.
+    pub fn detection(
+        &self,
+        opened: &[crate::detect::Anomaly],
+        series: usize,
+        untracked: u64,
+        templates: usize,
+    ) {
+        for anomaly in opened {
+            self.anomalies
+                .get_or_create(&ClassLabel {
+                    class: anomaly.class.as_str(),
+                })
+                .inc();
+        }
+        self.detect_untracked.inc_by(untracked);
+        self.detect_series.set(series as i64);
+        self.log_templates.set(templates as i64);
     }
 
     /// The Prometheus text exposition.

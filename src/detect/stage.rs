@@ -119,6 +119,7 @@ pub struct DetectStage {
     history_len: usize,
     univariates: usize,
     untracked: u64,
+    untracked_reported: u64,
     since_snapshot: u32,
 }
 
@@ -152,6 +153,7 @@ impl DetectStage {
             history_len,
             univariates: 0,
             untracked: 0,
+            untracked_reported: 0,
             since_snapshot: 0,
         };
         stage.patterns = Arc::new(stage.catalogue.patterns.clone());
@@ -167,6 +169,18 @@ impl DetectStage {
     /// Series with a baseline.
     pub fn series_count(&self) -> usize {
         self.series.len()
+    }
+
+    /// Log templates mined.
+    pub fn template_count(&self) -> usize {
+        self.drain.len()
+    }
+
+    /// Series values not tracked (`max_series` reached) since the last call.
+    pub fn take_untracked(&mut self) -> u64 {
+        let n = self.untracked - self.untracked_reported;
+        self.untracked_reported = self.untracked;
+        n
     }
 
     /// The state of a series' baseline for `measure`, if tracked.

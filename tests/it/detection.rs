@@ -612,5 +612,10 @@ async fn an_error_spike_sent_over_otlp_is_in_the_anomalies_table() {
     let ms = |text: &str| homeostat::detect::replay::parse_timestamp(text).map(|s| s * 1000);
     assert_eq!(ms(&onset), Some(onset_ms), "onset {onset}");
     assert_eq!(ms(&detected), Some(onset_ms + 1000), "detected {detected}");
+    let exposition = crate::support::exposition(engine.api_addr).await;
+    assert!(
+        exposition.contains("homeostat_anomalies_total{class=\"error_spike\"} 1"),
+        "{exposition}"
+    );
     engine.shutdown().await;
 }
