@@ -99,13 +99,12 @@ const SNAPSHOT_VERSION: u32 = 1;
 
 /// The detection stage (see the module docs).
 pub struct DetectStage {
-    catalogue: Catalogue,
     params: StageParams,
     /// Series by [`series_id`]; the key is kept to resolve collisions.
     series: FastMap<u64, (SeriesKey, String, SeriesState)>,
     episodes: FastMap<(usize, u64), Episode>,
     /// Pattern indices that watch a row identity (kind, metric or tag).
-    matched: FastMap<(SeriesKind, String), Vec<usize>>,
+    matched: FastMap<(SeriesKind, String), Arc<[usize]>>,
     patterns: Arc<Vec<Pattern>>,
     drain: Drain,
     /// Window start -> (service, template id) -> messages.
@@ -139,12 +138,11 @@ impl DetectStage {
             + 1;
         let mut stage = Self {
             drain: Drain::new(params.template_similarity, params.max_templates),
-            catalogue,
             params,
             series: FastMap::default(),
             episodes: FastMap::default(),
             matched: FastMap::default(),
-            patterns: Arc::new(Vec::new()),
+            patterns: Arc::new(catalogue.patterns),
             template_counts: BTreeMap::new(),
             new_templates: BTreeMap::new(),
             template_windows: HashMap::new(),
@@ -156,7 +154,6 @@ impl DetectStage {
             untracked_reported: 0,
             since_snapshot: 0,
         };
-        stage.patterns = Arc::new(stage.catalogue.patterns.clone());
         stage.restore();
         stage
     }
@@ -259,7 +256,7 @@ impl DetectStage {
         let mut learn: HashMap<(SeriesKey, String), f64> = HashMap::new();
         let patterns = self.patterns.clone();
         for row in &rows {
-            for index in self.patterns_for(row) {
+            for &index in self.patterns_for(row).iter() {
                 let Some(pattern) = patterns.get(index) else {
                     continue;
                 };
@@ -404,6 +401,12 @@ impl DetectStage {
             .map(|(_, _, s)| s)
     }
 
+    /// The series' state once its baseline is `ready`.
+    fn ready(&self, key: &SeriesKey, measure: &str) -> Option<&SeriesState> {
+        self.state(key, measure)
+            .filter(|s| s.baseline.state(&self.params.baseline) == BaselineState::Ready)
+    }
+
     fn state_mut(&mut self, key: &SeriesKey, measure: &str) -> Option<&mut SeriesState> {
         self.series
             .get_mut(&series_id(key, measure))
@@ -413,7 +416,7 @@ impl DetectStage {
 
     /// The patterns that watch `row`, in catalogue order; a fallback pattern only
     /// when no other pattern of the row's kind does. Cached per row identity.
-    fn patterns_for(&mut self, row: &Row) -> Vec<usize> {
+    fn patterns_for(&mut self, row: &Row) -> Arc<[usize]> {
         let identity = match row.kind {
             SeriesKind::Metric => row.metric.clone(),
             SeriesKind::Edge | SeriesKind::Log => row.tag.clone(),
@@ -432,6 +435,7 @@ impl DetectStage {
             claimed |= !pattern.fallback;
             out.push(index);
         }
+        let out: Arc<[usize]> = out.into();
         self.matched.insert((row.kind, identity), out.clone());
         out
     }
@@ -456,10 +460,7 @@ impl DetectStage {
                 min_volume,
                 min_expected,
             } => {
-                let state = self.state(key, measure)?;
-                if state.baseline.state(&self.params.baseline) != BaselineState::Ready {
-                    return None;
-                }
+                let state = self.ready(key, measure)?;
                 let volume = row.volume();
                 if row.kind != SeriesKind::Metric
                     && row.kind != SeriesKind::Log
@@ -561,10 +562,7 @@ impl DetectStage {
                 min_z,
                 min_growth,
             } => {
-                let state = self.state(key, measure)?;
-                if state.baseline.state(&self.params.baseline) != BaselineState::Ready {
-                    return None;
-                }
+                let state = self.ready(key, measure)?;
                 let k = *windows as usize;
                 if state.recent.len() < k {
                     return None;
@@ -671,9 +669,7 @@ impl DetectStage {
                 continue;
             };
             let key = metric_key(metric);
-            if let Some(state) = self.state(&key, "last")
-                && state.baseline.state(&self.params.baseline) == BaselineState::Ready
-            {
+            if let Some(state) = self.ready(&key, "last") {
                 let d = state
                     .baseline
                     .deviation(t, value, resolution("last", value, 0.0));
@@ -684,10 +680,7 @@ impl DetectStage {
             learn.insert((key, "last".to_string()), value);
         }
         let key = key_for(row, pattern);
-        let state = self.state(&key, &pattern.measure)?;
-        if state.baseline.state(&self.params.baseline) != BaselineState::Ready {
-            return None;
-        }
+        let state = self.ready(&key, &pattern.measure)?;
         let expected = state.baseline.expected(t);
         if expected < *min_expected || requests > max_throughput_ratio * expected {
             return None;
@@ -698,11 +691,8 @@ impl DetectStage {
                 ..key.clone()
             };
             learn.insert((latency_key.clone(), "p99_ms".to_string()), p99);
-            let base = self.state(&latency_key, "p99_ms")?;
-            let e = base.baseline.expected(t);
-            (base.baseline.state(&self.params.baseline) == BaselineState::Ready
-                && p99 >= latency_ratio * e.max(0.001))
-            .then_some((p99, e))
+            let e = self.ready(&latency_key, "p99_ms")?.baseline.expected(t);
+            (p99 >= latency_ratio * e.max(0.001)).then_some((p99, e))
         });
         let detail = match (&latency, &inflight) {
             (Some((p99, e)), _) => format!(

@@ -19,12 +19,9 @@ fn replay(input: &Path, output: &Path) -> Output {
 /// spike of 50 at that row.
 fn write_series(path: &Path, rows: usize, spike_at: Option<usize>) {
     let mut text = String::from("timestamp,value\n");
-    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut rng = homeostat::loadgen::fleet::Rng::new(7);
     for i in 0..rows {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let noise = (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+        let noise = rng.unit() - 0.5;
         let secs = i as u64 * 300;
         let (day, rest) = (secs / 86_400, secs % 86_400);
         let phase = rest as f64 / 86_400.0 * std::f64::consts::TAU;
