@@ -13,7 +13,6 @@
 //! each stage relative to the prost baseline measured in the same run.
 
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BatchSize, Bencher, Criterion, Throughput};
@@ -118,28 +117,38 @@ fn window_bench(c: &mut Criterion, corpus: &Corpus) {
 
 const PAIRS_PER_ITER: u64 = 500;
 
+fn pair_span(
+    trace: u128,
+    span: u64,
+    parent: Option<u64>,
+    service: &str,
+    kind: i32,
+    end_ns: u64,
+) -> PairSpan<'_> {
+    PairSpan {
+        trace,
+        span,
+        parent,
+        service,
+        kind,
+        end_ns,
+        duration_ms: 3.0,
+        error: false,
+        database: None,
+        peer: None,
+        entry: None,
+    }
+}
+
+const WINDOW_NS: u64 = 10_000_000_000;
+
 fn pairing_bench(c: &mut Criterion) {
-    let services: Vec<Arc<str>> = (0..20).map(|i| Arc::from(format!("svc-{i}"))).collect();
-    let mut store = PairingStore::new(30_000_000_000, 1_000_000);
+    let services: Vec<String> = (0..20).map(|i| format!("svc-{i}")).collect();
+    let mut store = PairingStore::new(30_000_000_000, WINDOW_NS, 1_000_000);
     let mut out = Vec::new();
     let mut group = c.benchmark_group("pairing");
     group.throughput(Throughput::Elements(PAIRS_PER_ITER * 2));
     let mut seq = 0u64;
-    let span =
-        |trace: u128, span: u64, parent: Option<u64>, service: &Arc<str>, kind, end_ns| PairSpan {
-            trace,
-            span,
-            parent,
-            service: service.clone(),
-            kind,
-            end_ns,
-            duration_ms: 3.0,
-            error: false,
-            database: None,
-            peer: None,
-            window_end_ns: end_ns - end_ns % 10_000_000_000 + 10_000_000_000,
-            entry: None,
-        };
     group.bench_function("offer", |b| {
         b.iter_batched(
             || {
@@ -151,8 +160,9 @@ fn pairing_bench(c: &mut Criterion) {
                     let end = BASE_NS + seq * 20_000;
                     let caller = &services[(seq % 20) as usize];
                     let callee = &services[((seq * 7 + 3) % 20) as usize];
-                    let client = span(trace, seq * 2, Some(seq * 2 + 7), caller, 3, end);
-                    let server = span(trace, seq * 2 + 1, Some(seq * 2), callee, 2, end - 1000);
+                    let client = pair_span(trace, seq * 2, Some(seq * 2 + 7), caller, 3, end);
+                    let server =
+                        pair_span(trace, seq * 2 + 1, Some(seq * 2), callee, 2, end - 1000);
                     if seq.is_multiple_of(2) {
                         spans.extend([client, server]);
                     } else {
@@ -165,7 +175,9 @@ fn pairing_bench(c: &mut Criterion) {
                 for span in spans {
                     store.offer(span, &mut out);
                 }
-                store.expire(now.saturating_sub(30_000_000_000), &mut out);
+                // As the engine does: expiry when a window closes.
+                let up_to = now.saturating_sub(30_000_000_000);
+                store.expire(up_to - up_to % WINDOW_NS, &mut out);
                 out.clear();
             },
             BatchSize::SmallInput,

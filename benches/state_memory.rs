@@ -1,5 +1,7 @@
-//! Window and pairing state per active series, measured as the growth of this
-//! process's resident memory (with the engine's allocator) while one window fills.
+//! Window and pairing state per active series, measured as the growth of the bytes
+//! live on the heap while one window fills (the requests themselves are freed as they
+//! are ingested), and, as a cross-check, of this process's resident memory with the
+//! engine's allocator.
 //!
 //! `SERVICES x OPERATIONS` operation series (100k by default), each receiving
 //! `SPANS_PER_SERIES` SERVER spans in the window, each called by a CLIENT span of
@@ -8,6 +10,7 @@
 //!
 //! `cargo bench --bench state_memory` (env: SERVICES, OPERATIONS, SPANS_PER_SERIES).
 
+use cap::Cap;
 use homeostat::columnar::Signal;
 use homeostat::config::Config;
 use homeostat::ingest::decode::{Encoding, decode};
@@ -18,8 +21,13 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 
+/// The engine's allocator, counting the bytes live on the heap.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: Cap<mimalloc::MiMalloc> = Cap::new(mimalloc::MiMalloc, usize::MAX);
+
+fn live_bytes() -> isize {
+    ALLOCATOR.allocated() as isize
+}
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -63,6 +71,7 @@ fn main() {
     let base: u64 = 1_750_000_000_000_000_000;
     let now = base + 3_600_000_000_000;
     let before = rss_bytes();
+    let live_before = live_bytes();
     let mut spans = Vec::new();
     let mut id = 0u64;
     let flush = |spans: &mut Vec<(u64, Span)>, windows: &mut Windows| {
@@ -127,6 +136,7 @@ fn main() {
     }
     flush(&mut spans, &mut windows);
     let after = rss_bytes();
+    let live_after = live_bytes();
     let counts = windows.counts();
     println!(
         "{series} active operation series ({services} services x {operations} operations), \
@@ -136,10 +146,18 @@ fn main() {
         windows.pending_pairs(),
         windows.open_windows()
     );
+    let live = (live_after - live_before) as f64;
     println!(
-        "state: {:.1} MiB resident growth = {:.0} bytes per active series",
-        (after - before) as f64 / (1 << 20) as f64,
-        (after - before) as f64 / series as f64
+        "state: {:.1} MiB live on the heap = {:.0} bytes per active series \
+         ({:.0} per waiting span if all were pairing state)",
+        live / (1 << 20) as f64,
+        live / series as f64,
+        live / windows.pending_pairs().max(1) as f64,
+    );
+    println!(
+        "cross-check: {:.1} MiB resident growth = {:.0} bytes per active series",
+        after.saturating_sub(before) as f64 / (1 << 20) as f64,
+        after.saturating_sub(before) as f64 / series as f64
     );
     // The state is released when the window closes.
     let closed = windows.close_all().expect("close");

@@ -189,7 +189,11 @@ impl Windows {
             inputs: FastMap::default(),
             current_input: 0,
             idle_ns: config.idle_timeout.as_nanos() as u64,
-            pairing: PairingStore::new(config.pair_ttl.as_nanos() as u64, config.max_pending_pairs),
+            pairing: PairingStore::new(
+                config.pair_ttl.as_nanos() as u64,
+                config.size.as_nanos() as u64,
+                config.max_pending_pairs,
+            ),
             cumulative: CumulativeState::new(),
             interned: FastMap::default(),
             counts: WindowCounts::default(),
@@ -358,7 +362,6 @@ impl Windows {
         let peer_service: &StringArray = column(batch, "peer_service")?;
         let ttl_ms = (self.ttl_ns / NANOS_PER_MS as u64) as i64;
         let mut release: Option<i64> = None;
-        let mut last_service: Option<(&str, Arc<str>)> = None;
 
         for i in 0..batch.num_rows() {
             let end_ns = end.value(i);
@@ -399,7 +402,6 @@ impl Windows {
             }
             // Late spans still feed the pairing store: after a restart they pair with
             // spans of windows that are still open.
-            let window_end_ns = (window + self.size_ms).saturating_mul(NANOS_PER_MS).max(0) as u64;
             if late
                 && end_ns.saturating_add(self.ttl_ns)
                     <= self.closed_through_ms.max(0).saturating_mul(NANOS_PER_MS) as u64
@@ -412,18 +414,15 @@ impl Windows {
             }
             let is_client = matches!(kind, kind::CLIENT | kind::UNSPECIFIED);
             let database = if is_client && opt(db_system, i).is_some() {
-                let leaf = opt(peer_service, i)
+                opt(peer_service, i)
                     .or_else(|| opt(db_namespace, i))
                     .or_else(|| opt(server_address, i))
-                    .or_else(|| opt(db_system, i));
-                leaf.map(|s| self.intern(s))
+                    .or_else(|| opt(db_system, i))
             } else {
                 None
             };
             let peer = if kind == kind::CLIENT && database.is_none() {
-                opt(peer_service, i)
-                    .or_else(|| opt(server_address, i))
-                    .map(|s| self.intern(s))
+                opt(peer_service, i).or_else(|| opt(server_address, i))
             } else {
                 None
             };
@@ -439,22 +438,13 @@ impl Windows {
                 trace,
                 span,
                 parent: has_parent.then(|| id_u64(parent.value(i))),
-                service: match &last_service {
-                    // Rows of one resource are adjacent: skip the intern lookup.
-                    Some((name, arc)) if *name == service_row[1] => arc.clone(),
-                    _ => {
-                        let arc = self.intern(service_row[1]);
-                        last_service = Some((service_row[1], arc.clone()));
-                        arc
-                    }
-                },
+                service: service_row[1],
                 kind,
                 end_ns,
                 duration_ms,
                 error,
                 database,
                 peer,
-                window_end_ns,
             };
             let mut edges = std::mem::take(&mut self.edges);
             self.pairing.offer(span, &mut edges);

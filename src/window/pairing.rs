@@ -11,8 +11,6 @@
 //! - CLIENT, SERVER and CONSUMER callers leave the store when their window closes;
 //!   PRODUCER and UNSPECIFIED callers and all waiting callees stay `pair_ttl` past their end.
 
-use std::collections::BTreeMap;
-
 use super::FastMap;
 use std::sync::Arc;
 
@@ -82,9 +80,9 @@ pub struct EdgeObservation {
     pub entry: Option<EntryObservation>,
 }
 
-/// A span as the pairing store needs it.
+/// A span as the pairing store needs it (borrowed from the decoded batch).
 #[derive(Debug, Clone)]
-pub struct PairSpan {
+pub struct PairSpan<'a> {
     /// Trace id.
     pub trace: u128,
     /// Span id.
@@ -92,7 +90,7 @@ pub struct PairSpan {
     /// Parent span id, if any.
     pub parent: Option<u64>,
     /// Service of the span.
-    pub service: Arc<str>,
+    pub service: &'a str,
     /// OTLP span kind.
     pub kind: i32,
     /// End time.
@@ -102,19 +100,78 @@ pub struct PairSpan {
     /// Failed.
     pub error: bool,
     /// Database this CLIENT span calls, if any.
-    pub database: Option<Arc<str>>,
+    pub database: Option<&'a str>,
     /// External peer this CLIENT span calls, if any.
-    pub peer: Option<Arc<str>>,
-    /// End of the window the span falls in.
-    pub window_end_ns: u64,
+    pub peer: Option<&'a str>,
     /// Set for kind-less spans with a parent: counted as a request when paired.
     pub entry: Option<Arc<EntryKey>>,
 }
 
+/// A waiting span, 24 bytes: names are symbol ids, the duration an `f32`, the expiry
+/// derived from the end time and the kind.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    end_ns: u64,
+    duration_ms: f32,
+    service: u32,
+    /// Callers: the peer's symbol (0 = none). Callees: the entry key's id (0 = none).
+    extra: u32,
+    kind: u8,
+    error: bool,
+}
+
+const _: () = assert!(std::mem::size_of::<Record>() == 24);
+
+/// Stored kind of a span: OTLP kinds are 0..=5; anything else is kept as "other".
+fn kind_u8(kind: i32) -> u8 {
+    u8::try_from(kind).unwrap_or(u8::MAX)
+}
+
+/// Names held by waiting spans, as dense ids (0 is "none"). Compacted on expiry
+/// once it has grown well past what the waiting spans use.
 #[derive(Debug)]
-struct Stored {
-    span: PairSpan,
-    expire_ns: u64,
+struct Symbols {
+    names: Vec<Arc<str>>,
+    ids: FastMap<Arc<str>, u32>,
+    last: u32,
+}
+
+impl Default for Symbols {
+    fn default() -> Self {
+        Symbols {
+            names: vec![Arc::from("")],
+            ids: FastMap::default(),
+            last: 0,
+        }
+    }
+}
+
+impl Symbols {
+    fn id(&mut self, name: &str) -> u32 {
+        if self.last != 0 && *self.names[self.last as usize] == *name {
+            return self.last;
+        }
+        let id = match self.ids.get(name) {
+            Some(&id) => id,
+            None => {
+                let id = self.names.len() as u32;
+                let arc: Arc<str> = Arc::from(name);
+                self.names.push(arc.clone());
+                self.ids.insert(arc, id);
+                id
+            }
+        };
+        self.last = id;
+        id
+    }
+
+    fn name(&self, id: u32) -> &Arc<str> {
+        &self.names[id as usize]
+    }
+
+    fn len(&self) -> usize {
+        self.names.len()
+    }
 }
 
 /// Counters the store keeps about itself.
@@ -127,26 +184,72 @@ pub struct PairingCounts {
 }
 
 /// The pairing store.
+///
+/// Waiting spans are 24-byte records keyed by a 64-bit hash of (trace id, span id)
+/// (of the parent, for callees), 32 bytes in the map. Two different ids share a
+/// hash with a probability of about 1e-8 at a million waiting spans; the cost of
+/// such a collision is one wrong edge observation. Expiry is a sweep of the maps when
+/// the earliest expiry is due (at window close), not an index per span.
 #[derive(Debug)]
 pub struct PairingStore {
     ttl_ns: u64,
+    window_ns: u64,
     capacity: usize,
-    callers: FastMap<(u128, u64), Stored>,
-    callees: FastMap<(u128, u64), Vec<Stored>>,
-    expiry: BTreeMap<u64, Vec<(bool, u128, u64)>>,
+    callers: FastMap<u64, Record>,
+    /// The first callee waiting for each parent; further ones in `more_callees`.
+    callees: FastMap<u64, Record>,
+    more_callees: FastMap<u64, Vec<Record>>,
+    entries: FastMap<u32, Arc<EntryKey>>,
+    next_entry: u32,
+    symbols: Symbols,
+    compact_at: usize,
+    next_expiry: u64,
     len: usize,
     counts: PairingCounts,
 }
 
+const COMPACT_MIN: usize = 4096;
+
+/// CLIENT, SERVER and CONSUMER callers leave when their window closes; the others
+/// wait `ttl` past their end.
+fn caller_expiry(r: &Record, window_ns: u64, ttl_ns: u64) -> u64 {
+    if matches!(
+        i32::from(r.kind),
+        kind::CLIENT | kind::SERVER | kind::CONSUMER
+    ) {
+        window_end(r.end_ns, window_ns)
+    } else {
+        r.end_ns.saturating_add(ttl_ns)
+    }
+}
+
+/// End of the window holding `end_ns`, as the window stage computes it.
+fn window_end(end_ns: u64, window_ns: u64) -> u64 {
+    let ms = end_ns / 1_000_000;
+    let window_ms = (window_ns / 1_000_000).max(1);
+    (ms - ms % window_ms + window_ms).saturating_mul(1_000_000)
+}
+
+fn key(trace: u128, span: u64) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x7061_6972_696e_6721).hash_one((trace, span))
+}
+
 impl PairingStore {
-    /// An empty store.
-    pub fn new(ttl_ns: u64, capacity: usize) -> Self {
+    /// An empty store for windows of `window_ns`.
+    pub fn new(ttl_ns: u64, window_ns: u64, capacity: usize) -> Self {
         PairingStore {
             ttl_ns,
+            window_ns: window_ns.max(1),
             capacity,
             callers: FastMap::default(),
             callees: FastMap::default(),
-            expiry: BTreeMap::new(),
+            more_callees: FastMap::default(),
+            entries: FastMap::default(),
+            next_entry: 0,
+            symbols: Symbols::default(),
+            compact_at: COMPACT_MIN,
+            next_expiry: u64::MAX,
             len: 0,
             counts: PairingCounts::default(),
         }
@@ -168,13 +271,15 @@ impl PairingStore {
     }
 
     /// Offers one span; completed edges are pushed to `out`.
-    pub fn offer(&mut self, span: PairSpan, out: &mut Vec<EdgeObservation>) {
-        if let Some(database) = span.database.clone()
+    pub fn offer(&mut self, span: PairSpan<'_>, out: &mut Vec<EdgeObservation>) {
+        if let Some(database) = span.database
             && matches!(span.kind, kind::CLIENT | kind::UNSPECIFIED)
         {
+            let caller = self.symbols.id(span.service);
+            let callee = self.symbols.id(database);
             out.push(EdgeObservation {
-                caller: span.service.clone(),
-                callee: database,
+                caller: self.symbols.name(caller).clone(),
+                callee: self.symbols.name(callee).clone(),
                 callee_kind: CalleeKind::Database,
                 at_ns: span.end_ns,
                 duration_ms: span.duration_ms,
@@ -186,17 +291,27 @@ impl PairingStore {
         let may_be_callee = matches!(span.kind, kind::SERVER | kind::CONSUMER | kind::UNSPECIFIED)
             && span.parent.is_some();
         let may_be_caller = span.kind != kind::INTERNAL;
+        let service = self.symbols.id(span.service);
+        let this = Record {
+            end_ns: span.end_ns,
+            duration_ms: span.duration_ms as f32,
+            service,
+            extra: 0,
+            kind: kind_u8(span.kind),
+            error: span.error,
+        };
 
         let mut store_as_callee = false;
         if may_be_callee && let Some(parent) = span.parent {
-            let key = (span.trace, parent);
-            match self.callers.get(&key) {
+            let parent_key = key(span.trace, parent);
+            match self.callers.get(&parent_key) {
                 Some(caller) => {
-                    if caller.span.service != span.service {
-                        out.push(edge(&caller.span, &span));
+                    let caller = *caller;
+                    if caller.service != service {
+                        out.push(self.edge(&caller, &this, span.entry.as_ref()));
                     }
-                    if caller.span.kind == kind::CLIENT {
-                        self.callers.remove(&key);
+                    if caller.kind == kind::CLIENT as u8 {
+                        self.callers.remove(&parent_key);
                         self.len -= 1;
                     }
                 }
@@ -204,40 +319,36 @@ impl PairingStore {
             }
         }
         if may_be_caller {
-            let key = (span.trace, span.span);
+            let own_key = key(span.trace, span.span);
             let mut paired_client = false;
-            if let Some(waiting) = self.callees.remove(&key) {
-                self.len -= waiting.len();
-                for callee in waiting {
-                    if callee.span.service != span.service {
-                        out.push(edge(&span, &callee.span));
+            if let Some(first) = self.callees.remove(&own_key) {
+                let more = self.more_callees.remove(&own_key).unwrap_or_default();
+                self.len -= 1 + more.len();
+                for callee in std::iter::once(first).chain(more) {
+                    let entry = self.take_entry(callee.extra);
+                    if callee.service != service {
+                        out.push(self.edge(&this, &callee, entry.as_ref()));
                     }
                 }
                 paired_client = span.kind == kind::CLIENT;
             }
             if !paired_client {
-                let expire_ns = match span.kind {
-                    kind::CLIENT | kind::SERVER | kind::CONSUMER => span.window_end_ns,
-                    _ => span.end_ns.saturating_add(self.ttl_ns),
+                let peer = match span.peer {
+                    Some(peer) if span.kind == kind::CLIENT => self.symbols.id(peer),
+                    _ => 0,
                 };
-                if self.has_room() {
-                    self.expiry
-                        .entry(expire_ns)
-                        .or_default()
-                        .push((true, key.0, key.1));
-                    if self
-                        .callers
-                        .insert(
-                            key,
-                            Stored {
-                                span: span.clone(),
-                                expire_ns,
-                            },
-                        )
-                        .is_none()
-                    {
-                        self.len += 1;
-                    }
+                let record = Record {
+                    extra: peer,
+                    ..this
+                };
+                let expire_ns = caller_expiry(&record, self.window_ns, self.ttl_ns);
+                if let Some(old) = self.callers.get_mut(&own_key) {
+                    *old = record;
+                    self.next_expiry = self.next_expiry.min(expire_ns);
+                } else if self.has_room() {
+                    self.callers.insert(own_key, record);
+                    self.len += 1;
+                    self.next_expiry = self.next_expiry.min(expire_ns);
                 } else {
                     self.counts.overflow += 1;
                 }
@@ -246,15 +357,31 @@ impl PairingStore {
         if store_as_callee && let Some(parent) = span.parent {
             if self.has_room() {
                 let expire_ns = span.end_ns.saturating_add(self.ttl_ns);
-                self.expiry
-                    .entry(expire_ns)
-                    .or_default()
-                    .push((false, span.trace, parent));
-                self.callees
-                    .entry((span.trace, parent))
-                    .or_default()
-                    .push(Stored { span, expire_ns });
+                let entry = match span.entry {
+                    Some(entry) => {
+                        self.next_entry = self.next_entry.checked_add(1).unwrap_or(1);
+                        self.entries.insert(self.next_entry, entry);
+                        self.next_entry
+                    }
+                    None => 0,
+                };
+                let record = Record {
+                    extra: entry,
+                    ..this
+                };
+                match self.callees.entry(key(span.trace, parent)) {
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(record);
+                    }
+                    std::collections::hash_map::Entry::Occupied(slot) => {
+                        self.more_callees
+                            .entry(*slot.key())
+                            .or_default()
+                            .push(record);
+                    }
+                }
                 self.len += 1;
+                self.next_expiry = self.next_expiry.min(expire_ns);
             } else {
                 self.counts.overflow += 1;
             }
@@ -265,71 +392,136 @@ impl PairingStore {
         self.len < self.capacity
     }
 
+    fn take_entry(&mut self, id: u32) -> Option<Arc<EntryKey>> {
+        if id == 0 {
+            return None;
+        }
+        self.entries.remove(&id)
+    }
+
+    fn edge(
+        &self,
+        caller: &Record,
+        callee: &Record,
+        entry: Option<&Arc<EntryKey>>,
+    ) -> EdgeObservation {
+        let duration_ms = if caller.kind == kind::CLIENT as u8 {
+            caller.duration_ms
+        } else {
+            callee.duration_ms
+        };
+        EdgeObservation {
+            caller: self.symbols.name(caller.service).clone(),
+            callee: self.symbols.name(callee.service).clone(),
+            callee_kind: CalleeKind::Service,
+            at_ns: caller.end_ns.max(callee.end_ns),
+            duration_ms: duration_ms as f64,
+            error: caller.error || callee.error,
+            entry: entry.map(|key| EntryObservation {
+                key: key.clone(),
+                end_ns: callee.end_ns,
+                duration_ms: callee.duration_ms as f64,
+                error: callee.error,
+            }),
+        }
+    }
+
     /// Removes everything expiring at or before `up_to_ns`; unpaired CLIENT spans naming
     /// a peer become external edges in `out`.
     pub fn expire(&mut self, up_to_ns: u64, out: &mut Vec<EdgeObservation>) {
-        while let Some(entry) = self.expiry.first_entry() {
-            if *entry.key() > up_to_ns {
-                break;
+        if self.next_expiry > up_to_ns {
+            return;
+        }
+        let mut next = u64::MAX;
+        let mut removed = 0usize;
+        let (symbols, ttl_ns, window_ns) = (&self.symbols, self.ttl_ns, self.window_ns);
+        self.callers.retain(|_, r| {
+            let expire_ns = caller_expiry(r, window_ns, ttl_ns);
+            if expire_ns > up_to_ns {
+                next = next.min(expire_ns);
+                return true;
             }
-            let (expire_ns, keys) = entry.remove_entry();
-            for (is_caller, trace, id) in keys {
-                if is_caller {
-                    let key = (trace, id);
-                    if self
-                        .callers
-                        .get(&key)
-                        .is_some_and(|s| s.expire_ns == expire_ns)
-                        && let Some(stored) = self.callers.remove(&key)
-                    {
-                        self.len -= 1;
-                        if stored.span.kind == kind::CLIENT
-                            && let Some(peer) = stored.span.peer.clone()
-                        {
-                            out.push(EdgeObservation {
-                                caller: stored.span.service.clone(),
-                                callee: peer,
-                                callee_kind: CalleeKind::External,
-                                at_ns: stored.span.end_ns,
-                                duration_ms: stored.span.duration_ms,
-                                error: stored.span.error,
-                                entry: None,
-                            });
-                        }
-                    }
-                } else if let Some(waiting) = self.callees.get_mut(&(trace, id)) {
-                    let before = waiting.len();
-                    waiting.retain(|s| s.expire_ns > expire_ns);
-                    let removed = before - waiting.len();
-                    self.len -= removed;
-                    self.counts.unpaired += removed as u64;
-                    if waiting.is_empty() {
-                        self.callees.remove(&(trace, id));
+            removed += 1;
+            if r.kind == kind::CLIENT as u8 && r.extra != 0 {
+                out.push(EdgeObservation {
+                    caller: symbols.name(r.service).clone(),
+                    callee: symbols.name(r.extra).clone(),
+                    callee_kind: CalleeKind::External,
+                    at_ns: r.end_ns,
+                    duration_ms: r.duration_ms as f64,
+                    error: r.error,
+                    entry: None,
+                });
+            }
+            false
+        });
+        let mut unpaired = 0usize;
+        let mut dropped_entries = Vec::new();
+        let mut sweep = |r: &Record| {
+            let expire_ns = r.end_ns.saturating_add(ttl_ns);
+            if expire_ns > up_to_ns {
+                next = next.min(expire_ns);
+                true
+            } else {
+                unpaired += 1;
+                if r.extra != 0 {
+                    dropped_entries.push(r.extra);
+                }
+                false
+            }
+        };
+        self.callees.retain(|_, r| sweep(r));
+        self.more_callees.retain(|_, rs| {
+            rs.retain(&mut sweep);
+            !rs.is_empty()
+        });
+        // A parent whose first callee expired but later ones wait: promote one.
+        if !self.more_callees.is_empty() {
+            let orphans: Vec<u64> = self
+                .more_callees
+                .keys()
+                .filter(|k| !self.callees.contains_key(k))
+                .copied()
+                .collect();
+            for k in orphans {
+                if let Some(rs) = self.more_callees.get_mut(&k)
+                    && let Some(first) = rs.pop()
+                {
+                    self.callees.insert(k, first);
+                    if rs.is_empty() {
+                        self.more_callees.remove(&k);
                     }
                 }
             }
         }
+        for id in dropped_entries {
+            self.entries.remove(&id);
+        }
+        self.len -= removed + unpaired;
+        self.counts.unpaired += unpaired as u64;
+        self.next_expiry = next;
+        if self.symbols.len() > self.compact_at {
+            self.compact_symbols();
+        }
     }
-}
 
-fn edge(caller: &PairSpan, callee: &PairSpan) -> EdgeObservation {
-    EdgeObservation {
-        caller: caller.service.clone(),
-        callee: callee.service.clone(),
-        callee_kind: CalleeKind::Service,
-        at_ns: caller.end_ns.max(callee.end_ns),
-        duration_ms: if caller.kind == kind::CLIENT {
-            caller.duration_ms
-        } else {
-            callee.duration_ms
-        },
-        error: caller.error || callee.error,
-        entry: callee.entry.as_ref().map(|key| EntryObservation {
-            key: key.clone(),
-            end_ns: callee.end_ns,
-            duration_ms: callee.duration_ms,
-            error: callee.error,
-        }),
+    /// Rebuilds the symbol table from the names waiting spans still use.
+    fn compact_symbols(&mut self) {
+        let old = std::mem::take(&mut self.symbols);
+        let symbols = &mut self.symbols;
+        let mut remap = |id: u32| if id == 0 { 0 } else { symbols.id(old.name(id)) };
+        for r in self.callers.values_mut() {
+            r.service = remap(r.service);
+            r.extra = remap(r.extra);
+        }
+        for r in self
+            .callees
+            .values_mut()
+            .chain(self.more_callees.values_mut().flatten())
+        {
+            r.service = remap(r.service);
+        }
+        self.compact_at = COMPACT_MIN.max(self.symbols.len() * 2);
     }
 }
 
@@ -337,19 +529,18 @@ fn edge(caller: &PairSpan, callee: &PairSpan) -> EdgeObservation {
 mod tests {
     use super::*;
 
-    fn span(span: u64, parent: Option<u64>, service: &str, kind: i32, end_ns: u64) -> PairSpan {
+    fn span(span: u64, parent: Option<u64>, service: &str, kind: i32, end_ns: u64) -> PairSpan<'_> {
         PairSpan {
             trace: 7,
             span,
             parent,
-            service: Arc::from(service),
+            service,
             kind,
             end_ns,
             duration_ms: 5.0,
             error: false,
             database: None,
             peer: None,
-            window_end_ns: 10_000,
             entry: None,
         }
     }
@@ -357,7 +548,7 @@ mod tests {
     #[test]
     fn pairs_in_either_order_and_once() {
         for client_first in [true, false] {
-            let mut store = PairingStore::new(1_000, 100);
+            let mut store = PairingStore::new(1_000, 10_000_000_000, 100);
             let mut out = Vec::new();
             let client = span(1, None, "a", kind::CLIENT, 100);
             let server = span(2, Some(1), "b", kind::SERVER, 90);
@@ -378,7 +569,7 @@ mod tests {
 
     #[test]
     fn spans_without_kind_still_pair_across_services() {
-        let mut store = PairingStore::new(1_000, 100);
+        let mut store = PairingStore::new(1_000, 10_000_000_000, 100);
         let mut out = Vec::new();
         store.offer(span(2, Some(1), "b", kind::UNSPECIFIED, 90), &mut out);
         store.offer(span(1, None, "a", kind::UNSPECIFIED, 100), &mut out);
@@ -389,15 +580,60 @@ mod tests {
 
     #[test]
     fn unpaired_client_with_peer_becomes_external_and_capacity_is_enforced() {
-        let mut store = PairingStore::new(1_000, 1);
+        let mut store = PairingStore::new(1_000, 10_000_000_000, 1);
         let mut out = Vec::new();
         let mut client = span(1, None, "a", kind::CLIENT, 100);
-        client.peer = Some(Arc::from("payments.example.com"));
+        client.peer = Some("payments.example.com");
         store.offer(client, &mut out);
         store.offer(span(9, None, "a", kind::CLIENT, 100), &mut out);
         assert_eq!(store.counts().overflow, 1);
-        store.expire(10_000, &mut out);
+        store.expire(10_000_000_000, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].callee_kind, CalleeKind::External);
+    }
+
+    #[test]
+    fn several_callees_of_one_parent_all_pair_and_later_ones_survive_expiry() {
+        let mut store = PairingStore::new(1_000, 10_000_000_000, 100);
+        let mut out = Vec::new();
+        // Consumers of one message, arriving before the producer; one expires first.
+        store.offer(span(2, Some(1), "b", kind::CONSUMER, 100), &mut out);
+        store.offer(span(3, Some(1), "c", kind::CONSUMER, 5_000), &mut out);
+        store.offer(span(4, Some(1), "d", kind::CONSUMER, 6_000), &mut out);
+        // Each waits as a callee, and as a caller until its window closes.
+        assert_eq!(store.len(), 6);
+        store.expire(2_000, &mut out);
+        assert_eq!((store.len(), store.counts().unpaired), (5, 1));
+        store.offer(span(1, None, "a", kind::PRODUCER, 50), &mut out);
+        let mut callees: Vec<&str> = out.iter().map(|e| &*e.callee).collect();
+        callees.sort();
+        assert_eq!(callees, ["c", "d"]);
+        assert!(out.iter().all(|e| &*e.caller == "a"));
+        assert_eq!(store.len(), 4, "the producer waits for later consumers");
+    }
+
+    #[test]
+    fn names_stay_right_after_the_symbol_table_is_compacted() {
+        let mut store = PairingStore::new(1_000, 10_000_000_000, 100_000);
+        let mut out = Vec::new();
+        let names: Vec<String> = (0..3 * COMPACT_MIN).map(|i| format!("svc-{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            store.offer(
+                span(10 + i as u64, Some(1), name, kind::UNSPECIFIED, 100),
+                &mut out,
+            );
+        }
+        store.offer(
+            span(5, Some(2), "late-callee", kind::SERVER, 50_000),
+            &mut out,
+        );
+        store.expire(10_000, &mut out);
+        assert!(store.symbols.len() < COMPACT_MIN, "{}", store.symbols.len());
+        store.offer(span(2, None, "caller", kind::CLIENT, 60_000), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (&*out[0].caller, &*out[0].callee),
+            ("caller", "late-callee")
+        );
     }
 }
