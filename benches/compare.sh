@@ -4,7 +4,8 @@
 # exporter), and (b) `homeostat run`, one after the other. For each: accepted
 # spans/s, CPU seconds per million accepted spans, peak RSS; then the ratios
 # homeostat/rotel, and homeostat's spans per CPU-second as a fraction of the
-# ceiling: bare prost decoding of the same requests on one core.
+# ceiling: bare prost decoding of the same requests (traces, logs, metrics) on one
+# core, and of the traces requests alone.
 #
 # The server runs pinned to CPU 0 and the load generator to CPU 1 (when there are
 # two CPUs), so "per core" means what it says.
@@ -90,8 +91,9 @@ HOMEOSTAT_ROW="$(HOMEOSTAT__OTLP__GRPC_ADDR="127.0.0.1:$GRPC" HOMEOSTAT__OTLP__H
   measure homeostat "$WAIT" "$ENDPOINT" "$BIN" run)"
 CEILING="$("${LOAD_CPU[@]}" "$BIN" loadgen --ceiling --duration 5s "${EXTRA[@]}" 2>/dev/null | tail -1)"
 CEILING_SPS="$(sed -E 's/.*ceiling_spans_per_sec=([0-9.]+).*/\1/' <<<"$CEILING")"
+TRACES_ONLY_SPS="$(sed -E 's/.*traces_only_spans_per_sec=([0-9.]+).*/\1/' <<<"$CEILING")"
 
-python3 - "$ROTEL_ROW" "$HOMEOSTAT_ROW" "$CEILING_SPS" <<'EOF'
+python3 - "$ROTEL_ROW" "$HOMEOSTAT_ROW" "$CEILING_SPS" "$TRACES_ONLY_SPS" <<'EOF'
 import sys
 rows = {}
 for row in sys.argv[1:3]:
@@ -99,14 +101,16 @@ for row in sys.argv[1:3]:
     sps, cpu, accepted, peak = float(sps), float(cpu), int(accepted), int(peak)
     rows[name] = dict(sps=sps, cpu_per_m=cpu / accepted * 1e6 if accepted else float("inf"),
                       per_core=accepted / cpu if cpu else 0.0, peak_mib=peak / 1024)
-ceiling = float(sys.argv[3])
+ceiling, traces_only = float(sys.argv[3]), float(sys.argv[4])
 print(f"{'':<10} {'accepted spans/s':>17} {'CPU s / M spans':>16} {'spans / CPU-s':>14} {'peak RSS MiB':>13}")
 for name, r in rows.items():
     print(f"{name:<10} {r['sps']:>17.0f} {r['cpu_per_m']:>16.3f} {r['per_core']:>14.0f} {r['peak_mib']:>13.1f}")
 h, r = rows["homeostat"], rows["rotel"]
 print(f"{'h/rotel':<10} {h['sps'] / r['sps']:>16.2f}x {h['cpu_per_m'] / r['cpu_per_m']:>15.2f}x "
       f"{h['per_core'] / r['per_core']:>13.2f}x {h['peak_mib'] / r['peak_mib']:>12.2f}x")
-print(f"ceiling (bare prost decode, one core): {ceiling:.0f} spans/s; "
+print(f"ceiling (bare prost decode of the same requests, one core): {ceiling:.0f} spans/s; "
       f"homeostat spans per CPU-second = {100 * h['per_core'] / ceiling:.0f}% of it, "
       f"rotel {100 * r['per_core'] / ceiling:.0f}%")
+print(f"traces requests alone decode at {traces_only:.0f} spans/s; against that, "
+      f"homeostat {100 * h['per_core'] / traces_only:.0f}%, rotel {100 * r['per_core'] / traces_only:.0f}%")
 EOF

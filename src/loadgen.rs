@@ -10,7 +10,8 @@
 //! where accepted spans were acknowledged without error (minus spans rejected in
 //! an OTLP partial success) and `spans_per_sec` is accepted spans over the run's
 //! wall time. `--ceiling` instead measures bare `prost` decoding of the same
-//! traces requests on one thread: the least work any receiver must do.
+//! requests on one thread, the least work any receiver must do: the whole workload
+//! (traces, logs, metrics as they would be sent), and its traces alone.
 
 pub mod fleet;
 pub mod patch;
@@ -22,6 +23,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
@@ -218,7 +221,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         built.elapsed()
     );
     if options.ceiling {
-        return ceiling(&templates, options.duration);
+        return ceiling(&templates, options.duration, options.metrics_every);
     }
     let endpoint = options.endpoint.clone().context("--endpoint is required")?;
     let stats = Arc::new(Stats::default());
@@ -325,34 +328,51 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Bare `prost` decoding of patched traces requests on this thread.
-fn ceiling(templates: &[Template], duration: Duration) -> anyhow::Result<()> {
-    let bodies: Vec<(Bytes, u64)> = templates
+/// Bare `prost` decoding, on this thread, of the requests the run would send: each
+/// round's traces, its logs, and its metrics every `metrics_every` rounds. Prints the
+/// spans per second of that workload (`ceiling_spans_per_sec`) and of its traces
+/// alone (`traces_only_spans_per_sec`).
+fn ceiling(templates: &[Template], duration: Duration, metrics_every: u64) -> anyhow::Result<()> {
+    let rounds: Vec<([Bytes; 3], u64)> = templates
         .iter()
         .enumerate()
-        .map(|(i, t)| {
-            (
-                t.instantiate(i as u64, Some(now_ns()))[0].clone(),
-                t.counts.0,
-            )
-        })
+        .map(|(i, t)| (t.instantiate(i as u64, Some(now_ns())), t.counts.0))
         .collect();
-    let start = Instant::now();
-    let (mut spans, mut bytes) = (0u64, 0u64);
-    while start.elapsed() < duration {
-        for (body, n) in &bodies {
-            let request = ExportTraceServiceRequest::decode(body.as_ref())
-                .context("a template does not decode")?;
-            std::hint::black_box(request);
-            spans += n;
-            bytes += body.len() as u64;
+    let decode_all = |traces_only: bool, duration: Duration| -> anyhow::Result<(f64, f64)> {
+        let start = Instant::now();
+        let (mut spans, mut bytes, mut seq) = (0u64, 0u64, 0u64);
+        while start.elapsed() < duration {
+            for ([traces, logs, metrics], n) in &rounds {
+                let request = ExportTraceServiceRequest::decode(traces.as_ref())
+                    .context("a template does not decode")?;
+                std::hint::black_box(request);
+                bytes += traces.len() as u64;
+                if !traces_only {
+                    if !logs.is_empty() {
+                        let request = ExportLogsServiceRequest::decode(logs.as_ref())
+                            .context("a logs template does not decode")?;
+                        std::hint::black_box(request);
+                        bytes += logs.len() as u64;
+                    }
+                    if metrics_every > 0 && seq % metrics_every == 0 {
+                        let request = ExportMetricsServiceRequest::decode(metrics.as_ref())
+                            .context("a metrics template does not decode")?;
+                        std::hint::black_box(request);
+                        bytes += metrics.len() as u64;
+                    }
+                }
+                spans += n;
+                seq += 1;
+            }
         }
-    }
-    let elapsed = start.elapsed().as_secs_f64();
+        let elapsed = start.elapsed().as_secs_f64();
+        Ok((spans as f64 / elapsed, bytes as f64 / elapsed / 1e6))
+    };
+    let (workload, mb) = decode_all(false, duration)?;
+    let (traces_only, _) = decode_all(true, duration / 2)?;
     println!(
-        "ceiling_spans_per_sec={:.0} ceiling_mb_per_sec={:.1}",
-        spans as f64 / elapsed,
-        bytes as f64 / elapsed / 1e6
+        "ceiling_spans_per_sec={workload:.0} ceiling_mb_per_sec={mb:.1} \
+         traces_only_spans_per_sec={traces_only:.0}"
     );
     Ok(())
 }

@@ -106,6 +106,8 @@ pub struct Windows {
     pairing: PairingStore,
     cumulative: CumulativeState,
     interned: FastMap<Box<str>, Arc<str>>,
+    /// Identities the last closed window held.
+    expected_identities: usize,
     counts: WindowCounts,
     edges: Vec<EdgeObservation>,
 }
@@ -143,6 +145,15 @@ pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::Random
 
 /// A record identity for de-duplication: fixed-seeded, so the same record hashes
 /// the same in every window.
+fn open_in(
+    open: &mut BTreeMap<i64, OpenWindow>,
+    start_ms: i64,
+    expected: usize,
+) -> &mut OpenWindow {
+    open.entry(start_ms)
+        .or_insert_with(|| OpenWindow::with_identities(expected))
+}
+
 fn hash_of(parts: impl std::hash::Hash) -> u64 {
     use std::hash::BuildHasher;
     foldhash::quality::FixedState::with_seed(0x686f_6d65_6f73_7461).hash_one(parts)
@@ -196,6 +207,7 @@ impl Windows {
             ),
             cumulative: CumulativeState::new(),
             interned: FastMap::default(),
+            expected_identities: 0,
             counts: WindowCounts::default(),
             edges: Vec::new(),
         }
@@ -288,7 +300,8 @@ impl Windows {
     /// The open window `window` when `identity` is new to it; repeats are counted and
     /// refused, and a full identity set is counted (the record still counts).
     fn first_sighting(&mut self, window: i64, identity: u64) -> Option<&mut OpenWindow> {
-        let open = self.open.entry(window).or_default();
+        let expected = self.expected_identities.min(self.max_dedup);
+        let open = open_in(&mut self.open, window, expected);
         match open.first_sighting(identity, self.max_dedup) {
             Some(false) => {
                 self.counts.duplicates += 1;
@@ -300,8 +313,11 @@ impl Windows {
         Some(open)
     }
 
-    fn window_mut(&mut self, start_ms: i64) -> &mut OpenWindow {
-        self.open.entry(start_ms).or_default()
+    /// The open window starting at `start_ms`, created with room for as many
+    /// identities as the last closed window had (no rehashing while it fills).
+    fn open_window(&mut self, start_ms: i64) -> &mut OpenWindow {
+        let expected = self.expected_identities.min(self.max_dedup);
+        open_in(&mut self.open, start_ms, expected)
     }
 
     fn intern(&mut self, name: &str) -> Arc<str> {
@@ -462,7 +478,7 @@ impl Windows {
                 continue;
             }
             let max_series = self.max_series;
-            if !self.window_mut(window).add_edge(&edge, max_series) {
+            if !self.open_window(window).add_edge(&edge, max_series) {
                 self.counts.series_overflow += 1;
             }
             if let Some(entry) = &edge.entry {
@@ -473,7 +489,7 @@ impl Windows {
                 }
                 let key = &entry.key;
                 let service = [&*key.service[0], &*key.service[1], &*key.service[2]];
-                if !self.window_mut(window).add_request(
+                if !self.open_window(window).add_request(
                     service,
                     &key.operation,
                     entry.duration_ms,
@@ -690,6 +706,7 @@ impl Windows {
                 break;
             }
             let (start, window) = entry.remove_entry();
+            self.expected_identities = window.identities();
             let tables = window.finish(start, start + self.size_ms, &mut self.cumulative)?;
             self.counts.windows_closed += 1;
             closed.push(tables);

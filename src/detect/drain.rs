@@ -38,8 +38,10 @@ pub struct Drain {
     similarity: f64,
     max_templates: usize,
     templates: Vec<Template>,
-    /// (service, token count, first token) -> template indices.
-    groups: HashMap<String, Vec<u32>>,
+    /// Hash of (service, token count, first token) -> template indices; rebuilt
+    /// from the templates after a restore.
+    #[serde(skip)]
+    groups: HashMap<u64, Vec<u32>>,
     /// Messages that found no room.
     pub overflow: u64,
 }
@@ -78,36 +80,43 @@ impl Drain {
 
     /// Assigns `message` of `service` to a template.
     pub fn add(&mut self, service: &str, message: &str) -> Match {
-        let tokens: Vec<String> = message
-            .split_whitespace()
-            .take(MAX_TOKENS)
-            .map(mask)
-            .collect();
-        let group = format!(
-            "{service}\u{1f}{}\u{1f}{}",
-            tokens.len(),
-            tokens.first().map_or("", |t| t.as_str())
-        );
+        let mut tokens: [&str; MAX_TOKENS] = [""; MAX_TOKENS];
+        let mut len = 0;
+        for token in message.split_whitespace().take(MAX_TOKENS) {
+            tokens[len] = mask(token);
+            len += 1;
+        }
+        let tokens = &tokens[..len];
+        if self.groups.is_empty() && !self.templates.is_empty() {
+            self.regroup();
+        }
+        let group = group_key(service, tokens);
         let candidates = self.groups.get(&group).map(Vec::as_slice).unwrap_or(&[]);
         let mut best: Option<(u32, f64)> = None;
         for &id in candidates {
             let Some(t) = self.templates.get(id as usize) else {
                 continue;
             };
+            if t.service != service
+                || t.tokens.len() != len
+                || t.tokens.first().map(String::as_str) != tokens.first().copied()
+            {
+                continue;
+            }
             let same = t
                 .tokens
                 .iter()
-                .zip(&tokens)
+                .zip(tokens)
                 .filter(|(a, b)| a == b || a.as_str() == WILDCARD)
                 .count();
-            let share = same as f64 / tokens.len().max(1) as f64;
+            let share = same as f64 / len.max(1) as f64;
             if share >= self.similarity && best.is_none_or(|(_, s)| share > s) {
                 best = Some((id, share));
             }
         }
         if let Some((id, _)) = best {
             if let Some(t) = self.templates.get_mut(id as usize) {
-                for (slot, token) in t.tokens.iter_mut().zip(&tokens) {
+                for (slot, token) in t.tokens.iter_mut().zip(tokens) {
                     if slot != token {
                         *slot = WILDCARD.to_string();
                     }
@@ -127,23 +136,44 @@ impl Drain {
         self.templates.push(Template {
             id,
             service: service.to_string(),
-            tokens,
+            tokens: tokens.iter().map(|t| t.to_string()).collect(),
             count: 1,
         });
         self.groups.entry(group).or_default().push(id);
         Match { id, new: true }
     }
+
+    /// Rebuilds the group index from the templates (after a restore).
+    fn regroup(&mut self) {
+        for t in &self.templates {
+            let tokens: Vec<&str> = t.tokens.iter().map(String::as_str).collect();
+            self.groups
+                .entry(group_key(&t.service, &tokens))
+                .or_default()
+                .push(t.id);
+        }
+    }
+}
+
+/// The group of a message: its service, token count and first token.
+fn group_key(service: &str, tokens: &[&str]) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x6472_6169_6e21).hash_one((
+        service,
+        tokens.len(),
+        tokens.first().copied().unwrap_or(""),
+    ))
 }
 
 /// Masks a token that is, or carries, a variable: digits, long hex, paths, quotes.
-fn mask(token: &str) -> String {
+fn mask(token: &str) -> &str {
     let has_digit = token.chars().any(|c| c.is_ascii_digit());
     let hexish = token.len() >= 8 && token.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
     let path = token.contains('/') && token.len() > 1;
     if has_digit || hexish || path {
-        WILDCARD.to_string()
+        WILDCARD
     } else {
-        token.to_string()
+        token
     }
 }
 
@@ -181,5 +211,16 @@ mod tests {
         }
         assert_eq!(d.len(), 3);
         assert_eq!(d.overflow, 2);
+    }
+
+    #[test]
+    fn a_restored_miner_matches_the_templates_it_had() {
+        let mut d = Drain::new(0.5, 100);
+        let first = d.add("api", "payment 41 declined by issuer");
+        let json = serde_json::to_string(&d).expect("serialize");
+        let mut restored: Drain = serde_json::from_str(&json).expect("deserialize");
+        let again = restored.add("api", "payment 42 declined by issuer");
+        assert_eq!((again.id, again.new), (first.id, false));
+        assert!(restored.add("web", "payment 43 declined by issuer").new);
     }
 }

@@ -108,7 +108,8 @@ pub struct DetectStage {
     patterns: Arc<Vec<Pattern>>,
     drain: Drain,
     /// Window start -> (service, template id) -> messages.
-    template_counts: BTreeMap<i64, HashMap<(String, u32), u64>>,
+    /// Messages per template id (a template belongs to one service), per window.
+    template_counts: BTreeMap<i64, HashMap<u32, u64>>,
     /// Window start -> templates created there, with the creating message's severity.
     new_templates: BTreeMap<i64, Vec<(String, u32, String)>>,
     /// Windows of logs seen per service.
@@ -232,7 +233,7 @@ impl DetectStage {
                 .template_counts
                 .entry(start)
                 .or_default()
-                .entry((service.value(i).to_string(), m.id))
+                .entry(m.id)
                 .or_default() += 1;
             if m.new {
                 self.new_templates.entry(start).or_default().push((
@@ -337,14 +338,14 @@ impl DetectStage {
         let created = self.new_templates.remove(&t).unwrap_or_default();
         self.new_templates.retain(|start, _| *start > t);
         let mut services: HashSet<&str> = HashSet::new();
-        for ((service, id), count) in &counts {
-            services.insert(service);
+        for (id, count) in &counts {
             let Some(template) = self.drain.template(*id) else {
                 continue;
             };
+            services.insert(&template.service);
             rows.push(Row {
                 kind: SeriesKind::LogTemplate,
-                service: service.clone(),
+                service: template.service.clone(),
                 metric: String::new(),
                 metric_type: String::new(),
                 unit: String::new(),

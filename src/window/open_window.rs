@@ -51,6 +51,18 @@ fn room<K: Eq + std::hash::Hash, V>(map: &FastMap<K, V>, key: &K, max: usize) ->
 }
 
 impl OpenWindow {
+    /// An empty window with room for `identities` de-duplication ids.
+    pub(crate) fn with_identities(identities: usize) -> Self {
+        let mut window = OpenWindow::default();
+        window.seen.reserve(identities);
+        window
+    }
+
+    /// De-duplication ids held.
+    pub(crate) fn identities(&self) -> usize {
+        self.seen.len()
+    }
+
     /// `Some(true)` the first time `identity` is seen, `Some(false)` for a repeat,
     /// `None` when the identity set is full (the record is counted, not de-duplicated).
     pub(crate) fn first_sighting(&mut self, identity: u64, max: usize) -> Option<bool> {
