@@ -590,7 +590,7 @@ impl DetectStage {
                     observed: value,
                     expected: start,
                     score: (1.0 - (-(rise / sigma) / min_z).exp()).clamp(0.0, 1.0),
-                    onset: points.get(1).map(|p| p.0),
+                    onset: growth_onset(&state.baseline, &points),
                     detail: format!(
                         "rose {:.1}% in {k} windows without a fall ({} -> {})",
                         relative * 100.0,
@@ -1005,6 +1005,22 @@ fn slope_per_sec(points: &[(i64, f64)]) -> f64 {
         den += dt * dt;
     }
     if den > 0.0 { num / den } else { 0.0 }
+}
+
+/// Spreads above its baseline at which a rising value has left it.
+const LEFT_BASELINE_Z: f64 = 2.0;
+
+/// Where a rising run of `points` (oldest first, the first one before the rise)
+/// began to matter: the first rising point that is `LEFT_BASELINE_Z` spreads above
+/// the baseline. Chance rises inside the normal band before a real climb join the
+/// run but do not move the onset earlier.
+fn growth_onset(baseline: &Baseline, points: &[(i64, f64)]) -> Option<i64> {
+    let rising = points.get(1..)?;
+    rising
+        .iter()
+        .find(|(t, v)| baseline.deviation(*t, *v, 0.0).z >= LEFT_BASELINE_Z)
+        .or(rising.first())
+        .map(|p| p.0)
 }
 
 fn short(v: f64) -> String {

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use homeostat::columnar::logs;
 use homeostat::detect::{Anomaly, AnomalyLog, Catalogue, DetectStage, FailureClass, StageParams};
+use homeostat::loadgen::fleet::Rng;
 use homeostat::window::WindowTables;
 use homeostat::window::tables::{Cell, TableBuilder};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -61,26 +62,12 @@ impl Fault {
     }
 }
 
-/// xorshift64* with Box-Muller normals: deterministic noise.
-struct Noise(u64);
+/// Deterministic noise: the load generator's generator.
+type Noise = Rng;
 
-impl Noise {
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f64 {
-        let u = self.unit().max(1e-300);
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * self.unit()).cos()
-    }
-
-    /// Poisson-like count with mean `lambda`.
-    fn count(&mut self, lambda: f64) -> u64 {
-        (lambda + lambda.sqrt() * self.normal()).round().max(0.0) as u64
-    }
+/// Poisson-like count with mean `lambda`.
+fn count(noise: &mut Noise, lambda: f64) -> u64 {
+    (lambda + lambda.sqrt() * noise.normal()).round().max(0.0) as u64
 }
 
 fn name(i: usize) -> String {
@@ -113,7 +100,7 @@ fn window(w: i64, fault: Option<Fault>, noise: &mut Noise) -> (WindowTables, Vec
         if faulty && active(Fault::Deadlock) {
             lambda *= 0.02;
         }
-        let requests = noise.count(lambda).max(1);
+        let requests = count(noise, lambda).max(1);
         let mut error_p = 0.01;
         if faulty && active(Fault::ErrorSpike) {
             error_p = 0.3;
@@ -157,7 +144,7 @@ fn window(w: i64, fault: Option<Fault>, noise: &mut Noise) -> (WindowTables, Vec
         } else {
             ("postgres".to_string(), "database")
         };
-        let calls = noise.count(lambda * 0.8).max(1);
+        let calls = count(noise, lambda * 0.8).max(1);
         let mut edge_p = 0.005;
         let mut edge_latency = 40.0 * (1.0 + 0.05 * noise.normal());
         if faulty && active(Fault::Dependency) {
@@ -233,7 +220,7 @@ fn window(w: i64, fault: Option<Fault>, noise: &mut Noise) -> (WindowTables, Vec
 
         // Logs: a steady mix of templates, plus the fault's new error.
         let mut records = Vec::new();
-        let info = noise.count(lambda / 50.0);
+        let info = count(noise, lambda / 50.0);
         for k in 0..info {
             records.push(record(
                 start,
@@ -338,7 +325,7 @@ fn run(fault: Option<Fault>) -> Vec<Anomaly> {
         params,
         log.clone(),
     );
-    let mut noise = Noise(0x9E37_79B9_7F4A_7C15 ^ fault.map_or(0, |f| f as u64 + 1));
+    let mut noise = Noise::new(0x9E37_79B9_7F4A_7C15 ^ fault.map_or(0, |f| f as u64 + 1));
     let windows = if fault.is_some() {
         FAULT_WINDOW + 10
     } else {
@@ -490,7 +477,7 @@ fn baselines_are_restored_from_the_snapshot() {
     ))
     .expect("config");
     let params = homeostat::engine::stage_params(&config);
-    let mut noise = Noise(42);
+    let mut noise = Noise::new(42);
     let mut stage = DetectStage::new(
         Catalogue::built_in().expect("catalogue"),
         params.clone(),
