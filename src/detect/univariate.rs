@@ -66,10 +66,10 @@ impl Default for UnivariateParams {
     fn default() -> Self {
         Self {
             warmup: 150,
-            rest: 60,
+            rest: 40,
             fire: 0.998,
             short: 4,
-            level_window: 12,
+            level_window: 24,
             history_block: 500,
             history_blocks: 9,
             tail_fraction: 0.007,
