@@ -6,6 +6,7 @@
 //! (OTLP partial success).
 
 pub mod logs;
+pub mod logs_wire;
 pub mod metrics;
 pub mod resource;
 pub mod spans;

@@ -29,26 +29,26 @@ use super::spans::{HTTP_STATUS_ATTRIBUTES, STRING_ATTRIBUTES, SpanBatchBuilder, 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unsupported;
 
-const VARINT: u8 = 0;
-const FIXED64: u8 = 1;
-const LEN: u8 = 2;
-const FIXED32: u8 = 5;
+pub(super) const VARINT: u8 = 0;
+pub(super) const FIXED64: u8 = 1;
+pub(super) const LEN: u8 = 2;
+pub(super) const FIXED32: u8 = 5;
 
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
+    pub(super) fn new(buf: &'a [u8]) -> Self {
         Reader { buf, pos: 0 }
     }
 
-    fn more(&self) -> bool {
+    pub(super) fn more(&self) -> bool {
         self.pos < self.buf.len()
     }
 
-    fn varint(&mut self) -> Result<u64, Unsupported> {
+    pub(super) fn varint(&mut self) -> Result<u64, Unsupported> {
         let mut value = 0u64;
         for i in 0..10 {
             let byte = *self.buf.get(self.pos).ok_or(Unsupported)?;
@@ -65,7 +65,7 @@ impl<'a> Reader<'a> {
     }
 
     /// (field number, wire type)
-    fn key(&mut self) -> Result<(u64, u8), Unsupported> {
+    pub(super) fn key(&mut self) -> Result<(u64, u8), Unsupported> {
         let key = self.varint()?;
         if key > u64::from(u32::MAX) || key >> 3 == 0 {
             return Err(Unsupported);
@@ -73,7 +73,7 @@ impl<'a> Reader<'a> {
         Ok((key >> 3, (key & 7) as u8))
     }
 
-    fn bytes(&mut self) -> Result<&'a [u8], Unsupported> {
+    pub(super) fn bytes(&mut self) -> Result<&'a [u8], Unsupported> {
         let len = usize::try_from(self.varint()?).map_err(|_| Unsupported)?;
         let end = self.pos.checked_add(len).ok_or(Unsupported)?;
         let out = self.buf.get(self.pos..end).ok_or(Unsupported)?;
@@ -81,11 +81,11 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    fn str(&mut self) -> Result<&'a str, Unsupported> {
+    pub(super) fn str(&mut self) -> Result<&'a str, Unsupported> {
         std::str::from_utf8(self.bytes()?).map_err(|_| Unsupported)
     }
 
-    fn fixed64(&mut self) -> Result<u64, Unsupported> {
+    pub(super) fn fixed64(&mut self) -> Result<u64, Unsupported> {
         let end = self.pos.checked_add(8).ok_or(Unsupported)?;
         let bytes = self.buf.get(self.pos..end).ok_or(Unsupported)?;
         self.pos = end;
@@ -94,7 +94,7 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(out))
     }
 
-    fn skip(&mut self, wire_type: u8) -> Result<(), Unsupported> {
+    pub(super) fn skip(&mut self, wire_type: u8) -> Result<(), Unsupported> {
         match wire_type {
             VARINT => self.varint().map(|_| ()),
             FIXED64 => self.fixed64().map(|_| ()),
@@ -113,7 +113,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn expect(wire_type: u8, wanted: u8) -> Result<(), Unsupported> {
+pub(super) fn expect(wire_type: u8, wanted: u8) -> Result<(), Unsupported> {
     if wire_type == wanted {
         Ok(())
     } else {
@@ -123,7 +123,7 @@ fn expect(wire_type: u8, wanted: u8) -> Result<(), Unsupported> {
 
 /// An attribute value, when simple enough to read without prost.
 #[derive(Debug, Clone, Copy)]
-enum Simple<'a> {
+pub(super) enum Simple<'a> {
     /// No value at all.
     None,
     Str(&'a str),
@@ -135,7 +135,7 @@ enum Simple<'a> {
 /// One `KeyValue`: its key and value bytes, read lazily: only the few attributes
 /// that become columns are validated and parsed.
 #[derive(Debug, Clone, Copy)]
-struct Attribute<'a> {
+pub(super) struct Attribute<'a> {
     key: &'a [u8],
     /// The last `value` (AnyValue) field, and how many there were.
     value: Option<&'a [u8]>,
@@ -159,7 +159,7 @@ impl<'a> Attribute<'a> {
     }
 }
 
-fn any_value(bytes: &[u8]) -> Result<Option<Simple<'_>>, Unsupported> {
+pub(super) fn any_value(bytes: &[u8]) -> Result<Option<Simple<'_>>, Unsupported> {
     let mut reader = Reader::new(bytes);
     let mut value = Simple::None;
     let mut fields = 0;
@@ -269,7 +269,20 @@ fn resource_spans<'a>(
     resource_attributes: &mut Vec<Attribute<'a>>,
     attributes: &mut Vec<Attribute<'a>>,
 ) -> Result<Result<(), ArrowError>, Unsupported> {
-    // The resource may follow the spans on the wire: read it first.
+    resource_items(bytes, resource_attributes, |span, identity| {
+        self::span(span, identity, builder, attributes)
+    })
+}
+
+/// Reads one `ResourceSpans` or `ResourceLogs` (the same layout: 1 resource,
+/// 2 scope items, 3 schema url; each scope item: 1 scope, 2 items, 3 schema url)
+/// and hands each item, with the resource's identity, to `item`.
+pub(super) fn resource_items<'a>(
+    bytes: &'a [u8],
+    resource_attributes: &mut Vec<Attribute<'a>>,
+    mut item: impl FnMut(&'a [u8], &ResourceIdentity) -> Result<Result<(), ArrowError>, Unsupported>,
+) -> Result<Result<(), ArrowError>, Unsupported> {
+    // The resource may follow the items on the wire: read it first.
     resource_attributes.clear();
     let mut reader = Reader::new(bytes);
     while reader.more() {
@@ -312,8 +325,7 @@ fn resource_spans<'a>(
             match scope.key()? {
                 (2, wire_type) => {
                     expect(wire_type, LEN)?;
-                    let span = scope.bytes()?;
-                    if let Err(error) = self::span(span, &identity, builder, attributes)? {
+                    if let Err(error) = item(scope.bytes()?, &identity)? {
                         return Ok(Err(error));
                     }
                 }

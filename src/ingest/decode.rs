@@ -87,6 +87,11 @@ pub fn decode(signal: Signal, body: &[u8], encoding: Encoding) -> Result<Decoded
             columnar::metrics::to_arrow(&request.resource_metrics).map_err(internal)
         }
         Signal::Logs => {
+            if encoding == Encoding::Protobuf
+                && let Ok(result) = columnar::logs_wire::decode(body, now_unix_nano())
+            {
+                return result.map_err(internal);
+            }
             let request: ExportLogsServiceRequest = decode_message(body, encoding, "logs")?;
             columnar::logs::to_arrow(&request.resource_logs, now_unix_nano()).map_err(internal)
         }
