@@ -143,8 +143,8 @@ pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::
 /// Hash sets of the hot path.
 pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
-/// A record identity for de-duplication: fixed-seeded, so the same record hashes
-/// the same in every window.
+/// The open window starting at `start_ms` in `open`, created with room for
+/// `expected` de-duplication ids.
 fn open_in(
     open: &mut BTreeMap<i64, OpenWindow>,
     start_ms: i64,
@@ -154,6 +154,8 @@ fn open_in(
         .or_insert_with(|| OpenWindow::with_identities(expected))
 }
 
+/// A record identity for de-duplication: fixed-seeded, so the same record hashes
+/// the same in every window.
 fn hash_of(parts: impl std::hash::Hash) -> u64 {
     use std::hash::BuildHasher;
     foldhash::quality::FixedState::with_seed(0x686f_6d65_6f73_7461).hash_one(parts)
