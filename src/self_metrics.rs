@@ -55,10 +55,13 @@ pub struct SelfMetrics {
     late_edges: Counter,
     pairing_overflow: Counter,
     pairing_unpaired: Counter,
+    pairing_displaced: Counter,
     kafka_messages: Family<Outcome, Counter>,
     kafka_commits: Family<Outcome, Counter>,
     store_errors: Counter,
     open_windows: Gauge,
+    retained_windows: Gauge,
+    retained_bytes: Gauge,
     pending_pairs: Gauge,
     closed_through_seconds: Gauge,
     queue_depth: Gauge,
@@ -132,6 +135,12 @@ impl SelfMetrics {
             "Callee spans whose caller never arrived",
             pairing_unpaired.clone(),
         );
+        let pairing_displaced = Counter::default();
+        registry.register(
+            "pairing_displaced",
+            "SERVER/CONSUMER spans pushed out of the recent-span table before their window closed",
+            pairing_displaced.clone(),
+        );
         let kafka_messages = Family::<Outcome, Counter>::default();
         registry.register(
             "kafka_messages",
@@ -149,6 +158,18 @@ impl SelfMetrics {
             "store_errors",
             "Failed writes of closed windows",
             store_errors.clone(),
+        );
+        let retained_windows = Gauge::default();
+        registry.register(
+            "retained_windows",
+            "Closed windows held in memory for queries (window.retain)",
+            retained_windows.clone(),
+        );
+        let retained_bytes = Gauge::default();
+        registry.register(
+            "retained_bytes",
+            "Bytes of the Arrow buffers of the retained windows",
+            retained_bytes.clone(),
         );
         let open_windows = Gauge::default();
         registry.register(
@@ -212,10 +233,13 @@ impl SelfMetrics {
             late_edges,
             pairing_overflow,
             pairing_unpaired,
+            pairing_displaced,
             kafka_messages,
             kafka_commits,
             store_errors,
             open_windows,
+            retained_windows,
+            retained_bytes,
             pending_pairs,
             closed_through_seconds,
             queue_depth,
@@ -303,12 +327,19 @@ impl SelfMetrics {
         self.late_edges.inc_by(n.late_edges - b.late_edges);
         self.pairing_overflow.inc_by(np.overflow - bp.overflow);
         self.pairing_unpaired.inc_by(np.unpaired - bp.unpaired);
+        self.pairing_displaced.inc_by(np.displaced - bp.displaced);
         self.open_windows.set(open_windows as i64);
         self.pending_pairs.set(pending_pairs as i64);
         if closed_through_ms > 0 {
             self.closed_through_seconds.set(closed_through_ms / 1000);
         }
         self.queue_depth.set(queue_depth as i64);
+    }
+
+    /// Sets the retained-history gauges.
+    pub fn retained(&self, windows: usize, bytes: usize) {
+        self.retained_windows.set(windows as i64);
+        self.retained_bytes.set(bytes as i64);
     }
 
     /// Counts the anomalies a closed window opened and sets the detection gauges.

@@ -106,8 +106,9 @@ pub struct Windows {
     pairing: PairingStore,
     cumulative: CumulativeState,
     interned: FastMap<Box<str>, Arc<str>>,
-    /// Identities the last closed window held.
-    expected_identities: usize,
+    /// Identities the last closed windows held (a ring, for [`Windows::expected_identities`]).
+    recent_identities: [usize; RECENT_WINDOWS],
+    closed_count: usize,
     counts: WindowCounts,
     edges: Vec<EdgeObservation>,
 }
@@ -139,20 +140,13 @@ fn opt(a: &StringArray, i: usize) -> Option<&str> {
 
 /// Hash maps of the hot path: foldhash, randomly seeded per map (SipHash was a
 /// tenth of the ingest profile).
+/// Closed windows whose de-duplication sizes set the next windows' (one minute of
+/// 10 s windows).
+const RECENT_WINDOWS: usize = 6;
+
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 /// Hash sets of the hot path.
 pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
-
-/// The open window starting at `start_ms` in `open`, created with room for
-/// `expected` de-duplication ids.
-fn open_in(
-    open: &mut BTreeMap<i64, OpenWindow>,
-    start_ms: i64,
-    expected: usize,
-) -> &mut OpenWindow {
-    open.entry(start_ms)
-        .or_insert_with(|| OpenWindow::with_identities(expected))
-}
 
 /// A record identity for de-duplication: fixed-seeded, so the same record hashes
 /// the same in every window.
@@ -209,7 +203,8 @@ impl Windows {
             ),
             cumulative: CumulativeState::new(),
             interned: FastMap::default(),
-            expected_identities: 0,
+            recent_identities: [0; RECENT_WINDOWS],
+            closed_count: 0,
             counts: WindowCounts::default(),
             edges: Vec::new(),
         }
@@ -250,6 +245,26 @@ impl Windows {
     /// Spans waiting in the pairing store.
     pub fn pending_pairs(&self) -> usize {
         self.pairing.len()
+    }
+
+    /// A one-line account of the state's sizes (entries and allocated slots), for
+    /// the debug log.
+    pub fn footprint(&self) -> String {
+        let (callers, callees) = self.pairing.slots();
+        let seen: Vec<String> = self
+            .open
+            .values()
+            .map(|w| format!("{}/{}", w.identities(), w.identity_slots()))
+            .collect();
+        format!(
+            "pending_pairs={} caller_slots={callers} callee_slots={callees} dedup=[{}] cumulative={}/{} interned={} edges_buf={}",
+            self.pairing.len(),
+            seen.join(","),
+            self.cumulative.len(),
+            self.cumulative.capacity(),
+            self.interned.len(),
+            self.edges.capacity(),
+        )
     }
 
     /// Windows still open.
@@ -302,9 +317,9 @@ impl Windows {
     /// The open window `window` when `identity` is new to it; repeats are counted and
     /// refused, and a full identity set is counted (the record still counts).
     fn first_sighting(&mut self, window: i64, identity: u64) -> Option<&mut OpenWindow> {
-        let expected = self.expected_identities.min(self.max_dedup);
-        let open = open_in(&mut self.open, window, expected);
-        match open.first_sighting(identity, self.max_dedup) {
+        let expected = self.expected_identities();
+        let open = self.open.entry(window).or_default();
+        match open.first_sighting(identity, self.max_dedup, expected) {
             Some(false) => {
                 self.counts.duplicates += 1;
                 return None;
@@ -315,11 +330,18 @@ impl Windows {
         Some(open)
     }
 
-    /// The open window starting at `start_ms`, created with room for as many
-    /// identities as the last closed window had (no rehashing while it fills).
+    /// The open window starting at `start_ms`.
     fn open_window(&mut self, start_ms: i64) -> &mut OpenWindow {
-        let expected = self.expected_identities.min(self.max_dedup);
-        open_in(&mut self.open, start_ms, expected)
+        self.open.entry(start_ms).or_default()
+    }
+
+    /// How many identities a busy window is given room for at once: the most any
+    /// of the last closed windows held, plus an eighth. A steady load so keeps one
+    /// table size (memory stays flat instead of flipping between two sizes), and a
+    /// window does not rehash its way up while it fills.
+    fn expected_identities(&self) -> usize {
+        let most = self.recent_identities.iter().copied().max().unwrap_or(0);
+        (most + most / 8).min(self.max_dedup)
     }
 
     fn intern(&mut self, name: &str) -> Arc<str> {
@@ -708,7 +730,8 @@ impl Windows {
                 break;
             }
             let (start, window) = entry.remove_entry();
-            self.expected_identities = window.identities();
+            self.recent_identities[self.closed_count % RECENT_WINDOWS] = window.identities();
+            self.closed_count += 1;
             let tables = window.finish(start, start + self.size_ms, &mut self.cumulative)?;
             self.counts.windows_closed += 1;
             closed.push(tables);

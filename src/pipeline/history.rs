@@ -50,6 +50,19 @@ impl History {
         self.windows.read().map(|w| w.len()).unwrap_or(0)
     }
 
+    /// Windows held and the bytes of their Arrow buffers.
+    pub fn footprint(&self) -> (usize, usize) {
+        let Ok(windows) = self.windows.read() else {
+            return (0, 0);
+        };
+        let bytes = windows
+            .iter()
+            .flat_map(|w| w.batches.iter())
+            .map(RecordBatch::get_array_memory_size)
+            .sum();
+        (windows.len(), bytes)
+    }
+
     /// Whether no window is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -35,6 +35,9 @@ impl Interner {
 
 type SeriesId = (ServiceKey, u32, u32, u8);
 
+/// Identities a window holds before it is given room for a whole window's worth.
+const PRESIZE_AFTER: usize = 1024;
+
 #[derive(Debug, Default)]
 pub(crate) struct OpenWindow {
     strings: Interner,
@@ -51,23 +54,34 @@ fn room<K: Eq + std::hash::Hash, V>(map: &FastMap<K, V>, key: &K, max: usize) ->
 }
 
 impl OpenWindow {
-    /// An empty window with room for `identities` de-duplication ids.
-    pub(crate) fn with_identities(identities: usize) -> Self {
-        let mut window = OpenWindow::default();
-        window.seen.reserve(identities);
-        window
-    }
-
     /// De-duplication ids held.
     pub(crate) fn identities(&self) -> usize {
         self.seen.len()
     }
 
+    /// De-duplication slots allocated.
+    pub(crate) fn identity_slots(&self) -> usize {
+        self.seen.capacity()
+    }
+
     /// `Some(true)` the first time `identity` is seen, `Some(false)` for a repeat,
     /// `None` when the identity set is full (the record is counted, not de-duplicated).
-    pub(crate) fn first_sighting(&mut self, identity: u64, max: usize) -> Option<bool> {
-        if self.seen.len() >= max && !self.seen.contains(&identity) {
+    ///
+    /// The set starts small. Once it holds [`PRESIZE_AFTER`] ids and must grow, it
+    /// grows straight to room for `expected`: a busy window rehashes once, while a
+    /// window of a few stray (late or future-stamped) records stays small.
+    pub(crate) fn first_sighting(
+        &mut self,
+        identity: u64,
+        max: usize,
+        expected: usize,
+    ) -> Option<bool> {
+        let held = self.seen.len();
+        if held >= max && !self.seen.contains(&identity) {
             return None;
+        }
+        if held == self.seen.capacity() && held >= PRESIZE_AFTER && expected > held {
+            self.seen.reserve(expected - held);
         }
         Some(self.seen.insert(identity))
     }
@@ -277,5 +291,35 @@ impl OpenWindow {
                 log_stats,
             ],
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_window_is_sized_once_and_a_stray_one_stays_small() {
+        let expected = 1_000_000;
+        let mut stray = OpenWindow::default();
+        for id in 0..10u64 {
+            assert_eq!(stray.first_sighting(id, usize::MAX, expected), Some(true));
+        }
+        assert!(stray.identity_slots() < 64, "{}", stray.identity_slots());
+
+        let mut busy = OpenWindow::default();
+        let mut sized_at = None;
+        for id in 0..200_000u64 {
+            let id = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            assert_eq!(busy.first_sighting(id, usize::MAX, expected), Some(true));
+            if sized_at.is_none() && busy.identity_slots() >= expected {
+                sized_at = Some(busy.identities());
+            }
+        }
+        let sized_at = sized_at.expect("never given room for the expected ids");
+        assert!(sized_at < 4 * PRESIZE_AFTER, "sized only at {sized_at}");
+        assert_eq!(busy.first_sighting(0, usize::MAX, expected), Some(false));
+        // A full set still counts new records, without remembering them.
+        assert_eq!(busy.first_sighting(1, 200_000, expected), None);
     }
 }

@@ -122,6 +122,71 @@ struct Record {
 
 const _: () = assert!(std::mem::size_of::<Record>() == 24);
 
+impl Record {
+    const EMPTY: Record = Record {
+        end_ns: 0,
+        duration_ms: 0.0,
+        service: 0,
+        extra: 0,
+        kind: 0,
+        error: false,
+    };
+}
+
+/// SERVER and CONSUMER spans as possible callers, in a fixed table indexed by key:
+/// a newer span takes its slot, and an expired one reads as absent.
+///
+/// Their callees are rare (a SERVER span directly under another SERVER span means an
+/// uninstrumented client or a proxy; a CONSUMER under a CONSUMER, a forwarder), yet
+/// every request has one, so holding each until its window closes would take most
+/// of the store at a high rate. The table keeps its memory fixed at any rate; a
+/// callee arriving after its SERVER parent pairs unless a newer span took the slot
+/// (counted as `displaced`). A callee arriving *before* its parent never needs this
+/// table: it waits in the callee map.
+#[derive(Debug, Default)]
+struct Recent {
+    slots: Vec<(u64, Record)>,
+    size: usize,
+}
+
+impl Recent {
+    fn new(size: usize) -> Self {
+        Recent {
+            slots: Vec::new(),
+            size: size.max(1).next_power_of_two(),
+        }
+    }
+
+    fn index(&self, key: u64) -> usize {
+        (key as usize) & (self.size - 1)
+    }
+
+    /// The record under `key`, if it is still there and expires after `closed_ns`.
+    fn get(&self, key: u64, closed_ns: u64, window_ns: u64, ttl_ns: u64) -> Option<Record> {
+        let (k, r) = self.slots.get(self.index(key))?;
+        (*k == key && caller_expiry(r, window_ns, ttl_ns) > closed_ns).then_some(*r)
+    }
+
+    /// Stores `record` under `key`; true when it displaced a live record.
+    fn put(
+        &mut self,
+        key: u64,
+        record: Record,
+        closed_ns: u64,
+        window_ns: u64,
+        ttl_ns: u64,
+    ) -> bool {
+        if self.slots.is_empty() {
+            // Allocated on first use: most stores (replays, tests) never need it.
+            self.slots = vec![(0, Record::EMPTY); self.size];
+        }
+        let index = self.index(key);
+        let (old_key, old) = self.slots[index];
+        self.slots[index] = (key, record);
+        old_key != 0 && old_key != key && caller_expiry(&old, window_ns, ttl_ns) > closed_ns
+    }
+}
+
 /// Stored kind of a span: OTLP kinds are 0..=5; anything else is kept as "other".
 fn kind_u8(kind: i32) -> u8 {
     u8::try_from(kind).unwrap_or(u8::MAX)
@@ -181,6 +246,9 @@ pub struct PairingCounts {
     pub overflow: u64,
     /// Callees whose caller never arrived within the TTL.
     pub unpaired: u64,
+    /// SERVER and CONSUMER spans pushed out of the recent table by a newer span
+    /// before their window closed (a late direct callee of theirs cannot pair).
+    pub displaced: u64,
 }
 
 /// The pairing store.
@@ -190,12 +258,20 @@ pub struct PairingCounts {
 /// hash with a probability of about 1e-8 at a million waiting spans; the cost of
 /// such a collision is one wrong edge observation. Expiry is a sweep of the maps when
 /// the earliest expiry is due (at window close), not an index per span.
+///
+/// CLIENT, PRODUCER and kind-less spans wait as callers in a map bounded by the
+/// capacity; SERVER and CONSUMER spans, which are rarely anyone's direct parent,
+/// wait in a fixed [`Recent`] table of half the capacity's slots. Memory is so
+/// bounded by the capacity whatever the rate.
 #[derive(Debug)]
 pub struct PairingStore {
     ttl_ns: u64,
     window_ns: u64,
     capacity: usize,
     callers: FastMap<u64, Record>,
+    recent: Recent,
+    /// Every window ending at or before this has been expired.
+    closed_ns: u64,
     /// The first callee waiting for each parent; further ones in `more_callees`.
     callees: FastMap<u64, Record>,
     more_callees: FastMap<u64, Vec<Record>>,
@@ -230,9 +306,17 @@ fn window_end(end_ns: u64, window_ns: u64) -> u64 {
     (ms - ms % window_ms + window_ms).saturating_mul(1_000_000)
 }
 
+/// A span's key: never 0 (an empty slot of the recent table).
 fn key(trace: u128, span: u64) -> u64 {
     use std::hash::BuildHasher;
-    foldhash::quality::FixedState::with_seed(0x7061_6972_696e_6721).hash_one((trace, span))
+    foldhash::quality::FixedState::with_seed(0x7061_6972_696e_6721)
+        .hash_one((trace, span))
+        .max(1)
+}
+
+/// Kinds held in the recent table rather than the caller map.
+fn recent_kind(kind: i32) -> bool {
+    matches!(kind, kind::SERVER | kind::CONSUMER)
 }
 
 impl PairingStore {
@@ -243,6 +327,8 @@ impl PairingStore {
             window_ns: window_ns.max(1),
             capacity,
             callers: FastMap::default(),
+            recent: Recent::new(capacity / 2),
+            closed_ns: 0,
             callees: FastMap::default(),
             more_callees: FastMap::default(),
             entries: FastMap::default(),
@@ -263,6 +349,11 @@ impl PairingStore {
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Slots allocated in the record maps (callers, callees), for memory reports.
+    pub fn slots(&self) -> (usize, usize) {
+        (self.callers.capacity(), self.callees.capacity())
     }
 
     /// Counters so far.
@@ -304,9 +395,12 @@ impl PairingStore {
         let mut store_as_callee = false;
         if may_be_callee && let Some(parent) = span.parent {
             let parent_key = key(span.trace, parent);
-            match self.callers.get(&parent_key) {
+            let caller = self.callers.get(&parent_key).copied().or_else(|| {
+                self.recent
+                    .get(parent_key, self.closed_ns, self.window_ns, self.ttl_ns)
+            });
+            match caller {
                 Some(caller) => {
-                    let caller = *caller;
                     if caller.service != service {
                         out.push(self.edge(&caller, &this, span.entry.as_ref()));
                     }
@@ -332,7 +426,16 @@ impl PairingStore {
                 }
                 paired_client = span.kind == kind::CLIENT;
             }
-            if !paired_client {
+            if recent_kind(span.kind) {
+                let expire_ns = caller_expiry(&this, self.window_ns, self.ttl_ns);
+                if expire_ns > self.closed_ns
+                    && self
+                        .recent
+                        .put(own_key, this, self.closed_ns, self.window_ns, self.ttl_ns)
+                {
+                    self.counts.displaced += 1;
+                }
+            } else if !paired_client {
                 let peer = match span.peer {
                     Some(peer) if span.kind == kind::CLIENT => self.symbols.id(peer),
                     _ => 0,
@@ -429,6 +532,7 @@ impl PairingStore {
     /// Removes everything expiring at or before `up_to_ns`; unpaired CLIENT spans naming
     /// a peer become external edges in `out`.
     pub fn expire(&mut self, up_to_ns: u64, out: &mut Vec<EdgeObservation>) {
+        self.closed_ns = self.closed_ns.max(up_to_ns);
         if self.next_expiry > up_to_ns {
             return;
         }
@@ -513,6 +617,14 @@ impl PairingStore {
         for r in self.callers.values_mut() {
             r.service = remap(r.service);
             r.extra = remap(r.extra);
+        }
+        let (closed_ns, window_ns, ttl_ns) = (self.closed_ns, self.window_ns, self.ttl_ns);
+        for (k, r) in &mut self.recent.slots {
+            if *k != 0 && caller_expiry(r, window_ns, ttl_ns) > closed_ns {
+                r.service = remap(r.service);
+            } else {
+                *k = 0;
+            }
         }
         for r in self
             .callees
@@ -600,16 +712,65 @@ mod tests {
         store.offer(span(2, Some(1), "b", kind::CONSUMER, 100), &mut out);
         store.offer(span(3, Some(1), "c", kind::CONSUMER, 5_000), &mut out);
         store.offer(span(4, Some(1), "d", kind::CONSUMER, 6_000), &mut out);
-        // Each waits as a callee, and as a caller until its window closes.
-        assert_eq!(store.len(), 6);
+        // Each waits as a callee (and in the recent table as a possible caller).
+        assert_eq!(store.len(), 3);
         store.expire(2_000, &mut out);
-        assert_eq!((store.len(), store.counts().unpaired), (5, 1));
+        assert_eq!((store.len(), store.counts().unpaired), (2, 1));
         store.offer(span(1, None, "a", kind::PRODUCER, 50), &mut out);
         let mut callees: Vec<&str> = out.iter().map(|e| &*e.callee).collect();
         callees.sort();
         assert_eq!(callees, ["c", "d"]);
         assert!(out.iter().all(|e| &*e.caller == "a"));
-        assert_eq!(store.len(), 4, "the producer waits for later consumers");
+        assert_eq!(store.len(), 1, "the producer waits for later consumers");
+    }
+
+    #[test]
+    fn a_server_parent_pairs_with_a_later_direct_callee_until_its_window_closes() {
+        let window = 10_000_000_000;
+        let mut store = PairingStore::new(1_000, window, 100);
+        let mut out = Vec::new();
+        // A proxy's SERVER span, then the backend's SERVER span directly under it.
+        store.offer(span(1, None, "proxy", kind::SERVER, 100), &mut out);
+        assert_eq!(store.len(), 0, "entry spans do not take the bounded store");
+        store.offer(span(2, Some(1), "backend", kind::SERVER, 90), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((&*out[0].caller, &*out[0].callee), ("proxy", "backend"));
+        // Once the parent's window has closed, a late callee waits and expires unpaired.
+        store.expire(window, &mut out);
+        store.offer(span(3, Some(1), "late", kind::SERVER, 95), &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(store.len(), 1);
+        store.expire(2 * window, &mut out);
+        assert_eq!((store.len(), store.counts().unpaired), (0, 1));
+    }
+
+    #[test]
+    fn the_recent_table_keeps_its_size_and_counts_what_it_displaces() {
+        let mut store = PairingStore::new(1_000, 10_000_000_000, 64);
+        let mut out = Vec::new();
+        for id in 1..=10_000u64 {
+            store.offer(span(id, None, "a", kind::SERVER, 100), &mut out);
+        }
+        assert_eq!(store.len(), 0);
+        assert_eq!(store.recent.slots.len(), 32);
+        // 10,000 spans into 32 slots: all but at most 32 were displaced.
+        assert!(
+            store.counts().displaced >= 10_000 - 32,
+            "{:?}",
+            store.counts()
+        );
+        // The newest ones are still there to pair (kind-less probes stay out of the table).
+        let held = (1..=10_000u64)
+            .filter(|id| {
+                let mut out = Vec::new();
+                store.offer(
+                    span(100_000 + id, Some(*id), "b", kind::UNSPECIFIED, 90),
+                    &mut out,
+                );
+                !out.is_empty()
+            })
+            .count();
+        assert!((1..=32).contains(&held), "{held}");
     }
 
     #[test]
