@@ -6,9 +6,12 @@
 //! `SERVICES x OPERATIONS` operation series (100k by default), each receiving
 //! `SPANS_PER_SERIES` SERVER spans in the window, each called by a CLIENT span of
 //! another service (so edges and the pairing store are exercised too), in batches
-//! of 1000 spans like the receivers produce. Prints bytes per active series.
+//! of 1000 spans like the receivers produce. By default every server span comes
+//! first and waits in the pairing store for its caller (the store's worst case,
+//! measured at that point), then the client spans. Prints bytes per active series.
 //!
-//! `cargo bench --bench state_memory` (env: SERVICES, OPERATIONS, SPANS_PER_SERIES).
+//! `cargo bench --bench state_memory` (env: SERVICES, OPERATIONS, SPANS_PER_SERIES,
+//! CALLEES_FIRST=0 to send each client span right before its server span).
 
 use cap::Cap;
 use homeostat::columnar::Signal;
@@ -73,7 +76,7 @@ fn main() {
     let before = rss_bytes();
     let live_before = live_bytes();
     let mut spans = Vec::new();
-    let mut id = 0u64;
+    let mut id: u64;
     let flush = |spans: &mut Vec<(u64, Span)>, windows: &mut Windows| {
         let mut by_service: std::collections::BTreeMap<u64, Vec<Span>> = Default::default();
         for (service, span) in spans.drain(..) {
@@ -99,42 +102,59 @@ fn main() {
             decode(Signal::Traces, &request.encode_to_vec(), Encoding::Protobuf).expect("decode");
         windows.ingest(&decoded, 0, now).expect("ingest");
     };
-    for round in 0..per_series {
-        for s in 0..services {
-            for o in 0..operations {
-                id += 1;
-                let trace = [id.to_be_bytes(), round.to_be_bytes()].concat();
-                let end = base + 1_000_000_000 + (id % 5_000) * 1_000_000;
-                let route = format!("/api/op-{o}");
-                let client = Span {
-                    trace_id: trace.clone(),
-                    span_id: (id * 2).to_be_bytes().to_vec(),
-                    name: format!("GET {route}"),
-                    kind: 3,
-                    start_time_unix_nano: end - 5_000_000,
-                    end_time_unix_nano: end,
-                    ..Default::default()
-                };
-                let server = Span {
-                    trace_id: trace,
-                    span_id: (id * 2 + 1).to_be_bytes().to_vec(),
-                    parent_span_id: (id * 2).to_be_bytes().to_vec(),
-                    name: format!("GET {route}"),
-                    kind: 2,
-                    start_time_unix_nano: end - 4_000_000 - (id % 97) * 10_000,
-                    end_time_unix_nano: end - 500_000,
-                    attributes: vec![kv("http.route", &route)],
-                    ..Default::default()
-                };
-                spans.push(((s + 1) % services, client));
-                spans.push((s, server));
-                if spans.len() >= 1000 {
-                    flush(&mut spans, &mut windows);
+    // Pass 0 sends each server span after its client (they pair at once); with
+    // CALLEES_FIRST=1 (the default), every server span is sent first (pass 1: each
+    // waits in the pairing store for its caller, the store's worst case, measured
+    // there), then every client span (pass 2: they pair, the store empties).
+    let callees_first = env("CALLEES_FIRST", 1) == 1;
+    let passes: &[u8] = if callees_first { &[1, 2] } else { &[0] };
+    let mut peak = (0isize, 0usize);
+    for &pass in passes {
+        id = 0;
+        for round in 0..per_series {
+            for s in 0..services {
+                for o in 0..operations {
+                    id += 1;
+                    let trace = [id.to_be_bytes(), round.to_be_bytes()].concat();
+                    let end = base + 1_000_000_000 + (id % 5_000) * 1_000_000;
+                    let route = format!("/api/op-{o}");
+                    let client = Span {
+                        trace_id: trace.clone(),
+                        span_id: (id * 2).to_be_bytes().to_vec(),
+                        name: format!("GET {route}"),
+                        kind: 3,
+                        start_time_unix_nano: end - 5_000_000,
+                        end_time_unix_nano: end,
+                        ..Default::default()
+                    };
+                    let server = Span {
+                        trace_id: trace,
+                        span_id: (id * 2 + 1).to_be_bytes().to_vec(),
+                        parent_span_id: (id * 2).to_be_bytes().to_vec(),
+                        name: format!("GET {route}"),
+                        kind: 2,
+                        start_time_unix_nano: end - 4_000_000 - (id % 97) * 10_000,
+                        end_time_unix_nano: end - 500_000,
+                        attributes: vec![kv("http.route", &route)],
+                        ..Default::default()
+                    };
+                    if pass != 1 {
+                        spans.push(((s + 1) % services, client));
+                    }
+                    if pass != 2 {
+                        spans.push((s, server));
+                    }
+                    if spans.len() >= 1000 {
+                        flush(&mut spans, &mut windows);
+                    }
                 }
             }
         }
+        flush(&mut spans, &mut windows);
+        if pass == 1 {
+            peak = (live_bytes() - live_before, windows.pending_pairs());
+        }
     }
-    flush(&mut spans, &mut windows);
     let after = rss_bytes();
     let live_after = live_bytes();
     let counts = windows.counts();
@@ -147,6 +167,15 @@ fn main() {
         windows.open_windows()
     );
     let live = (live_after - live_before) as f64;
+    if callees_first {
+        println!(
+            "with every server span waiting for its caller: {:.1} MiB live on the heap = \
+             {:.0} bytes per active series, {} spans waiting",
+            peak.0 as f64 / (1 << 20) as f64,
+            peak.0 as f64 / series as f64,
+            peak.1
+        );
+    }
     println!(
         "state: {:.1} MiB live on the heap = {:.0} bytes per active series \
          ({:.0} per waiting span if all were pairing state)",
