@@ -106,9 +106,14 @@ pub struct Windows {
     pairing: PairingStore,
     cumulative: CumulativeState,
     interned: FastMap<Box<str>, Arc<str>>,
-    /// Identities the last closed windows held (a ring, for [`Windows::expected_identities`]).
+    /// Identities the last closed windows held (a ring).
     recent_identities: [usize; RECENT_WINDOWS],
     closed_count: usize,
+    /// Identities a busy window is given room for at once: the most any of the last
+    /// closed windows held, plus an eighth. A steady load so keeps one table size
+    /// (memory stays flat instead of flipping between two sizes), and a window does
+    /// not rehash its way up while it fills. Set as windows close.
+    expected_identities: usize,
     counts: WindowCounts,
     edges: Vec<EdgeObservation>,
 }
@@ -205,6 +210,7 @@ impl Windows {
             interned: FastMap::default(),
             recent_identities: [0; RECENT_WINDOWS],
             closed_count: 0,
+            expected_identities: 0,
             counts: WindowCounts::default(),
             edges: Vec::new(),
         }
@@ -317,7 +323,7 @@ impl Windows {
     /// The open window `window` when `identity` is new to it; repeats are counted and
     /// refused, and a full identity set is counted (the record still counts).
     fn first_sighting(&mut self, window: i64, identity: u64) -> Option<&mut OpenWindow> {
-        let expected = self.expected_identities();
+        let expected = self.expected_identities;
         let open = self.open.entry(window).or_default();
         match open.first_sighting(identity, self.max_dedup, expected) {
             Some(false) => {
@@ -333,15 +339,6 @@ impl Windows {
     /// The open window starting at `start_ms`.
     fn open_window(&mut self, start_ms: i64) -> &mut OpenWindow {
         self.open.entry(start_ms).or_default()
-    }
-
-    /// How many identities a busy window is given room for at once: the most any
-    /// of the last closed windows held, plus an eighth. A steady load so keeps one
-    /// table size (memory stays flat instead of flipping between two sizes), and a
-    /// window does not rehash its way up while it fills.
-    fn expected_identities(&self) -> usize {
-        let most = self.recent_identities.iter().copied().max().unwrap_or(0);
-        (most + most / 8).min(self.max_dedup)
     }
 
     fn intern(&mut self, name: &str) -> Arc<str> {
@@ -732,6 +729,8 @@ impl Windows {
             let (start, window) = entry.remove_entry();
             self.recent_identities[self.closed_count % RECENT_WINDOWS] = window.identities();
             self.closed_count += 1;
+            let most = self.recent_identities.iter().copied().max().unwrap_or(0);
+            self.expected_identities = (most + most / 8).min(self.max_dedup);
             let tables = window.finish(start, start + self.size_ms, &mut self.cumulative)?;
             self.counts.windows_closed += 1;
             closed.push(tables);

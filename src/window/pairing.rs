@@ -150,10 +150,13 @@ struct Recent {
 }
 
 impl Recent {
+    /// At most 2^24 slots (512 MiB), whatever the configured capacity.
+    const MAX_SLOTS: usize = 1 << 24;
+
     fn new(size: usize) -> Self {
         Recent {
             slots: Vec::new(),
-            size: size.max(1).next_power_of_two(),
+            size: size.clamp(1, Self::MAX_SLOTS).next_power_of_two(),
         }
     }
 
