@@ -17,8 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CACHE="${HOMEOSTAT_CACHE:-$HOME/.cache/homeostat}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+source benches/common.sh
 DURATION="${DURATION:-30s}"
 CONCURRENCY="${CONCURRENCY:-8}"
 PROTOCOL="${PROTOCOL:-grpc}"
@@ -27,8 +26,7 @@ ROTEL_VERSION="${ROTEL_VERSION:-0.0.1a10}"
 log() { printf '[compare] %s\n' "$*" >&2; }
 
 log "building homeostat (release)"
-cargo build --release --locked --quiet
-BIN="$CARGO_TARGET_DIR/release/homeostat"
+build_release
 
 ROTEL="$(ls "$CACHE"/venv/lib/python3*/site-packages/rotel/rotel-agent 2>/dev/null | head -1 || true)"
 if [ -z "$ROTEL" ]; then
@@ -39,19 +37,10 @@ if [ -z "$ROTEL" ]; then
 fi
 log "rotel: $("$ROTEL" --version)"
 
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
-  SERVER_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1)
-else
-  SERVER_CPU=(); LOAD_CPU=()
-fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 TICK="$(getconf CLK_TCK)"
 WORK="$(mktemp -d -t homeostat-compare.XXXXXX)"
-SERVER_PID=""
-cleanup() { if [ -n "$SERVER_PID" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi; }
-trap cleanup EXIT
 
 # measure NAME PORT_TO_WAIT_FOR ENDPOINT COMMAND... ; prints "NAME spans_per_sec cpu_s accepted peak_kib"
 measure() {
@@ -70,7 +59,7 @@ measure() {
     --concurrency "$CONCURRENCY" --rate "$RATE" "${EXTRA[@]}" 2>"$WORK/$name.loadgen.log" | tail -1)"
   after="$(cpu_ticks "$SERVER_PID")"
   local peak; peak="$(peak_rss_kib "$SERVER_PID")"
-  kill -INT "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
+  stop_server
   log "$name: $line"
   grep -E "requests in" "$WORK/$name.loadgen.log" | sed "s/^/[compare]   /" >&2 || true
   local sps accepted

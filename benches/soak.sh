@@ -14,22 +14,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CACHE="${HOMEOSTAT_CACHE:-$HOME/.cache/homeostat}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+source benches/common.sh
 DURATION="${DURATION:-5m}"
 WARMUP="${WARMUP:-60}"
 PROTOCOL="${PROTOCOL:-grpc}"
 RATE_AFTER="${RATE_AFTER:-20000}"
 log() { printf '[soak] %s\n' "$*" >&2; }
 
-cargo build --release --locked --quiet
-BIN="$CARGO_TARGET_DIR/release/homeostat"
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
-  SERVER_CPU=(taskset -c 0); LOAD_CPU=(taskset -c 1)
-else
-  SERVER_CPU=(); LOAD_CPU=()
-fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+build_release
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 retained_bytes() {
   python3 -c '
@@ -39,23 +31,19 @@ print(next((l.split()[1] for l in text.splitlines() if l.startswith("homeostat_r
 ' "$API" 2>/dev/null || echo 0
 }
 WORK="$(mktemp -d -t homeostat-soak.XXXXXX)"
-PID=""
-cleanup() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi; }
-trap cleanup EXIT
 
 start_engine() {
   GRPC="$(free_port)"; HTTP="$(free_port)"; API="$(free_port)"
   HOMEOSTAT__OTLP__GRPC_ADDR="127.0.0.1:$GRPC" HOMEOSTAT__OTLP__HTTP_ADDR="127.0.0.1:$HTTP" \
     HOMEOSTAT__API__ADDR="127.0.0.1:$API" RUST_LOG=warn "$@" "${SERVER_CPU[@]}" "$BIN" run \
     >"$WORK/engine.log" 2>&1 &
-  PID=$!
+  SERVER_PID=$!
   for _ in $(seq 1 200); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$API") 2>/dev/null; then break; fi
     sleep 0.05
   done
   if [ "$PROTOCOL" = grpc ]; then ENDPOINT="grpc://127.0.0.1:$GRPC"; else ENDPOINT="http://127.0.0.1:$HTTP"; fi
 }
-stop_engine() { kill -INT "$PID"; wait "$PID" 2>/dev/null || true; PID=""; }
 
 # --- 1. soak -----------------------------------------------------------------------
 start_engine env
@@ -66,12 +54,12 @@ LOAD=$!
 : >"$WORK/rss"
 T=0
 while kill -0 "$LOAD" 2>/dev/null; do
-  echo "$T $(rss_kib "$PID") $(retained_bytes)" >>"$WORK/rss"
+  echo "$T $(rss_kib "$SERVER_PID") $(retained_bytes)" >>"$WORK/rss"
   sleep 5; T=$((T + 5))
 done
 wait "$LOAD"
 log "soak: $(tail -1 "$WORK/soak.out")"
-stop_engine
+stop_server
 python3 - "$WORK/rss" "$WARMUP" <<'EOF'
 import sys
 rows = [tuple(map(int, l.split())) for l in open(sys.argv[1]) if len(l.split()) == 3]
@@ -95,7 +83,7 @@ log "overload: queue_capacity=2, 32 connections at full rate for 20 s"
 LOAD=$!
 PEAK=0
 while kill -0 "$LOAD" 2>/dev/null; do
-  R="$(rss_kib "$PID")"; [ "$R" -gt "$PEAK" ] && PEAK="$R"; sleep 1
+  R="$(rss_kib "$SERVER_PID")"; [ "$R" -gt "$PEAK" ] && PEAK="$R"; sleep 1
 done
 wait "$LOAD"
 echo "overload: $(grep 'requests in' "$WORK/over.err" | sed 's/^loadgen: //')"
@@ -104,4 +92,4 @@ echo "overload: $(tail -1 "$WORK/over.out"); peak RSS $((PEAK / 1024)) MiB"
   >"$WORK/after.out" 2>"$WORK/after.err"
 echo "after overload, $RATE_AFTER spans/s: $(grep 'requests in' "$WORK/after.err" | sed 's/^loadgen: //')"
 echo "after overload: $(tail -1 "$WORK/after.out")"
-stop_engine
+stop_server
