@@ -58,6 +58,10 @@ pub struct DetectConfig {
     pub snapshot_every: u32,
     /// Most anomalies kept for the `anomalies` table.
     pub max_anomalies: usize,
+    /// How long an ended anomaly stays in the `anomalies` table (event time),
+    /// independent of `window.retain`.
+    #[serde(with = "humantime_serde")]
+    pub anomaly_retain: std::time::Duration,
     /// Baseline learning.
     pub baseline: crate::detect::BaselineParams,
     /// The univariate detector's parameters, one set for every series (and for

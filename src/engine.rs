@@ -109,6 +109,7 @@ pub fn stage_params(config: &Config) -> StageParams {
         snapshot: (!config.store.path.as_os_str().is_empty())
             .then(|| config.store.path.join("detect-snapshot.json")),
         snapshot_every: d.snapshot_every,
+        anomaly_retain_ms: d.anomaly_retain.as_millis().min(i64::MAX as u128) as i64,
         max_future_ms: config
             .window
             .max_future_skew

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use homeostat::config::Config;
+use homeostat::detect::replay::ColumnNames;
 use homeostat::engine::Engine;
 
 /// mimalloc: the engine allocates many small, short-lived buffers per request, and
@@ -62,6 +63,17 @@ enum Command {
         /// Configuration file whose `[detect.univariate]` is used.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Header name of the timestamp column (default: timestamp, time, ts,
+        /// datetime, date; any case). Timestamps are RFC 3339 / ISO 8601 date-times
+        /// or seconds, milliseconds or nanoseconds since the epoch.
+        #[arg(long)]
+        timestamp_column: Option<String>,
+        /// Header name of the value column (default: value, y, val; any case).
+        #[arg(long)]
+        value_column: Option<String>,
+        /// Print each file's rows, sampling interval and alerts.
+        #[arg(long)]
+        verbose: bool,
     },
 }
 
@@ -90,7 +102,16 @@ fn main() -> ExitCode {
             input,
             output,
             config,
-        } => replay(&input, &output, config.as_deref()),
+            timestamp_column,
+            value_column,
+            verbose,
+        } => {
+            let columns = ColumnNames {
+                timestamp: timestamp_column,
+                value: value_column,
+            };
+            replay(&input, &output, config.as_deref(), &columns, verbose)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -186,9 +207,27 @@ fn sql(
     })
 }
 
-fn replay(input: &Path, output: &Path, config: Option<&Path>) -> anyhow::Result<()> {
+fn replay(
+    input: &Path,
+    output: &Path,
+    config: Option<&Path>,
+    columns: &ColumnNames,
+    verbose: bool,
+) -> anyhow::Result<()> {
     let config = Config::load(config)?;
-    let summary = homeostat::detect::replay::replay(input, output, &config.detect.univariate)?;
+    let params = &config.detect.univariate;
+    let summary = homeostat::detect::replay::replay(input, output, params, columns)?;
+    for (file, s) in summary.scored.iter().filter(|_| verbose) {
+        let every = s.interval_secs.map_or("one row".to_string(), |i| {
+            humantime::format_duration(std::time::Duration::from_secs(i.unsigned_abs())).to_string()
+        });
+        println!(
+            "{}: rows={} every={every} alerts={}",
+            file.display(),
+            s.rows,
+            s.alerts
+        );
+    }
     for failure in &summary.failed {
         eprintln!("error: {failure}");
     }

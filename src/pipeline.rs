@@ -250,7 +250,6 @@ impl WindowStage {
         }
         self.history.extend(closed.iter().cloned());
         self.history.retain_after(horizon);
-        self.history.anomalies().retain_after(horizon);
         let (retained, retained_bytes) = self.history.footprint();
         self.metrics.retained(retained, retained_bytes);
         debug!(closed = closed.len(), state = %self.windows.footprint(), retained, retained_bytes, "windows closed");

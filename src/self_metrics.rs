@@ -54,6 +54,7 @@ pub struct SelfMetrics {
     windows_closed: Counter,
     late_edges: Counter,
     pairing_overflow: Counter,
+    dedup_overflow: Counter,
     pairing_unpaired: Counter,
     pairing_displaced: Counter,
     kafka_messages: Family<Outcome, Counter>,
@@ -128,6 +129,13 @@ impl SelfMetrics {
             "pairing_overflow",
             "Spans not stored because the pairing store was full",
             pairing_overflow.clone(),
+        );
+        let dedup_overflow = Counter::default();
+        registry.register(
+            "dedup_overflow",
+            "Records counted without de-duplication because the window's identity set \
+             was full (window.max_dedup_keys): a redelivery of these would count twice",
+            dedup_overflow.clone(),
         );
         let pairing_unpaired = Counter::default();
         registry.register(
@@ -232,6 +240,7 @@ impl SelfMetrics {
             windows_closed,
             late_edges,
             pairing_overflow,
+            dedup_overflow,
             pairing_unpaired,
             pairing_displaced,
             kafka_messages,
@@ -326,6 +335,8 @@ impl SelfMetrics {
             .inc_by(n.windows_closed - b.windows_closed);
         self.late_edges.inc_by(n.late_edges - b.late_edges);
         self.pairing_overflow.inc_by(np.overflow - bp.overflow);
+        self.dedup_overflow
+            .inc_by(n.dedup_overflow - b.dedup_overflow);
         self.pairing_unpaired.inc_by(np.unpaired - bp.unpaired);
         self.pairing_displaced.inc_by(np.displaced - bp.displaced);
         self.open_windows.set(open_windows as i64);

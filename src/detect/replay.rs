@@ -7,7 +7,7 @@
 //! leaves no output; the other files are still scored.
 
 use std::fs;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::univariate::{Univariate, UnivariateParams};
@@ -33,9 +33,28 @@ pub enum ReplayError {
     Overwrite(PathBuf),
 }
 
+/// Header names of the timestamp and value columns, when they are not one of
+/// the usual names (`timestamp`, `time`, `date`, ...; `value`, ...).
+#[derive(Clone, Debug, Default)]
+pub struct ColumnNames {
+    pub timestamp: Option<String>,
+    pub value: Option<String>,
+}
+
+/// What the replay of one file did.
+#[derive(Debug, Default)]
+pub struct FileSummary {
+    pub rows: usize,
+    pub alerts: usize,
+    /// The sampling interval: the median step between rising timestamps.
+    pub interval_secs: Option<i64>,
+}
+
 /// What a replay did.
 #[derive(Debug, Default)]
 pub struct ReplaySummary {
+    /// Each scored file (relative path) and what its replay did.
+    pub scored: Vec<(PathBuf, FileSummary)>,
     /// Files scored and written.
     pub files: usize,
     /// Rows scored.
@@ -52,16 +71,18 @@ pub fn replay(
     input: &Path,
     output: &Path,
     params: &UnivariateParams,
+    columns: &ColumnNames,
 ) -> Result<ReplaySummary, ReplayError> {
     let files = input_files(input)?;
     let mut summary = ReplaySummary::default();
     for (path, relative) in files {
         let target = output.join(&relative);
-        match replay_file(&path, &target, params) {
-            Ok((rows, alerts)) => {
+        match replay_file(&path, &target, params, columns) {
+            Ok(file) => {
                 summary.files += 1;
-                summary.rows += rows;
-                summary.alerts += alerts;
+                summary.rows += file.rows;
+                summary.alerts += file.alerts;
+                summary.scored.push((relative, file));
             }
             Err(error) => summary.failed.push(error),
         }
@@ -123,7 +144,8 @@ fn replay_file(
     path: &Path,
     target: &Path,
     params: &UnivariateParams,
-) -> Result<(usize, usize), ReplayError> {
+    columns: &ColumnNames,
+) -> Result<FileSummary, ReplayError> {
     if let (Ok(a), Ok(b)) = (fs::canonicalize(path), fs::canonicalize(target))
         && a == b
     {
@@ -140,7 +162,7 @@ fn replay_file(
     let result = (|| {
         let reader = BufReader::new(fs::File::open(path).map_err(io_at(path))?);
         let mut writer = BufWriter::new(fs::File::create(&partial).map_err(io_at(&partial))?);
-        let counts = score_rows(path, reader, &mut writer, params)?;
+        let counts = score_rows(path, reader, &mut writer, params, columns)?;
         writer.flush().map_err(io_at(&partial))?;
         drop(writer);
         fs::rename(&partial, target).map_err(io_at(target))?;
@@ -152,97 +174,153 @@ fn replay_file(
     result
 }
 
-/// Columns of the input: by header name when there is a header, else 0 and 1.
+/// Names a header may give the timestamp and value columns (any case), in the
+/// order they are preferred.
+const TIMESTAMP_NAMES: &[&str] = &["timestamp", "time", "ts", "datetime", "date", "@timestamp"];
+const VALUE_NAMES: &[&str] = &["value", "y", "val"];
+
+/// Where the timestamp and value are in each record.
 struct Columns {
     timestamp: usize,
     value: usize,
 }
 
+/// Reads spreadsheet CSV (quoted fields, CRLF, a header in any column order or
+/// none) and scores each row in file order. Errors name the file and line.
 fn score_rows(
     path: &Path,
-    reader: impl BufRead,
-    out: &mut impl Write,
+    input: impl Read,
+    out: impl Write,
     params: &UnivariateParams,
-) -> Result<(usize, usize), ReplayError> {
-    let parse_error = |line: usize, message: String| ReplayError::Parse {
+    columns: &ColumnNames,
+) -> Result<FileSummary, ReplayError> {
+    let parse_error = |line: u64, message: String| ReplayError::Parse {
         path: path.to_path_buf(),
-        line,
+        line: line as usize,
         message,
     };
-    let write_error = |source| ReplayError::Io {
+    let write_error = |e: csv::Error| ReplayError::Io {
         path: path.to_path_buf(),
-        source,
+        source: std::io::Error::other(e),
     };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        // Lines end at '\n' (a '\r' before it is trimmed): with the default
+        // CRLF terminator the reader counts a CRLF line only when it reads the
+        // next record, so errors would name the line before.
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_reader(input);
+    let mut writer = csv::Writer::from_writer(out);
+    writer
+        .write_record(["timestamp", "value", "anomaly_score"])
+        .map_err(write_error)?;
     let mut detector = Univariate::new(params.clone());
-    let mut columns: Option<Columns> = None;
-    let (mut rows, mut alerts) = (0, 0);
-    writeln!(out, "timestamp,value,anomaly_score").map_err(write_error)?;
-    for (index, line) in reader.lines().enumerate() {
-        let number = index + 1;
-        let line = line.map_err(|e| parse_error(number, format!("cannot read: {e}")))?;
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
+    let mut found: Option<Columns> = None;
+    let mut summary = FileSummary::default();
+    let mut steps = Vec::new();
+    let mut previous: Option<i64> = None;
+    let mut record = csv::StringRecord::new();
+    loop {
+        let line = reader.position().line();
+        match reader.read_record(&mut record) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(parse_error(line, format!("cannot read: {e}"))),
+        }
+        if record.iter().all(str::is_empty) {
             continue;
         }
-        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        let cols = match &columns {
+        let cols = match &found {
             Some(c) => c,
             None => {
-                let (found, is_header) = header_columns(&fields);
-                columns = Some(found);
+                let (c, is_header) =
+                    header_columns(&record, columns).map_err(|m| parse_error(line, m))?;
+                let cols = found.insert(c);
                 if is_header {
                     continue;
                 }
-                columns
-                    .as_ref()
-                    .ok_or_else(|| parse_error(number, "no columns".into()))?
+                cols
             }
         };
-        let (Some(ts), Some(value)) = (fields.get(cols.timestamp), fields.get(cols.value)) else {
+        let (Some(ts), Some(value)) = (record.get(cols.timestamp), record.get(cols.value)) else {
+            let need = cols.timestamp.max(cols.value) + 1;
             return Err(parse_error(
-                number,
-                format!(
-                    "expected at least {} fields",
-                    cols.timestamp.max(cols.value) + 1
-                ),
+                line,
+                format!("expected at least {need} fields"),
             ));
         };
         let secs = parse_timestamp(ts)
-            .ok_or_else(|| parse_error(number, format!("unreadable timestamp {ts:?}")))?;
+            .ok_or_else(|| parse_error(line, format!("unreadable timestamp {ts:?}")))?;
         let v: f64 = value
             .parse()
-            .map_err(|_| parse_error(number, format!("unreadable value {value:?}")))?;
-        let score = detector.observe(secs, v);
-        if score >= params.fire {
-            alerts += 1;
+            .map_err(|_| parse_error(line, format!("unreadable value {value:?}")))?;
+        if let Some(p) = previous.replace(secs)
+            && secs > p
+        {
+            steps.push(secs - p);
         }
-        rows += 1;
-        writeln!(out, "{ts},{value},{score}").map_err(write_error)?;
+        let score = detector.observe(secs, v);
+        summary.alerts += usize::from(score >= params.fire);
+        summary.rows += 1;
+        writer
+            .write_record([ts, value, &score.to_string()])
+            .map_err(write_error)?;
     }
-    Ok((rows, alerts))
+    writer.flush().map_err(|source| ReplayError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    summary.interval_secs = median(&mut steps);
+    Ok(summary)
 }
 
-/// Finds `timestamp` and `value` by name when the first row is a header (its
-/// second field is not a number); otherwise the first two columns.
-fn header_columns(fields: &[&str]) -> (Columns, bool) {
-    let is_header = fields.get(1).is_none_or(|f| f.parse::<f64>().is_err());
+/// The median of the steps between timestamps: the sampling interval.
+fn median(steps: &mut [i64]) -> Option<i64> {
+    if steps.is_empty() {
+        return None;
+    }
+    let mid = steps.len() / 2;
+    Some(*steps.select_nth_unstable(mid).1)
+}
+
+/// The columns of a file, from its first record. A record with no numeric
+/// field is a header: the columns are found by name (`columns`, else the usual
+/// names); otherwise the first two columns are timestamp and value.
+fn header_columns(
+    first: &csv::StringRecord,
+    names: &ColumnNames,
+) -> Result<(Columns, bool), String> {
+    let is_header = !first.iter().any(|f| f.parse::<f64>().is_ok());
     if !is_header {
-        return (
+        if names.timestamp.is_some() || names.value.is_some() {
+            return Err("no header row, so columns cannot be chosen by name".into());
+        }
+        return Ok((
             Columns {
                 timestamp: 0,
                 value: 1,
             },
             false,
-        );
+        ));
     }
-    let find = |name: &str| {
-        fields
+    let find = |chosen: &Option<String>, usual: &[&str], what: &str| {
+        let wanted: Vec<&str> = match chosen {
+            Some(name) => vec![name.as_str()],
+            None => usual.to_vec(),
+        };
+        wanted
             .iter()
-            .position(|f| f.trim_matches('"').eq_ignore_ascii_case(name))
+            .find_map(|w| first.iter().position(|f| f.eq_ignore_ascii_case(w)))
+            .ok_or_else(|| {
+                let header: Vec<&str> = first.iter().collect();
+                format!("no {what} column among {header:?} (looked for {wanted:?})")
+            })
     };
-    let timestamp = find("timestamp").unwrap_or(0);
-    let value = find("value").unwrap_or(if timestamp == 1 { 0 } else { 1 });
-    (Columns { timestamp, value }, true)
+    let timestamp = find(&names.timestamp, TIMESTAMP_NAMES, "timestamp")?;
+    let value = find(&names.value, VALUE_NAMES, "value")?;
+    Ok((Columns { timestamp, value }, true))
 }
 
 /// Unix seconds from an RFC 3339 / ISO 8601 date-time (UTC when no offset is
@@ -284,13 +362,64 @@ mod tests {
         assert_eq!(parse_timestamp("inf"), None);
     }
 
+    fn record(fields: &[&str]) -> csv::StringRecord {
+        csv::StringRecord::from(fields.to_vec())
+    }
+
     #[test]
     fn header_by_name_or_positional() {
-        let (c, header) = header_columns(&["value", "timestamp"]);
+        let usual = ColumnNames::default();
+        let (c, header) = header_columns(&record(&["host", "Value", "Time"]), &usual).expect("ok");
         assert!(header);
-        assert_eq!((c.timestamp, c.value), (1, 0));
-        let (c, header) = header_columns(&["2014-04-01 00:00:00", "3.5"]);
+        assert_eq!((c.timestamp, c.value), (2, 1));
+        let (c, header) =
+            header_columns(&record(&["2014-04-01 00:00:00", "3.5"]), &usual).expect("ok");
         assert!(!header);
         assert_eq!((c.timestamp, c.value), (0, 1));
+        let named = ColumnNames {
+            timestamp: Some("when".into()),
+            value: Some("crashes".into()),
+        };
+        let (c, _) = header_columns(&record(&["crashes", "when"]), &named).expect("ok");
+        assert_eq!((c.timestamp, c.value), (1, 0));
+        let missing = header_columns(&record(&["when", "crashes"]), &usual);
+        assert!(missing.is_err_and(|m| m.contains("no timestamp column")));
+    }
+
+    #[test]
+    fn spreadsheet_csv_is_read_and_the_interval_found() {
+        let text = "\"Value\",\"Time\"\r\n\"1,5\",\"2024-01-01T00:00:00Z\"\r\n";
+        let bad = score_rows(
+            Path::new("x.csv"),
+            text.as_bytes(),
+            Vec::new(),
+            &UnivariateParams::default(),
+            &ColumnNames::default(),
+        );
+        // A quoted comma is one field; "1,5" is not a number, and the error says where.
+        let message = bad.map(|s| s.rows).map_err(|e| e.to_string());
+        assert_eq!(
+            message,
+            Err("x.csv:2: unreadable value \"1,5\"".to_string())
+        );
+        let mut text = String::from("\"Value\",\"Time\"\r\n");
+        for i in 0..10 {
+            text.push_str(&format!("\"{i}.5\",{}\r\n", 1_700_000_000 + i * 3600));
+        }
+        let mut out = Vec::new();
+        let summary = score_rows(
+            Path::new("x.csv"),
+            text.as_bytes(),
+            &mut out,
+            &UnivariateParams::default(),
+            &ColumnNames::default(),
+        )
+        .expect("scored");
+        assert_eq!((summary.rows, summary.interval_secs), (10, Some(3600)));
+        let out = String::from_utf8(out).expect("utf8");
+        assert!(
+            out.starts_with("timestamp,value,anomaly_score\n1700000000,0.5,0\n"),
+            "{out}"
+        );
     }
 }

@@ -46,6 +46,8 @@ pub struct StageParams {
     pub snapshot: Option<PathBuf>,
     /// Windows between snapshots.
     pub snapshot_every: u32,
+    /// Ended anomalies are dropped from the log this long after they ended.
+    pub anomaly_retain_ms: i64,
     /// Log records stamped further than this past the wall clock are not mined
     /// (the window stage drops them too: `window.max_future_skew`).
     pub max_future_ms: i64,
@@ -93,6 +95,9 @@ struct Snapshot {
     series: Vec<(SeriesKey, String, SeriesState)>,
     drain: Drain,
     template_windows: HashMap<String, u32>,
+    /// The anomaly log, so the `anomalies` table survives a restart.
+    #[serde(default)]
+    anomalies: Vec<Anomaly>,
 }
 
 const SNAPSHOT_VERSION: u32 = 1;
@@ -318,6 +323,8 @@ impl DetectStage {
             self.learn(key, measure, t, value);
         }
         self.closed_through = tables.end_ms;
+        self.log
+            .retain_after(tables.end_ms.saturating_sub(self.params.anomaly_retain_ms));
         self.episodes
             .retain(|_, e| e.active.is_some() || e.run > 0 || e.quiet_until > t);
         if self.matched.len() > 100_000 {
@@ -839,6 +846,7 @@ impl DetectStage {
             series: self.series.values().cloned().collect(),
             drain: self.drain.clone(),
             template_windows: self.template_windows.clone(),
+            anomalies: self.log.snapshot(),
         };
         let result = serde_json::to_vec(&snapshot)
             .map_err(std::io::Error::other)
@@ -882,6 +890,20 @@ impl DetectStage {
                 }
                 self.drain = s.drain;
                 self.template_windows = s.template_windows;
+                let window_ms = self.params.window_ms;
+                for mut anomaly in s.anomalies {
+                    // Episodes are not restored: one still open at the snapshot
+                    // ends after the last window it was seen in.
+                    if anomaly.ended_ms.is_none() {
+                        let windows = i64::try_from(anomaly.windows).unwrap_or(i64::MAX);
+                        anomaly.ended_ms = Some(
+                            anomaly
+                                .onset_ms
+                                .saturating_add(windows.saturating_mul(window_ms)),
+                        );
+                    }
+                    self.log.push(anomaly);
+                }
                 info!(
                     series = count,
                     templates = self.drain.len(),

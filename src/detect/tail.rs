@@ -158,6 +158,10 @@ pub struct TailWindow {
     /// The `extremes` smallest of all closed blocks, ascending.
     closed_bottom: Vec<f64>,
     closed_len: usize,
+    /// Floor of every fitted tail's scale: the resolution of the values (see
+    /// [`TailWindow::set_resolution`]).
+    #[serde(default)]
+    resolution: f64,
 }
 
 impl TailWindow {
@@ -176,6 +180,16 @@ impl TailWindow {
             closed_top: Vec::new(),
             closed_bottom: Vec::new(),
             closed_len: 0,
+            resolution: 0.0,
+        }
+    }
+
+    /// Sets the smallest step the values can take (1 for counts). No fitted tail
+    /// is steeper than one `resolution` per e-fold: a count one above its record
+    /// is not a far outlier just because the record was hit many times.
+    pub fn set_resolution(&mut self, resolution: f64) {
+        if resolution.is_finite() && resolution >= 0.0 {
+            self.resolution = resolution;
         }
     }
 
@@ -272,9 +286,38 @@ impl TailWindow {
         if v <= u {
             return empirical.min(1.0);
         }
-        let sigma = top.iter().map(|y| y - u).sum::<f64>() / top.len() as f64;
-        let sigma = sigma.max(self.scale_from_median(u - self.median(), n, k));
+        let sigma = self.fit(top.iter().map(|y| y - u), u - self.median(), n, k);
         exp_tail(k, n, v - u, sigma, u)
+    }
+
+    /// Scale of the exponential tail fitted to `excesses` over the threshold:
+    /// their mean, floored (see [`TailShape::scale_floor`] and
+    /// [`Self::set_resolution`]).
+    fn fit(
+        &self,
+        excesses: impl Iterator<Item = f64>,
+        from_median: f64,
+        n: usize,
+        k: usize,
+    ) -> f64 {
+        let (count, sum) = excesses.fold((0.0, 0.0), |(c, s), e| (c + 1.0, s + e));
+        (sum / f64::max(count, 1.0))
+            .max(self.scale_from_median(from_median, n, k))
+            .max(self.resolution)
+    }
+
+    /// The body of the history stretched `m`-fold about its median:
+    /// `median ± m * (q(7/8) - median, median - q(1/8))`, averaged over the closed
+    /// blocks like [`Self::median`]. None before the first block closes. Values
+    /// beyond it are far outside the bulk whatever the tail has learned.
+    pub fn body_range(&self, m: f64) -> Option<(f64, f64)> {
+        if self.closed.is_empty() {
+            return None;
+        }
+        let n = self.closed.len() as f64;
+        let at = |i: usize| self.closed.iter().map(|b| b.quantiles[i]).sum::<f64>() / n;
+        let (lo, mid, hi) = (at(QUANTILES / 8), at(QUANTILES / 2), at(QUANTILES * 7 / 8));
+        Some((mid - m * (mid - lo), mid + m * (hi - mid)))
     }
 
     /// P(X <= v), the mirror of [`Self::p_upper`].
@@ -292,8 +335,7 @@ impl TailWindow {
         if v >= u {
             return empirical.min(1.0);
         }
-        let sigma = bottom.iter().map(|y| u - y).sum::<f64>() / bottom.len() as f64;
-        let sigma = sigma.max(self.scale_from_median(self.median() - u, n, k));
+        let sigma = self.fit(bottom.iter().map(|y| u - y), self.median() - u, n, k);
         exp_tail(k, n, u - v, sigma, u)
     }
 

@@ -88,7 +88,29 @@ fn unframe(body: &Bytes, limit: usize) -> Result<(bool, Bytes), IngestError> {
     Ok((compressed, body.slice(5..)))
 }
 
+/// Whether the request's content type is gRPC with the protobuf codec
+/// (`application/grpc`, `application/grpc+proto`, parameters allowed).
+fn is_grpc_proto(headers: &HeaderMap) -> Result<(), String> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = value.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case("application/grpc")
+        || media.eq_ignore_ascii_case("application/grpc+proto")
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "unsupported content-type {value:?}: use application/grpc (protobuf)"
+        ))
+    }
+}
+
 async fn export(intake: OtlpIntake, signal: Signal, headers: HeaderMap, body: Body) -> Response {
+    if let Err(message) = is_grpc_proto(&headers) {
+        return status_only(grpc_code::INVALID_ARGUMENT, &message);
+    }
     let limit = intake.max_request_bytes();
     let body = match intake
         .read_body("grpc", signal, body, limit.saturating_add(5))
@@ -206,5 +228,19 @@ mod tests {
         assert!(compressed);
         assert_eq!(&payload[..], b"ab");
         assert_eq!(percent_encode("a%b\n"), "a%25b%0A");
+    }
+
+    #[test]
+    fn content_types() {
+        let with = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(v));
+            is_grpc_proto(&h)
+        };
+        assert!(with("application/grpc").is_ok());
+        assert!(with("application/grpc+proto; charset=utf-8").is_ok());
+        assert!(with("application/grpc+json").is_err());
+        assert!(with("application/json").is_err());
+        assert!(is_grpc_proto(&HeaderMap::new()).is_err());
     }
 }

@@ -512,6 +512,66 @@ fn baselines_are_restored_from_the_snapshot() {
     assert!(log.is_empty(), "{}", describe(&log.snapshot()));
 }
 
+/// The `anomalies` table keeps its own retention (`detect.anomaly_retain`), not
+/// the windows' (`window.retain`), and survives a restart through the snapshot.
+#[test]
+fn anomalies_outlive_the_window_retention_and_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = homeostat::config::Config::from_toml_str(&format!(
+        "[window]\nsize = \"1m\"\nretain = \"1h\"\n[detect]\nanomaly_retain = \"3h\"\n\
+         [store]\npath = {:?}\n",
+        dir.path().display().to_string()
+    ))
+    .expect("config");
+    let params = homeostat::engine::stage_params(&config);
+    let fault = Some(Fault::ErrorSpike);
+    let mut noise = Noise::new(7);
+    let log = AnomalyLog::new(100);
+    let mut stage = DetectStage::new(
+        Catalogue::built_in().expect("catalogue"),
+        params.clone(),
+        log.clone(),
+    );
+    for w in 0..FAULT_WINDOW + 10 {
+        stage.on_window(&window(w, fault, &mut noise).0);
+    }
+    // Two hours of healthy traffic: the episode ends, and outlives `window.retain`.
+    for w in FAULT_WINDOW + 10..FAULT_WINDOW + 130 {
+        stage.on_window(&window(w, None, &mut noise).0);
+    }
+    let before = log.snapshot();
+    assert!(
+        before.iter().any(|a| a.class == FailureClass::ErrorSpike),
+        "{}",
+        describe(&before)
+    );
+    assert!(before.iter().all(|a| a.ended_ms.is_some()));
+    stage.snapshot();
+    drop(stage);
+
+    let log = AnomalyLog::new(100);
+    let mut restored = DetectStage::new(
+        Catalogue::built_in().expect("catalogue"),
+        params,
+        log.clone(),
+    );
+    assert_eq!(
+        log.snapshot(),
+        before,
+        "the anomalies table after a restart"
+    );
+    // Past `detect.anomaly_retain` after they ended, they are gone.
+    for w in FAULT_WINDOW + 130..FAULT_WINDOW + 320 {
+        restored.on_window(&window(w, None, &mut noise).0);
+    }
+    let after = log.snapshot();
+    assert!(
+        after.iter().all(|a| !before.contains(a)),
+        "{}",
+        describe(&after)
+    );
+}
+
 /// End to end: a real OpenTelemetry SDK sends spans over OTLP/gRPC to a running
 /// engine; an error spike after the warm-up shows up in the `anomalies` SQL table
 /// with its class, onset and the expected error rate.

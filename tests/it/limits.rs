@@ -79,6 +79,18 @@ async fn post(url: &str, content_type: &str, gzip: bool, body: Vec<u8>) -> reqwe
     builder.body(body).send().await.expect("engine reachable")
 }
 
+/// Posts `request` as OTLP/HTTP protobuf and asserts it was accepted.
+async fn post_accepted(url: &str, request: ExportTraceServiceRequest) {
+    let response = post(
+        url,
+        "application/x-protobuf",
+        false,
+        request.encode_to_vec(),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+}
+
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     encoder.write_all(bytes).expect("gzip");
@@ -293,6 +305,60 @@ async fn grpc_limits_and_bad_input() {
         .unwrap_or("");
     assert!(message.contains("cannot decode traces"), "{message}");
 
+    // A wrong content type is INVALID_ARGUMENT; a compressed frame in an
+    // encoding the server does not speak is UNIMPLEMENTED. Neither is counted.
+    let path = format!("{endpoint}/opentelemetry.proto.collector.trace.v1.TraceService/Export");
+    let valid = prost::Message::encode_to_vec(&request(
+        "grpc-svc",
+        vec![server_span(3, 9, t + 1_000_000, 5, false)],
+    ));
+    let framed = |flag: u8| {
+        let mut f = vec![flag];
+        f.extend_from_slice(&(valid.len() as u32).to_be_bytes());
+        f.extend_from_slice(&valid);
+        f
+    };
+    for (content_type, encoding, flag, code, says) in [
+        (
+            "application/json",
+            "identity",
+            0,
+            "3",
+            "unsupported content-type",
+        ),
+        (
+            "application/grpc",
+            "snappy",
+            1,
+            "12",
+            "unsupported grpc-encoding",
+        ),
+    ] {
+        let response = http2
+            .post(&path)
+            .header("content-type", content_type)
+            .header("grpc-encoding", encoding)
+            .header("te", "trailers")
+            .body(framed(flag))
+            .send()
+            .await
+            .expect("grpc over h2");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        assert_eq!(header("grpc-status"), code, "{content_type} {encoding}");
+        assert!(
+            header("grpc-message").contains(says),
+            "{}",
+            header("grpc-message")
+        );
+    }
+
     engine.flush().await;
     let rows = support::sql(
         engine.api_addr,
@@ -367,17 +433,8 @@ async fn series_cardinality_is_capped_and_counted() {
     let url = format!("http://{}/v1/traces", engine.http_addr);
     let t = support::aligned_past(10);
     for (i, service) in ["a", "b", "c", "d", "e"].iter().enumerate() {
-        let body = request(
-            service,
-            vec![server_span(i as u8 + 1, 1, t + 1_000_000, 5, false)],
-        )
-        .encode_to_vec();
-        assert_eq!(
-            post(&url, "application/x-protobuf", false, body)
-                .await
-                .status(),
-            200
-        );
+        let spans = vec![server_span(i as u8 + 1, 1, t + 1_000_000, 5, false)];
+        post_accepted(&url, request(service, spans)).await;
     }
     engine.flush().await;
     let rows = support::sql(
@@ -392,6 +449,64 @@ async fn series_cardinality_is_capped_and_counted() {
         exposition.contains("homeostat_window_records_dropped_total{reason=\"series_overflow\"} 2"),
         "{exposition}"
     );
+    engine.shutdown().await;
+}
+
+/// Records stamped beyond `window.max_future_skew` are dropped and counted; a
+/// window's identity set stops at `window.max_dedup_keys` (the rest still count,
+/// and the overflow is exported); answers stop at `api.max_result_rows` and say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn future_skew_dedup_cap_and_result_rows() {
+    let engine = support::engine(
+        "[window]\nmax_future_skew = \"1m\"\nmax_dedup_keys = 2\n[api]\nmax_result_rows = 2\n",
+    )
+    .await;
+    let url = format!("http://{}/v1/traces", engine.http_addr);
+    let t = support::aligned_past(10);
+    let future = support::aligned_past(0) + 30 * 60 * 1_000_000_000;
+    let mut spans: Vec<Span> = (1..=5)
+        .map(|i| server_span(1, i, t + 1_000_000, 5, false))
+        .collect();
+    spans.push(server_span(2, 1, future, 5, false));
+    post_accepted(&url, request("skew", spans)).await;
+    // The same five spans again: two are recognised as redeliveries; the three
+    // beyond the identity set cannot be, and count again.
+    let again: Vec<Span> = (1..=5)
+        .map(|i| server_span(1, i, t + 1_000_000, 5, false))
+        .collect();
+    post_accepted(&url, request("skew", again)).await;
+    engine.flush().await;
+
+    let rows = support::sql(
+        engine.api_addr,
+        "SELECT requests FROM service_stats WHERE service_name = 'skew'",
+    )
+    .await;
+    assert_eq!(rows.len(), 1, "the future span opened no window: {rows:?}");
+    assert_eq!(num(&rows[0], "requests"), 8.0);
+    let exposition = support::exposition(engine.api_addr).await;
+    for line in [
+        "homeostat_window_records_dropped_total{reason=\"future\"} 1",
+        "homeostat_window_records_dropped_total{reason=\"duplicate\"} 2",
+        "homeostat_dedup_overflow_total 6",
+    ] {
+        assert!(exposition.contains(line), "{line} missing:\n{exposition}");
+    }
+
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/sql?format=json", engine.api_addr))
+        .body("SELECT * FROM (VALUES (1), (2), (3), (4)) AS t(x)")
+        .send()
+        .await
+        .expect("api");
+    assert_eq!(response.status(), 200);
+    let truncated = response
+        .headers()
+        .get("x-homeostat-truncated")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let rows: Vec<serde_json::Value> = response.json().await.expect("json");
+    assert_eq!((rows.len(), truncated.as_deref()), (2, Some("true")));
     engine.shutdown().await;
 }
 
