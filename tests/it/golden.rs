@@ -1,7 +1,9 @@
 //! Golden scenarios: one folder under `tests/golden/` = one test. `input.jsonl` is
 //! recorded telemetry (one OTLP/JSON export request per line, in arrival order);
 //! it is replayed through OTLP/HTTP at two speeds into two engines, which must
-//! produce identical tables, equal to `expected.json`. `HOMEOSTAT_BLESS=1`
+//! produce identical tables, equal to `expected.json`; a third engine that is never
+//! flushed, whose windows close when its input idles (processing time), must
+//! produce the same tables. `HOMEOSTAT_BLESS=1`
 //! regenerates `expected.json` (never edit it by hand); a scenario without an
 //! `input.jsonl` gets one from the deterministic generator below.
 
@@ -46,9 +48,27 @@ fn scenarios() -> Vec<PathBuf> {
     dirs
 }
 
-async fn replay(lines: &[(String, String)], pause: Duration) -> Value {
-    // Idle timeout and lateness far above the pauses: only event time decides.
-    let engine = support::engine("[window]\nidle_timeout = \"1h\"\n").await;
+/// How the windows of a replay close.
+#[derive(Clone, Copy)]
+enum Close {
+    /// An idle timeout far above the pauses: only event time decides, and the
+    /// engine is flushed at the end.
+    Flush,
+    /// Nothing is flushed: the windows close when the input has been idle this
+    /// long (processing time).
+    Idle(Duration),
+}
+
+async fn replay(lines: &[(String, String)], pause: Duration, close: Close) -> Value {
+    let idle = match close {
+        Close::Flush => Duration::from_secs(3600),
+        Close::Idle(idle) => idle,
+    };
+    let engine = support::engine(&format!(
+        "[window]\nidle_timeout = \"{}ms\"\n",
+        idle.as_millis()
+    ))
+    .await;
     let client = reqwest::Client::new();
     for (signal, body) in lines {
         let response = client
@@ -68,7 +88,23 @@ async fn replay(lines: &[(String, String)], pause: Duration) -> Value {
             tokio::time::sleep(pause).await;
         }
     }
-    engine.flush().await;
+    match close {
+        Close::Flush => engine.flush().await,
+        Close::Idle(idle) => {
+            let deadline = std::time::Instant::now() + idle * 10;
+            loop {
+                let metrics = support::exposition(engine.api_addr).await;
+                if metrics.contains("\nhomeostat_open_windows 0\n") {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "windows still open {idle:?} after the input went idle"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
     let mut tables = serde_json::Map::new();
     for (table, order) in TABLES {
         let rows = support::sql(
@@ -107,11 +143,17 @@ async fn golden_scenarios_replay_identically_at_two_speeds() {
                 (signal, value["request"].to_string())
             })
             .collect();
-        let fast = replay(&lines, Duration::ZERO).await;
-        let slow = replay(&lines, Duration::from_millis(15)).await;
+        let fast = replay(&lines, Duration::ZERO, Close::Flush).await;
+        let slow = replay(&lines, Duration::from_millis(15), Close::Flush).await;
         assert!(
             fast == slow,
             "{}: replay speed changed the tables",
+            dir.display()
+        );
+        let idle = replay(&lines, Duration::ZERO, Close::Idle(Duration::from_secs(3))).await;
+        assert!(
+            fast == idle,
+            "{}: closing by idling changed the tables",
             dir.display()
         );
         let expected_path = dir.join("expected.json");
