@@ -145,14 +145,23 @@ pub enum Detector {
         horizon: std::time::Duration,
         trend_windows: u32,
     },
-    /// Sustained growth: each of the last `windows` steps rises, the total rise is
-    /// at least `min_z` spreads of the series and `min_growth` of the level where
-    /// it started, and the value ends at least `min_z / 2` spreads above its
-    /// baseline (a rise out of a dip is not growth).
+    /// Sustained growth: each of the last `windows` steps rises (a clean
+    /// staircase, caught fast), or over the last `trend_windows` values the trend
+    /// holds through the noise (Kendall's tau at least `min_tau`; the rise is the
+    /// Theil-Sen slope over the span), as a jittery leak or a backlog behind a
+    /// sawtooth does. Either way the rise is at least `min_z` spreads of the
+    /// series and `min_growth` of the level where it started, and the value ends
+    /// at least `min_z / 2` spreads above its baseline (a rise out of a dip, or
+    /// the ramp of a healthy garbage-collector sawtooth the baseline knows, is
+    /// not growth).
     Growth {
         windows: u32,
         min_z: f64,
         min_growth: f64,
+        #[serde(default = "default_trend_windows")]
+        trend_windows: u32,
+        #[serde(default = "default_min_tau")]
+        min_tau: f64,
     },
     /// A stall: throughput at most `max_throughput_ratio` of its baseline (from at
     /// least `min_expected`) while latency is at least `latency_ratio` times its
@@ -393,9 +402,20 @@ fn validate(p: &Pattern) -> Vec<String> {
                 out.push(at("kind `limit` needs series = \"metric\""));
             }
         }
-        Detector::Growth { windows, .. } => {
+        Detector::Growth {
+            windows,
+            trend_windows,
+            min_tau,
+            ..
+        } => {
             if *windows < 2 {
                 out.push(at("windows must be at least 2"));
+            }
+            if *trend_windows < 3 {
+                out.push(at("trend_windows must be at least 3"));
+            }
+            if !(*min_tau > 0.0 && *min_tau <= 1.0) {
+                out.push(at("min_tau must be in (0, 1]"));
             }
         }
         Detector::Stall {
@@ -445,6 +465,14 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         }
     }
     p[pi..].iter().all(|c| *c == b'*')
+}
+
+fn default_trend_windows() -> u32 {
+    12
+}
+
+fn default_min_tau() -> f64 {
+    0.6
 }
 
 #[cfg(test)]

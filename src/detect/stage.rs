@@ -136,7 +136,11 @@ impl DetectStage {
             .iter()
             .map(|p| match &p.detector {
                 Detector::Limit { trend_windows, .. } => *trend_windows as usize,
-                Detector::Growth { windows, .. } => *windows as usize,
+                Detector::Growth {
+                    windows,
+                    trend_windows,
+                    ..
+                } => (*windows).max(*trend_windows) as usize,
                 _ => 1,
             })
             .max()
@@ -569,25 +573,42 @@ impl DetectStage {
                 windows,
                 min_z,
                 min_growth,
+                trend_windows,
+                min_tau,
             } => {
                 let state = self.ready(key, measure)?;
-                let k = *windows as usize;
-                if state.recent.len() < k {
-                    return None;
-                }
-                let mut points: Vec<(i64, f64)> =
-                    state.recent.iter().rev().take(k).rev().copied().collect();
-                points.push((t, value));
-                if !points.windows(2).all(|w| w[1].1 > w[0].1) {
-                    return None;
-                }
-                let (start, end) = (points[0].1, value);
-                let rise = end - start;
-                let sigma = state
-                    .baseline
-                    .deviation(t, value, 0.0)
-                    .sigma
-                    .max(1e-9 * start.abs());
+                let last = |k: usize| -> Option<Vec<(i64, f64)>> {
+                    (state.recent.len() >= k).then(|| {
+                        let mut points: Vec<(i64, f64)> =
+                            state.recent.iter().rev().take(k).rev().copied().collect();
+                        points.push((t, value));
+                        points
+                    })
+                };
+                let baseline_sigma = state.baseline.deviation(t, value, 0.0).sigma;
+                let staircase = last(*windows as usize)
+                    .filter(|p| p.windows(2).all(|w| w[1].1 > w[0].1))
+                    .map(|p| {
+                        let rise = value - p[0].1;
+                        (p, rise, baseline_sigma)
+                    });
+                // The trend's noise is its scatter about the fitted line: the
+                // baseline's spread grows as it learns the leak it should report.
+                let (points, rise, sigma) = match staircase {
+                    Some(found) => found,
+                    None => {
+                        let points = last(*trend_windows as usize)?;
+                        let fit = trend(&points);
+                        if fit.tau < *min_tau {
+                            return None;
+                        }
+                        let span = (points.len() - 1) as f64;
+                        (points, fit.slope * span, fit.scatter)
+                    }
+                };
+                let k = points.len() - 1;
+                let (start, end) = (value - rise, value);
+                let sigma = sigma.max(1e-9 * start.abs());
                 let relative = rise / start.abs().max(f64::MIN_POSITIVE);
                 let above = state.baseline.deviation(t, value, 0.0).z;
                 if rise < min_z * sigma || relative < *min_growth || above < min_z / 2.0 {
@@ -599,7 +620,7 @@ impl DetectStage {
                     score: (1.0 - (-(rise / sigma) / min_z).exp()).clamp(0.0, 1.0),
                     onset: growth_onset(&state.baseline, &points),
                     detail: format!(
-                        "rose {:.1}% in {k} windows without a fall ({} -> {})",
+                        "rose {:.1}% in {k} windows ({} -> {})",
                         relative * 100.0,
                         short(start),
                         short(end)
@@ -1036,6 +1057,59 @@ const LEFT_BASELINE_Z: f64 = 2.0;
 /// began to matter: the first rising point that is `LEFT_BASELINE_Z` spreads above
 /// the baseline. Chance rises inside the normal band before a real climb join the
 /// run but do not move the onset earlier.
+/// A robust line through a few points (see [`trend`]).
+struct Trend {
+    /// Kendall's tau of the values against their order, in [-1, 1].
+    tau: f64,
+    /// Theil-Sen slope per step: the median of the pairwise slopes.
+    slope: f64,
+    /// Standard deviation of the values about the line, from the median
+    /// absolute residual (x 1.4826).
+    scatter: f64,
+}
+
+/// Fits a [`Trend`] to `points`. Rank-based, so it shrugs off jitter and a few
+/// outliers, where "every step rises" fails on the first dip. Written here on
+/// purpose: a dozen lines over at most a few dozen points, where a crate would
+/// add a dependency for one loop.
+fn trend(points: &[(i64, f64)]) -> Trend {
+    let n = points.len();
+    let mut slopes = Vec::with_capacity(n * n.saturating_sub(1) / 2);
+    let mut balance = 0i64;
+    for i in 0..n {
+        for j in i + 1..n {
+            let d = points[j].1 - points[i].1;
+            balance += i64::from(d > 0.0) - i64::from(d < 0.0);
+            slopes.push(d / (j - i) as f64);
+        }
+    }
+    if slopes.is_empty() {
+        return Trend {
+            tau: 0.0,
+            slope: 0.0,
+            scatter: 0.0,
+        };
+    }
+    let tau = balance as f64 / slopes.len() as f64;
+    let slope = median(&mut slopes);
+    let mut offsets: Vec<f64> = (0..n).map(|i| points[i].1 - slope * i as f64).collect();
+    let intercept = median(&mut offsets);
+    let mut residuals: Vec<f64> = (0..n)
+        .map(|i| (points[i].1 - intercept - slope * i as f64).abs())
+        .collect();
+    Trend {
+        tau,
+        slope,
+        scatter: 1.4826 * median(&mut residuals),
+    }
+}
+
+/// The median of a non-empty slice (reorders it).
+fn median(values: &mut [f64]) -> f64 {
+    let mid = values.len() / 2;
+    *values.select_nth_unstable_by(mid, f64::total_cmp).1
+}
+
 fn growth_onset(baseline: &Baseline, points: &[(i64, f64)]) -> Option<i64> {
     let rising = points.get(1..)?;
     rising

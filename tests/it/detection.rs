@@ -42,6 +42,12 @@ enum Fault {
     Generic,
     /// CPU utilization climbing toward its limit, still below the threshold.
     SaturationTrend,
+    /// Memory climbing 40% in 30 windows, each sample jittering by 1%: no
+    /// staircase, a trend.
+    NoisyLeak,
+    /// Not a fault: every service's memory follows a garbage-collector sawtooth
+    /// (15% up over 17 windows, then back) all day.
+    GcSawtooth,
 }
 
 impl Fault {
@@ -58,6 +64,7 @@ impl Fault {
             Fault::LogPattern => FailureClass::LogPattern,
             Fault::Generic => FailureClass::Generic,
             Fault::SaturationTrend => FailureClass::Saturation,
+            Fault::NoisyLeak | Fault::GcSawtooth => FailureClass::MemoryLeak,
         }
     }
 }
@@ -181,9 +188,20 @@ fn window(w: i64, fault: Option<Fault>, noise: &mut Noise) -> (WindowTables, Vec
             ];
             metric.row(&["shop", &svc, "prod", name, kind, unit, ""], &row);
         };
-        let mut memory = 2.0e8 * (1.0 + 0.003 * noise.normal());
+        let jitter = if faulty && fault == Some(Fault::NoisyLeak) {
+            0.01
+        } else {
+            0.003
+        };
+        let mut memory = 2.0e8 * (1.0 + jitter * noise.normal());
         if faulty && active(Fault::MemoryLeak) {
             memory *= 1.02f64.powi(since as i32 + 1);
+        }
+        if faulty && active(Fault::NoisyLeak) {
+            memory *= 1.4f64.powf((since + 1) as f64 / 30.0);
+        }
+        if fault == Some(Fault::GcSawtooth) {
+            memory *= 1.0 + 0.15 * (w % 17) as f64 / 17.0;
         }
         gauge("process.memory.usage", "By", "gauge", memory);
         let mut cpu = (0.2 + 0.15 * season + 0.02 * noise.normal()).clamp(0.0, 1.0);
@@ -315,6 +333,16 @@ fn record(start_ms: i64, severity: &str, body: &str) -> LogRecord {
 /// [`FAULT_WINDOW`]) through a
 /// detection stage with the built-in catalogue and the shipped parameters.
 fn run(fault: Option<Fault>) -> Vec<Anomaly> {
+    let windows = if fault.is_some() {
+        FAULT_WINDOW + 10
+    } else {
+        DAY_WINDOWS
+    };
+    run_for(fault, windows)
+}
+
+/// Runs `windows` windows of fleet traffic with `fault` (see [`run`]).
+fn run_for(fault: Option<Fault>, windows: i64) -> Vec<Anomaly> {
     let config =
         homeostat::config::Config::from_toml_str("[window]\nsize = \"1m\"\nretain = \"1h\"\n")
             .expect("config");
@@ -326,11 +354,6 @@ fn run(fault: Option<Fault>) -> Vec<Anomaly> {
         log.clone(),
     );
     let mut noise = Noise::new(0x9E37_79B9_7F4A_7C15 ^ fault.map_or(0, |f| f as u64 + 1));
-    let windows = if fault.is_some() {
-        FAULT_WINDOW + 10
-    } else {
-        DAY_WINDOWS
-    };
     for w in 0..windows {
         let (tables, resource_logs) = window(w, fault, &mut noise);
         let decoded = logs::to_arrow(&resource_logs, 0).expect("logs");
@@ -415,6 +438,37 @@ fn detects_saturation() {
 #[test]
 fn detects_a_memory_leak() {
     detects(Fault::MemoryLeak);
+}
+
+/// A leak that is no staircase: 40% in 30 windows under 1% jitter, so a third of
+/// the steps fall. Found by its trend, within 15 windows.
+#[test]
+fn detects_a_noisy_memory_leak() {
+    let anomalies = run_for(Some(Fault::NoisyLeak), FAULT_WINDOW + 30);
+    let onset = START_MS + FAULT_WINDOW * WINDOW_MS;
+    assert!(
+        anomalies.iter().all(|a| a.detected_ms >= onset),
+        "{}",
+        describe(&anomalies)
+    );
+    let hit = anomalies.iter().find(|a| {
+        a.class == FailureClass::MemoryLeak
+            && a.key.service == name(FAULTY)
+            && a.detected_ms - onset <= 15 * WINDOW_MS
+    });
+    assert!(
+        hit.is_some(),
+        "noisy leak missed:\n{}",
+        describe(&anomalies)
+    );
+}
+
+/// A healthy garbage-collector sawtooth on every service, all day: its ramps are
+/// not leaks.
+#[test]
+fn a_gc_sawtooth_is_not_a_leak() {
+    let anomalies = run_for(Some(Fault::GcSawtooth), DAY_WINDOWS);
+    assert!(anomalies.is_empty(), "{}", describe(&anomalies));
 }
 
 #[test]
