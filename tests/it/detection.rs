@@ -48,6 +48,10 @@ enum Fault {
     /// Not a fault: every service's memory follows a garbage-collector sawtooth
     /// (15% up over 17 windows, then back) all day.
     GcSawtooth,
+    /// Errors from 0.5% to 3% of requests.
+    SubtleErrors,
+    /// One operation (30% of the traffic) 1.5 times slower.
+    SubtleLatency,
 }
 
 impl Fault {
@@ -65,6 +69,8 @@ impl Fault {
             Fault::Generic => FailureClass::Generic,
             Fault::SaturationTrend => FailureClass::Saturation,
             Fault::NoisyLeak | Fault::GcSawtooth => FailureClass::MemoryLeak,
+            Fault::SubtleErrors => FailureClass::ErrorSpike,
+            Fault::SubtleLatency => FailureClass::LatencyDegradation,
         }
     }
 }
@@ -81,6 +87,54 @@ fn name(i: usize) -> String {
     format!("svc-{i:02}")
 }
 
+/// The rate, error and duration cells of a service or operation row: quantiles
+/// around 30 / 80 / 150 ms times `latency`, with noise.
+fn red_cells(requests: u64, errors: f64, latency: f64, noise: &mut Noise) -> [Cell; 8] {
+    let (p50, p95, p99) = (
+        30.0 * latency,
+        80.0 * latency * (1.0 + 0.03 * noise.normal()),
+        150.0 * latency * (1.0 + 0.05 * noise.normal()),
+    );
+    [
+        Cell::U64(Some(requests)),
+        Cell::U64(Some(errors as u64)),
+        Cell::F64(Some(errors / requests as f64)),
+        Cell::F64(Some(p50)),
+        Cell::F64(Some(p95)),
+        Cell::F64(Some(p99)),
+        Cell::F64(Some(p50 * 1.2)),
+        Cell::F64(Some(p99 * 1.5)),
+    ]
+}
+
+/// The service's two operations (70% and 30% of its requests), with noise of
+/// their own (a stream per window and service, so the fleet's other series are
+/// the same with or without them); `slow` makes the second 1.5 times slower.
+fn operation_rows(
+    table: &mut TableBuilder,
+    svc: &str,
+    w: i64,
+    i: usize,
+    requests: u64,
+    slow: bool,
+) {
+    let mut noise = Noise::new(homeostat::loadgen::fleet::mix64(
+        ((w as u64) << 8) ^ i as u64,
+    ));
+    for (op, share, base) in [("GET /items", 0.7, 1.0), ("POST /checkout", 0.3, 1.6)] {
+        let n = ((requests as f64 * share).round() as u64).max(1);
+        let errors = count(&mut noise, n as f64 * 0.01).min(n);
+        let mut latency = base * (1.0 + 0.03 * noise.normal());
+        if slow && op == "POST /checkout" {
+            latency *= 1.5;
+        }
+        table.row(
+            &["shop", svc, "prod", op],
+            &red_cells(n, errors as f64, latency, &mut noise),
+        );
+    }
+}
+
 /// One closed window of the fleet, and its log records.
 fn window(w: i64, fault: Option<Fault>, noise: &mut Noise) -> (WindowTables, Vec<ResourceLogs>) {
     let start = START_MS + w * WINDOW_MS;
@@ -91,7 +145,7 @@ fn window(w: i64, fault: Option<Fault>, noise: &mut Noise) -> (WindowTables, Vec
     let active = |f: Fault| fault == Some(f) && since >= 0;
 
     let mut service = TableBuilder::new(0, start, end);
-    let operation = TableBuilder::new(1, start, end);
+    let mut operation = TableBuilder::new(1, start, end);
     let mut edge = TableBuilder::new(2, start, end);
     let mut metric = TableBuilder::new(3, start, end);
     let mut log = TableBuilder::new(4, start, end);
@@ -109,6 +163,9 @@ fn window(w: i64, fault: Option<Fault>, noise: &mut Noise) -> (WindowTables, Vec
         }
         let requests = count(noise, lambda).max(1);
         let mut error_p = 0.01;
+        if faulty && fault == Some(Fault::SubtleErrors) {
+            error_p = if since >= 0 { 0.03 } else { 0.005 };
+        }
         if faulty && active(Fault::ErrorSpike) {
             error_p = 0.3;
         }
@@ -126,23 +183,18 @@ fn window(w: i64, fault: Option<Fault>, noise: &mut Noise) -> (WindowTables, Vec
         if faulty && active(Fault::Deadlock) {
             latency *= 20.0;
         }
-        let (p50, p95, p99) = (
-            30.0 * latency,
-            80.0 * latency * (1.0 + 0.03 * noise.normal()),
-            150.0 * latency * (1.0 + 0.05 * noise.normal()),
-        );
         service.row(
             &["shop", &svc, "prod"],
-            &[
-                Cell::U64(Some(requests)),
-                Cell::U64(Some(errors as u64)),
-                Cell::F64(Some(errors / requests as f64)),
-                Cell::F64(Some(p50)),
-                Cell::F64(Some(p95)),
-                Cell::F64(Some(p99)),
-                Cell::F64(Some(p50 * 1.2)),
-                Cell::F64(Some(p99 * 1.5)),
-            ],
+            &red_cells(requests, errors, latency, noise),
+        );
+
+        operation_rows(
+            &mut operation,
+            &svc,
+            w,
+            i,
+            requests,
+            active(Fault::SubtleLatency) && faulty,
         );
 
         // Calls to the next service, the last one to its database.
@@ -469,6 +521,19 @@ fn detects_a_noisy_memory_leak() {
 fn a_gc_sawtooth_is_not_a_leak() {
     let anomalies = run_for(Some(Fault::GcSawtooth), DAY_WINDOWS);
     assert!(anomalies.is_empty(), "{}", describe(&anomalies));
+}
+
+/// Errors from 0.5% to 3%: small in absolute terms, six times the usual.
+#[test]
+fn detects_a_subtle_error_rise() {
+    detects(Fault::SubtleErrors);
+}
+
+/// One operation of a service 1.5 times slower, the service's own quantiles
+/// barely moved.
+#[test]
+fn detects_one_slower_operation() {
+    detects(Fault::SubtleLatency);
 }
 
 #[test]
