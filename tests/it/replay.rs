@@ -5,12 +5,17 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn replay(input: &Path, output: &Path) -> Output {
+    replay_with(input, output, &[])
+}
+
+fn replay_with(input: &Path, output: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_homeostat"))
         .arg("replay")
         .arg("--input")
         .arg(input)
         .arg("--output")
         .arg(output)
+        .args(extra)
         .output()
         .expect("run homeostat replay")
 }
@@ -131,4 +136,54 @@ fn a_bad_file_is_named_with_its_line_and_the_others_are_still_scored() {
     let missing = replay(Path::new("/nonexistent/dir"), output.path());
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/dir"));
+}
+
+/// What a spreadsheet exports: quoted fields, CRLF, the columns in another order
+/// among others, epoch seconds; and a header with names of the user's own.
+#[test]
+fn replays_spreadsheet_csv_and_reports_the_interval() {
+    let input = tempfile::tempdir().expect("input");
+    let output = tempfile::tempdir().expect("output");
+    let mut text = String::from("\"host\",\"Value\",\"Time\"\r\n");
+    let mut named = String::from("crashes,when\n");
+    for i in 0..200u64 {
+        let t = 1_700_000_000 + i * 3600;
+        text.push_str(&format!("\"web-1\",\"{}.5\",\"{t}\"\r\n", i % 7));
+        named.push_str(&format!("{},{t}\n", i % 3));
+    }
+    std::fs::write(input.path().join("sheet.csv"), text).expect("write");
+    let run = replay_with(input.path(), output.path(), &["--verbose"]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("sheet.csv: rows=200 every=1h"), "{stdout}");
+    let (header, rows) = read_scores(&output.path().join("sheet.csv"));
+    assert_eq!(header, "timestamp,value,anomaly_score");
+    assert_eq!(rows.len(), 200);
+    assert_eq!(rows[0][..2], ["1700000000".to_string(), "0.5".to_string()]);
+
+    let own = tempfile::tempdir().expect("input");
+    std::fs::write(own.path().join("named.csv"), named).expect("write");
+    let out = tempfile::tempdir().expect("output");
+    let unnamed = replay(own.path(), out.path());
+    assert!(!unnamed.status.success());
+    let stderr = String::from_utf8_lossy(&unnamed.stderr);
+    assert!(
+        stderr.contains("named.csv:1: no timestamp column"),
+        "{stderr}"
+    );
+    let run = replay_with(
+        own.path(),
+        out.path(),
+        &["--timestamp-column", "when", "--value-column", "crashes"],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(String::from_utf8_lossy(&run.stdout).contains("files=1 rows=200"));
 }
