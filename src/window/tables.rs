@@ -305,6 +305,13 @@ impl TableBuilder {
             ValueBuilder::U64(b) => Arc::new(b.finish()) as ArrayRef,
             ValueBuilder::F64(b) => Arc::new(b.finish()) as ArrayRef,
         }));
+        // A closed window is kept for `window.retain`: it keeps its rows, not the
+        // builders' spare capacity (the arrays are still exclusively owned here).
+        for column in &mut columns {
+            if let Some(array) = Arc::get_mut(column) {
+                array.shrink_to_fit();
+            }
+        }
         RecordBatch::try_new(self.schema, columns)
     }
 }
