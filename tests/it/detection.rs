@@ -52,6 +52,9 @@ enum Fault {
     SubtleErrors,
     /// One operation (30% of the traffic) 1.5 times slower.
     SubtleLatency,
+    /// A known log template (a slow-query warning, seen in a third of the
+    /// windows) logged 40 times a window.
+    TemplateBurst,
 }
 
 impl Fault {
@@ -71,6 +74,7 @@ impl Fault {
             Fault::NoisyLeak | Fault::GcSawtooth => FailureClass::MemoryLeak,
             Fault::SubtleErrors => FailureClass::ErrorSpike,
             Fault::SubtleLatency => FailureClass::LatencyDegradation,
+            Fault::TemplateBurst => FailureClass::LogPattern,
         }
     }
 }
@@ -303,11 +307,19 @@ fn window(w: i64, fault: Option<Fault>, noise: &mut Noise) -> (WindowTables, Vec
                 ),
             ));
         }
-        if noise.unit() < 0.3 {
+        let slow_queries = if faulty && active(Fault::TemplateBurst) {
+            40
+        } else {
+            u64::from(noise.unit() < 0.3)
+        };
+        for k in 0..slow_queries {
             records.push(record(
                 start,
                 "WARN",
-                &format!("slow query on table orders took {} ms", 200 + w % 50),
+                &format!(
+                    "slow query on table orders took {} ms",
+                    200 + (w + k as i64) % 50
+                ),
             ));
         }
         if faulty && active(Fault::LogPattern) {
@@ -534,6 +546,12 @@ fn detects_a_subtle_error_rise() {
 #[test]
 fn detects_one_slower_operation() {
     detects(Fault::SubtleLatency);
+}
+
+/// A log template already known, suddenly frequent: the template-rate pattern.
+#[test]
+fn detects_a_burst_of_a_known_log_template() {
+    detects(Fault::TemplateBurst);
 }
 
 #[test]
