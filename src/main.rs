@@ -233,9 +233,9 @@ fn replay(
     }
     println!(
         "files={} rows={} alerts={} failed={}",
-        summary.files,
-        summary.rows,
-        summary.alerts,
+        summary.files(),
+        summary.rows(),
+        summary.alerts(),
         summary.failed.len()
     );
     if summary.failed.is_empty() {

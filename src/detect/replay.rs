@@ -55,14 +55,25 @@ pub struct FileSummary {
 pub struct ReplaySummary {
     /// Each scored file (relative path) and what its replay did.
     pub scored: Vec<(PathBuf, FileSummary)>,
-    /// Files scored and written.
-    pub files: usize,
-    /// Rows scored.
-    pub rows: usize,
-    /// Rows whose score reached the alert threshold (`fire`).
-    pub alerts: usize,
     /// Files that failed, with the reason; nothing was written for them.
     pub failed: Vec<ReplayError>,
+}
+
+impl ReplaySummary {
+    /// Files scored and written.
+    pub fn files(&self) -> usize {
+        self.scored.len()
+    }
+
+    /// Rows scored.
+    pub fn rows(&self) -> usize {
+        self.scored.iter().map(|(_, f)| f.rows).sum()
+    }
+
+    /// Rows whose score reached the alert threshold (`fire`).
+    pub fn alerts(&self) -> usize {
+        self.scored.iter().map(|(_, f)| f.alerts).sum()
+    }
 }
 
 /// Scores every `.csv` under `input` (or the file `input`) into `output`.
@@ -79,9 +90,6 @@ pub fn replay(
         let target = output.join(&relative);
         match replay_file(&path, &target, params, columns) {
             Ok(file) => {
-                summary.files += 1;
-                summary.rows += file.rows;
-                summary.alerts += file.alerts;
                 summary.scored.push((relative, file));
             }
             Err(error) => summary.failed.push(error),

@@ -207,8 +207,7 @@ impl UnivariateParams {
         std::mem::size_of::<Univariate>()
             + 6 * self.tail_shape().bytes()
             + 8 * self.season_slots * slot
-            + (self.short + self.level_window + 2 * self.change_window + self.local_window + 2)
-                * std::mem::size_of::<f64>()
+            + (Univariate::keep(self) + 1) * std::mem::size_of::<f64>()
     }
 }
 
@@ -253,28 +252,22 @@ pub struct Univariate {
     rough: TailWindow,
     level: TailWindow,
     residual: TailWindow,
+    /// The last values, as many as the longest view needs (`Self::keep`); every
+    /// view reads its own suffix of them.
     recent: VecDeque<f64>,
-    level_recent: VecDeque<f64>,
     /// Daily and weekly profiles.
     profiles: [Profile; 2],
     /// Exponentially weighted squared deviation from the median.
     deviation: f64,
-    /// The change view's history and its last `2 * change_window` values.
+    /// The change and local views' histories.
     #[serde(default = "empty_tail")]
     change: TailWindow,
-    #[serde(default)]
-    change_recent: VecDeque<f64>,
-    /// The local view's history and its last `local_window` values.
     #[serde(default = "empty_tail")]
     local: TailWindow,
-    #[serde(default)]
-    local_recent: VecDeque<f64>,
     /// Event time (unix seconds) of the last alert.
     #[serde(default)]
     alert_secs: Option<i64>,
-    /// The last value and the smallest non-zero step between two values so far.
-    #[serde(default)]
-    last: Option<f64>,
+    /// The smallest non-zero step between two values so far.
     #[serde(default)]
     quantum: Option<f64>,
 }
@@ -296,19 +289,37 @@ impl Univariate {
             rough: TailWindow::new(shape),
             level: TailWindow::new(shape),
             residual: TailWindow::new(shape),
-            recent: VecDeque::with_capacity(params.short + 1),
-            level_recent: VecDeque::with_capacity(params.level_window + 1),
+            recent: VecDeque::with_capacity(Self::keep(&params) + 1),
             profiles: [Profile::new(slots), Profile::new(7 * slots)],
             deviation: 0.0,
             change: TailWindow::new(shape),
-            change_recent: VecDeque::with_capacity(2 * params.change_window + 1),
             local: TailWindow::new(shape),
-            local_recent: VecDeque::with_capacity(params.local_window + 1),
             alert_secs: None,
-            last: None,
             quantum: None,
             params,
         }
+    }
+
+    /// Values kept in `recent`: the local view's window and the value itself, the
+    /// change view's two windows, the level and roughness views' windows.
+    fn keep(params: &UnivariateParams) -> usize {
+        [
+            params.short,
+            params.level_window,
+            params.local_window + 1,
+            2 * params.change_window,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(1)
+        .max(1)
+    }
+
+    /// The values from `back` before the newest to `upto` before it (`upto` 0:
+    /// the newest included), oldest first; None while fewer are held.
+    fn window(&self, back: usize, upto: usize) -> Option<impl Iterator<Item = f64> + Clone + '_> {
+        let n = self.recent.len();
+        (back > upto && n >= back).then(|| self.recent.range(n - back..n - upto).copied())
     }
 
     pub fn params(&self) -> &UnivariateParams {
@@ -352,17 +363,21 @@ impl Univariate {
         }
         self.seen += 1;
         self.learn_quantum(value);
+        self.recent.push_back(value);
+        while self.recent.len() > Self::keep(&self.params) {
+            self.recent.pop_front();
+        }
         let clip = self.params.learn_clip;
         let residual = self.seasonal_residual(unix_secs, value, clip);
-        let spread = (self.params.short > 0).then(|| {
-            push_bounded(&mut self.recent, value, self.params.short);
-            mean_and_spread(&self.recent).1
-        });
-        push_bounded(&mut self.level_recent, value, self.params.level_window);
-        let level = (self.level_recent.len() == self.params.level_window)
-            .then(|| mean_and_spread(&self.level_recent).0);
+        let short = self.params.short.min(self.recent.len());
+        let spread = (short > 0)
+            .then(|| self.window(short, 0).map(|w| mean_and_spread(w).1))
+            .flatten();
+        let level = self
+            .window(self.params.level_window, 0)
+            .map(|w| mean_and_spread(w).0);
         let local = self.local_z(value);
-        let change = self.change_step(value);
+        let change = self.change_step();
 
         let two_sided = [
             (&mut self.residual, residual),
@@ -413,13 +428,12 @@ impl Univariate {
     /// view's fitted tails by it, scaled to the view (a mean of m values moves in
     /// steps of 1/m; its noise shrinks like 1/sqrt(m)).
     fn learn_quantum(&mut self, value: f64) {
-        if let Some(last) = self.last.replace(value) {
+        if let Some(&last) = self.recent.back() {
             let step = (value - last).abs();
             if step > 0.0 && self.quantum.is_none_or(|q| step < q) {
                 self.quantum = Some(step);
                 let level = (self.params.level_window.max(1) as f64).sqrt();
                 let change = (self.params.change_window.max(1) as f64 / 2.0).sqrt();
-                self.values.set_resolution(step);
                 self.rough.set_resolution(step);
                 self.residual.set_resolution(step);
                 self.level.set_resolution(step / level);
@@ -438,41 +452,30 @@ impl Univariate {
         if w == 0 {
             return None;
         }
-        let full = self.local_recent.len() >= w;
-        let z = full.then(|| {
-            let (mean, spread) = mean_and_spread(&self.local_recent);
-            let quantum = self.quantum.unwrap_or(0.0);
-            let sd = (spread / (w as f64).sqrt()).max(quantum / 2.0);
-            if sd > 0.0 {
-                self.local.set_resolution(quantum / sd);
-            }
-            let d = value - mean;
-            if sd > 0.0 {
-                d / sd
-            } else if d == 0.0 {
-                0.0
-            } else {
-                // A first change after only constant values.
-                d.signum() * 1e6
-            }
-        });
-        push_bounded(&mut self.local_recent, value, w);
-        z
+        let (mean, spread) = mean_and_spread(self.window(w + 1, 1)?);
+        let quantum = self.quantum.unwrap_or(0.0);
+        let sd = (spread / (w as f64).sqrt()).max(quantum / 2.0);
+        let d = value - mean;
+        if sd > 0.0 {
+            self.local.set_resolution(quantum / sd);
+            Some(d / sd)
+        } else if d == 0.0 {
+            Some(0.0)
+        } else {
+            // A first change after only constant values.
+            Some(d.signum() * 1e6)
+        }
     }
 
     /// The change view's value: the mean of the last `change_window` values minus
     /// the mean of the `change_window` before them, once both are full.
-    fn change_step(&mut self, value: f64) -> Option<f64> {
+    fn change_step(&self) -> Option<f64> {
         let w = self.params.change_window;
         if w == 0 {
             return None;
         }
-        push_bounded(&mut self.change_recent, value, 2 * w);
-        if self.change_recent.len() < 2 * w {
-            return None;
-        }
-        let before = self.change_recent.iter().take(w).sum::<f64>();
-        let after = self.change_recent.iter().skip(w).sum::<f64>();
+        let before = self.window(2 * w, w)?.sum::<f64>();
+        let after = self.window(w, 0)?.sum::<f64>();
         Some((after - before) / w as f64)
     }
 
@@ -549,18 +552,11 @@ fn combine(views: &[(f64, f64)]) -> f64 {
         .fold(1.0f64, f64::min)
 }
 
-fn push_bounded(q: &mut VecDeque<f64>, v: f64, cap: usize) {
-    q.push_back(v);
-    while q.len() > cap.max(1) {
-        q.pop_front();
-    }
-}
-
 /// Mean and root of the summed squared deviations.
-fn mean_and_spread(q: &VecDeque<f64>) -> (f64, f64) {
-    let n = q.len().max(1) as f64;
-    let mean = q.iter().sum::<f64>() / n;
-    let spread = q.iter().map(|v| (v - mean).powi(2)).sum::<f64>().sqrt();
+fn mean_and_spread(values: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
+    let n = values.clone().count().max(1) as f64;
+    let mean = values.clone().sum::<f64>() / n;
+    let spread = values.map(|v| (v - mean).powi(2)).sum::<f64>().sqrt();
     (mean, spread)
 }
 
