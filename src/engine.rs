@@ -44,6 +44,9 @@ pub enum EngineError {
     /// The Kafka client could not be created (bad settings).
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The embedded gRPC descriptors for reflection did not load (a build defect).
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] otlp_grpc::ReflectionError),
 }
 
 /// A running engine.
@@ -156,7 +159,7 @@ impl Engine {
         let mut receivers = vec![
             serve(
                 grpc_listener,
-                otlp_grpc::router(intake.clone()),
+                otlp_grpc::router(intake.clone()).await?,
                 receivers_stop.clone(),
                 "otlp-grpc",
             ),

@@ -1,7 +1,15 @@
-//! OTLP/gRPC receiver: the three `Export` methods, served over HTTP/2 by axum so
-//! that size limits hold before *and* after decompression (RESOURCE_EXHAUSTED),
-//! undecodable messages get INVALID_ARGUMENT with a message, and a full pipeline
-//! answers UNAVAILABLE.
+//! OTLP/gRPC receiver: the three `Export` methods, plus tonic's standard gRPC
+//! health (`grpc.health.v1.Health`) and reflection (v1 and v1alpha) services on the
+//! same port.
+//!
+//! The `Export` methods are handled here rather than by tonic's codec path, so that
+//! a full pipeline sheds a request before it is decompressed (UNAVAILABLE), a size
+//! limit answers RESOURCE_EXHAUSTED before *and* after decompression (tonic's codec
+//! answers OUT_OF_RANGE for an oversized message, a code the OTLP specification
+//! tells exporters to retry), corrupt gzip and undecodable messages answer
+//! INVALID_ARGUMENT (tonic: INTERNAL), a wrong content type is refused, and every
+//! refusal is counted in one place. `cargo bench --bench grpc_receivers` measures
+//! the two side by side; the README reports the figures.
 
 use axum::Router;
 use axum::body::Body;
@@ -18,6 +26,13 @@ use super::decode::{Encoding, encode_response};
 use super::error::{IngestError, grpc_code};
 use crate::columnar::Signal;
 
+/// The OTLP gRPC service names (what health and reflection report).
+pub const SERVICES: [&str; 3] = [
+    "opentelemetry.proto.collector.trace.v1.TraceService",
+    "opentelemetry.proto.collector.metrics.v1.MetricsService",
+    "opentelemetry.proto.collector.logs.v1.LogsService",
+];
+
 /// gRPC method paths of the OTLP services.
 pub const TRACES_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 /// Metrics export method.
@@ -25,15 +40,42 @@ pub const METRICS_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.Metric
 /// Logs export method.
 pub const LOGS_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 
-/// The OTLP/gRPC routes.
-pub fn router(intake: OtlpIntake) -> Router {
-    Router::new()
+/// The OTLP/gRPC routes with the health and reflection services beside them.
+///
+/// Health reports SERVING for the whole server (`""`) and for each OTLP service.
+pub async fn router(intake: OtlpIntake) -> Result<Router, ReflectionError> {
+    let otlp = Router::new()
         .route(TRACES_PATH, post(traces))
         .route(METRICS_PATH, post(metrics))
         .route(LOGS_PATH, post(logs))
         .fallback(unimplemented)
-        .with_state(intake)
+        .with_state(intake);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for service in SERVICES {
+        reporter
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection = || {
+        SERVICES.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(opentelemetry_proto::DESCRIPTORS)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name(tonic_health::pb::health_server::SERVICE_NAME)
+                .with_service_name("grpc.reflection.v1.ServerReflection")
+                .with_service_name("grpc.reflection.v1alpha.ServerReflection"),
+            |builder, service| builder.with_service_name(*service),
+        )
+    };
+    Ok(tonic::service::Routes::from(otlp)
+        .add_service(health)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .into_axum_router())
 }
+
+/// The embedded protobuf descriptors could not be loaded (a build defect).
+pub type ReflectionError = tonic_reflection::server::Error;
 
 async fn traces(State(intake): State<OtlpIntake>, headers: HeaderMap, body: Body) -> Response {
     export(intake, Signal::Traces, headers, body).await

@@ -67,9 +67,10 @@ pub enum Sender {
     Kafka(FutureProducer, [String; 3]),
 }
 
-/// Raw protobuf bodies through tonic: the requests are pre-encoded.
+/// Raw protobuf bodies through tonic: the requests are pre-encoded (also the
+/// pass-through codec of `benches/grpc_receivers.rs`).
 #[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
+pub struct RawCodec;
 
 impl Codec for RawCodec {
     type Encode = Bytes;

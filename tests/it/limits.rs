@@ -390,9 +390,10 @@ async fn full_queue_answers_unavailable() {
     tokio::spawn(async move { axum::serve(http, otlp_http::router(intake.clone())).await });
     let (queue, _inbox2) = tokio::sync::mpsc::channel(1);
     let grpc_intake = OtlpIntake::new(queue, 1 << 20, Arc::new(SelfMetrics::new()));
-    tokio::spawn(async move {
-        axum::serve(grpc, homeostat::ingest::otlp_grpc::router(grpc_intake)).await
-    });
+    let router = homeostat::ingest::otlp_grpc::router(grpc_intake)
+        .await
+        .expect("router");
+    tokio::spawn(async move { axum::serve(grpc, router).await });
 
     let t = support::aligned_past(5);
     let body = request("svc", vec![server_span(1, 1, t, 5, false)]).encode_to_vec();

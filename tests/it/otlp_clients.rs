@@ -377,3 +377,74 @@ async fn otlp_http_protobuf_exporter_fills_the_tables() {
 async fn otlp_http_json_exporter_fills_the_tables() {
     exercise(Transport::HttpJson).await;
 }
+
+/// The OTLP/gRPC port also serves the standard gRPC health service (what a
+/// Kubernetes gRPC probe or `grpc_health_probe` asks) and server reflection (what
+/// `grpcurl list` asks), through real tonic clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_port_serves_health_and_reflection() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let engine = support::engine("").await;
+    let endpoint = format!("http://{}", engine.grpc_addr);
+    let channel = tonic::transport::Endpoint::from_shared(endpoint)
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "opentelemetry.proto.collector.trace.v1.TraceService"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status;
+        assert_eq!(status, 1, "{service:?} should be SERVING");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .expect_err("unknown service");
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let answer = answers.message().await.expect("answer").expect("one");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("not a service list: {answer:?}");
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    for expected in [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "opentelemetry.proto.collector.logs.v1.LogsService",
+        "opentelemetry.proto.collector.metrics.v1.MetricsService",
+        "opentelemetry.proto.collector.trace.v1.TraceService",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} missing in {names:?}"
+        );
+    }
+    assert!(!names.iter().any(|n| n.contains("profiles")), "{names:?}");
+    engine.shutdown().await;
+}
