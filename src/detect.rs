@@ -19,10 +19,12 @@ pub mod anomaly;
 pub mod baseline;
 pub mod catalogue;
 pub mod drain;
+mod growth;
 pub mod replay;
 pub mod rows;
 pub mod stage;
 pub mod tail;
+pub mod trend;
 pub mod univariate;
 
 pub use anomaly::{Anomaly, AnomalyLog, FailureClass, SeriesKey};

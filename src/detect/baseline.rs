@@ -84,32 +84,50 @@ pub enum BaselineState {
     Ready,
 }
 
-/// A seasonal profile: an offset from the level per slot.
+/// A seasonal profile: the mean value per slot (the first values averaged, then
+/// exponentially weighted), and their sum. A slot's offset is its value minus the
+/// mean of the slots seen, so every slot is measured against the same reference:
+/// against a reference that moves with the days (the mean of recent days, as
+/// before), a weekly profile learned Sunday against a Saturday-lowered mean and
+/// expected Sundays busier than they are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Profile {
-    offsets: Vec<f32>,
+    values: Vec<f32>,
     counts: Vec<u16>,
+    sum: f64,
+    seen: u32,
 }
 
 impl Profile {
     fn new(slots: usize) -> Self {
         Self {
-            offsets: vec![0.0; slots],
+            values: vec![0.0; slots],
             counts: vec![0; slots],
+            sum: 0.0,
+            seen: 0,
         }
     }
 
-    fn learn(&mut self, slot: usize, residual: f64, alpha: f64) {
-        if let (Some(offset), Some(count)) = (self.offsets.get_mut(slot), self.counts.get_mut(slot))
-        {
+    fn learn(&mut self, slot: usize, value: f64, alpha: f64) {
+        if let (Some(old), Some(count)) = (self.values.get_mut(slot), self.counts.get_mut(slot)) {
+            if *count == 0 {
+                self.seen += 1;
+            }
             *count = count.saturating_add(1);
             let a = (1.0 / f64::from(*count)).max(alpha);
-            *offset = ((1.0 - a) * f64::from(*offset) + a * residual) as f32;
+            let new = ((1.0 - a) * f64::from(*old) + a * value) as f32;
+            self.sum += f64::from(new) - f64::from(*old);
+            *old = new;
         }
     }
 
     fn offset(&self, slot: usize) -> f64 {
-        self.offsets.get(slot).map_or(0.0, |o| f64::from(*o))
+        match (self.values.get(slot), self.counts.get(slot)) {
+            (Some(value), Some(count)) if *count > 0 && self.seen > 0 => {
+                f64::from(*value) - self.sum / f64::from(self.seen)
+            }
+            _ => 0.0,
+        }
     }
 }
 
@@ -122,13 +140,6 @@ pub struct Baseline {
     spread: f64,
     first_ms: i64,
     last_ms: i64,
-    /// The day being summed, its sum and count, and the mean of past days: the
-    /// reference the profiles' offsets are learned against.
-    day: i64,
-    day_sum: f64,
-    day_count: u32,
-    days: u32,
-    day_mean: f64,
     daily: Profile,
     weekly: Profile,
 }
@@ -163,11 +174,6 @@ impl Baseline {
             spread: 0.0,
             first_ms: window_ms,
             last_ms: window_ms,
-            day: window_ms.div_euclid(DAY_MS),
-            day_sum: value,
-            day_count: 1,
-            days: 0,
-            day_mean: value,
             daily: Profile::new(DAY_SLOTS),
             weekly: Profile::new(WEEK_SLOTS),
         }
@@ -201,8 +207,8 @@ impl Baseline {
     }
 
     /// The seasonal offset at `window_ms`, from the longest period with two
-    /// periods of history.
-    fn seasonal(&self, window_ms: i64) -> f64 {
+    /// periods of history (0 before two days).
+    pub fn seasonal(&self, window_ms: i64) -> f64 {
         let (day, week) = Self::slots(window_ms);
         let age = window_ms - self.first_ms;
         if age >= 2 * WEEK_MS {
@@ -260,34 +266,11 @@ impl Baseline {
             .level_alpha
             .max(1.0 / f64::from(self.windows.saturating_add(1)));
         self.level += a * (clipped - seasonal - self.level);
-        let day = window_ms.div_euclid(DAY_MS);
-        if day != self.day {
-            if self.day_count > 0 {
-                let mean = self.day_sum / f64::from(self.day_count);
-                self.day_mean = if self.days == 0 {
-                    mean
-                } else {
-                    0.5 * (self.day_mean + mean)
-                };
-                self.days = self.days.saturating_add(1);
-            }
-            self.day = day;
-            self.day_sum = 0.0;
-            self.day_count = 0;
-        }
         // The profiles learn the value itself: a shape that repeats every day must
         // be learnable even where it first looked like a jump.
-        self.day_sum += value;
-        self.day_count = self.day_count.saturating_add(1);
-        let reference = if self.days > 0 {
-            self.day_mean
-        } else {
-            self.day_sum / f64::from(self.day_count)
-        };
-        let residual = value - reference;
         let (day, week) = Self::slots(window_ms);
-        self.daily.learn(day, residual, params.season_alpha);
-        self.weekly.learn(week, residual, params.season_alpha);
+        self.daily.learn(day, value, params.season_alpha);
+        self.weekly.learn(week, value, params.season_alpha);
         self.windows = self.windows.saturating_add(1);
         self.last_ms = self.last_ms.max(window_ms);
     }
@@ -379,6 +362,46 @@ mod tests {
             b.expected(noon)
         );
         assert!(b.deviation(noon, 200.0, 1.0).score() < 0.99);
+    }
+
+    /// Weekdays at 100 with a busy noon, weekends at 40: from the third week the
+    /// weekly profile expects both Saturday and Sunday low (a profile learned
+    /// against a moving daily mean expected Sunday too high) and weekdays high,
+    /// and a weekday-level Saturday stands out.
+    #[test]
+    fn weekly_profile_predicts_weekends_after_two_weeks() {
+        let params = BaselineParams::default();
+        let mut rng = Rng::new(5);
+        // 2024-03-04 00:00 UTC, a Monday; ten-minute values for three weeks.
+        let monday = 1_709_510_400_000;
+        let step = 600_000;
+        let value = |t: i64, rng: &mut Rng| {
+            let day = (t - monday).div_euclid(DAY_MS) % 7;
+            let hour = (t - monday).rem_euclid(DAY_MS) / HOUR_MS;
+            let level = if day >= 5 { 40.0 } else { 100.0 };
+            let noon = if hour == 12 { 1.3 } else { 1.0 };
+            level * noon * (1.0 + 0.02 * rng.normal())
+        };
+        let mut b = Baseline::new(monday, value(monday, &mut rng));
+        let end = monday + 2 * WEEK_MS + 5 * DAY_MS;
+        let mut t = monday + step;
+        while t < end {
+            b.learn(t, value(t, &mut rng), &params);
+            t += step;
+        }
+        for (what, at, want) in [
+            ("Saturday 09:00", end + 9 * HOUR_MS, 40.0),
+            ("Sunday 15:00", end + DAY_MS + 15 * HOUR_MS, 40.0),
+            ("Sunday noon", end + DAY_MS + 12 * HOUR_MS, 52.0),
+            ("Monday 10:00", end + 2 * DAY_MS + 10 * HOUR_MS, 100.0),
+        ] {
+            let expected = b.expected(at);
+            assert!(
+                (expected - want).abs() < 0.1 * want,
+                "{what}: expected {expected:.1}, want {want}"
+            );
+        }
+        assert!(b.deviation(end + 9 * HOUR_MS, 100.0, 1.0).score() > 0.9999);
     }
 
     const _: () = assert!(Baseline::BYTES <= 1400);

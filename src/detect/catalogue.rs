@@ -162,6 +162,11 @@ pub enum Detector {
         trend_windows: u32,
         #[serde(default = "default_min_tau")]
         min_tau: f64,
+        /// Slow growth: the same trend test over this much event time, in
+        /// `trend_windows` buckets of averaged values net of the baseline's
+        /// seasonal profile (a leak of a few percent an hour); "0s" turns it off.
+        #[serde(default = "default_slow_horizon", with = "humantime_serde")]
+        slow_horizon: std::time::Duration,
     },
     /// A stall: throughput at most `max_throughput_ratio` of its baseline (from at
     /// least `min_expected`) while latency is at least `latency_ratio` times its
@@ -473,6 +478,10 @@ fn default_trend_windows() -> u32 {
 
 fn default_min_tau() -> f64 {
     0.6
+}
+
+fn default_slow_horizon() -> std::time::Duration {
+    std::time::Duration::from_secs(3 * 3600)
 }
 
 #[cfg(test)]

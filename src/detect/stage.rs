@@ -21,7 +21,9 @@ use super::anomaly::{Anomaly, AnomalyLog, SeriesKey};
 use super::baseline::{Baseline, BaselineParams, BaselineState};
 use super::catalogue::{Catalogue, Detector, Direction, Pattern, SeriesKind, glob_match};
 use super::drain::Drain;
+use super::growth::{self, GrowthRule};
 use super::rows::{Row, rows};
+use super::trend::Coarse;
 use super::univariate::{Univariate, UnivariateParams};
 use crate::window::{FastMap, WindowTables};
 
@@ -64,6 +66,9 @@ struct SeriesState {
     /// The last values learned, (window start, value), oldest first.
     recent: VecDeque<(i64, f64)>,
     univariate: Option<Box<Univariate>>,
+    /// Bucketed history for slow growth (series a growth pattern watches).
+    #[serde(default)]
+    coarse: Option<Box<Coarse>>,
 }
 
 /// An open or recent episode of one pattern on one series.
@@ -78,13 +83,13 @@ struct Episode {
 
 /// A condition that holds in this window.
 #[derive(Debug, Clone)]
-struct Candidate {
-    observed: f64,
-    expected: f64,
-    score: f64,
+pub(super) struct Candidate {
+    pub(super) observed: f64,
+    pub(super) expected: f64,
+    pub(super) score: f64,
     /// Where the episode really began, when the detector knows better than "now".
-    onset: Option<i64>,
-    detail: String,
+    pub(super) onset: Option<i64>,
+    pub(super) detail: String,
 }
 
 /// The persisted part of the stage.
@@ -100,7 +105,9 @@ struct Snapshot {
     anomalies: Vec<Anomaly>,
 }
 
-const SNAPSHOT_VERSION: u32 = 1;
+/// 2: seasonal profiles hold mean values per slot (1 held offsets against a
+/// moving daily mean); an older snapshot is ignored and the baselines relearn.
+const SNAPSHOT_VERSION: u32 = 2;
 
 /// The detection stage (see the module docs).
 pub struct DetectStage {
@@ -575,57 +582,29 @@ impl DetectStage {
                 min_growth,
                 trend_windows,
                 min_tau,
+                slow_horizon,
             } => {
+                let rule = GrowthRule {
+                    windows: *windows as usize,
+                    min_z: *min_z,
+                    min_growth: *min_growth,
+                    trend_windows: *trend_windows as usize,
+                    min_tau: *min_tau,
+                };
                 let state = self.ready(key, measure)?;
-                let last = |k: usize| -> Option<Vec<(i64, f64)>> {
-                    (state.recent.len() >= k).then(|| {
-                        let mut points: Vec<(i64, f64)> =
-                            state.recent.iter().rev().take(k).rev().copied().collect();
-                        points.push((t, value));
-                        points
-                    })
-                };
-                let baseline_sigma = state.baseline.deviation(t, value, 0.0).sigma;
-                let staircase = last(*windows as usize)
-                    .filter(|p| p.windows(2).all(|w| w[1].1 > w[0].1))
-                    .map(|p| {
-                        let rise = value - p[0].1;
-                        (p, rise, baseline_sigma)
-                    });
-                // The trend's noise is its scatter about the fitted line: the
-                // baseline's spread grows as it learns the leak it should report.
-                let (points, rise, sigma) = match staircase {
-                    Some(found) => found,
-                    None => {
-                        let points = last(*trend_windows as usize)?;
-                        let fit = trend(&points);
-                        if fit.tau < *min_tau {
-                            return None;
-                        }
-                        let span = (points.len() - 1) as f64;
-                        (points, fit.slope * span, fit.scatter)
-                    }
-                };
-                let k = points.len() - 1;
-                let (start, end) = (value - rise, value);
-                let sigma = sigma.max(1e-9 * start.abs());
-                let relative = rise / start.abs().max(f64::MIN_POSITIVE);
-                let above = state.baseline.deviation(t, value, 0.0).z;
-                if rise < min_z * sigma || relative < *min_growth || above < min_z / 2.0 {
+                if let Some(found) = growth::fast(&rule, &state.baseline, &state.recent, t, value) {
+                    return Some(found);
+                }
+                if slow_horizon.is_zero() {
                     return None;
                 }
-                Some(Candidate {
-                    observed: value,
-                    expected: start,
-                    score: (1.0 - (-(rise / sigma) / min_z).exp()).clamp(0.0, 1.0),
-                    onset: growth_onset(&state.baseline, &points),
-                    detail: format!(
-                        "rose {:.1}% in {k} windows ({} -> {})",
-                        relative * 100.0,
-                        short(start),
-                        short(end)
-                    ),
-                })
+                let horizon_ms = slow_horizon.as_millis().min(i64::MAX as u128) as i64;
+                let window_ms = self.params.window_ms;
+                let state = self.state_mut(key, measure)?;
+                let coarse = state.coarse.get_or_insert_with(|| {
+                    Box::new(Coarse::new(horizon_ms, rule.trend_windows, window_ms))
+                });
+                growth::slow(&rule, &state.baseline, coarse, t, value)
             }
             Detector::Univariate { min_score, min_z } => {
                 let params = self.params.univariate.clone();
@@ -821,6 +800,9 @@ impl DetectStage {
         let history = self.history_len;
         let params = self.params.baseline.clone();
         if let Some(state) = self.state_mut(&key, &measure) {
+            if let Some(coarse) = state.coarse.as_mut() {
+                coarse.push(t, value - state.baseline.seasonal(t));
+            }
             state.baseline.learn(t, value, &params);
             state.recent.push_back((t, value));
             while state.recent.len() > history {
@@ -850,6 +832,7 @@ impl DetectStage {
                     baseline: Baseline::new(t, value),
                     recent,
                     univariate: None,
+                    coarse: None,
                 },
             ),
         );
@@ -1050,76 +1033,7 @@ fn slope_per_sec(points: &[(i64, f64)]) -> f64 {
     if den > 0.0 { num / den } else { 0.0 }
 }
 
-/// Spreads above its baseline at which a rising value has left it.
-const LEFT_BASELINE_Z: f64 = 2.0;
-
-/// Where a rising run of `points` (oldest first, the first one before the rise)
-/// began to matter: the first rising point that is `LEFT_BASELINE_Z` spreads above
-/// the baseline. Chance rises inside the normal band before a real climb join the
-/// run but do not move the onset earlier.
-/// A robust line through a few points (see [`trend`]).
-struct Trend {
-    /// Kendall's tau of the values against their order, in [-1, 1].
-    tau: f64,
-    /// Theil-Sen slope per step: the median of the pairwise slopes.
-    slope: f64,
-    /// Standard deviation of the values about the line, from the median
-    /// absolute residual (x 1.4826).
-    scatter: f64,
-}
-
-/// Fits a [`Trend`] to `points`. Rank-based, so it shrugs off jitter and a few
-/// outliers, where "every step rises" fails on the first dip. Written here on
-/// purpose: a dozen lines over at most a few dozen points, where a crate would
-/// add a dependency for one loop.
-fn trend(points: &[(i64, f64)]) -> Trend {
-    let n = points.len();
-    let mut slopes = Vec::with_capacity(n * n.saturating_sub(1) / 2);
-    let mut balance = 0i64;
-    for i in 0..n {
-        for j in i + 1..n {
-            let d = points[j].1 - points[i].1;
-            balance += i64::from(d > 0.0) - i64::from(d < 0.0);
-            slopes.push(d / (j - i) as f64);
-        }
-    }
-    if slopes.is_empty() {
-        return Trend {
-            tau: 0.0,
-            slope: 0.0,
-            scatter: 0.0,
-        };
-    }
-    let tau = balance as f64 / slopes.len() as f64;
-    let slope = median(&mut slopes);
-    let mut offsets: Vec<f64> = (0..n).map(|i| points[i].1 - slope * i as f64).collect();
-    let intercept = median(&mut offsets);
-    let mut residuals: Vec<f64> = (0..n)
-        .map(|i| (points[i].1 - intercept - slope * i as f64).abs())
-        .collect();
-    Trend {
-        tau,
-        slope,
-        scatter: 1.4826 * median(&mut residuals),
-    }
-}
-
-/// The median of a non-empty slice (reorders it).
-fn median(values: &mut [f64]) -> f64 {
-    let mid = values.len() / 2;
-    *values.select_nth_unstable_by(mid, f64::total_cmp).1
-}
-
-fn growth_onset(baseline: &Baseline, points: &[(i64, f64)]) -> Option<i64> {
-    let rising = points.get(1..)?;
-    rising
-        .iter()
-        .find(|(t, v)| baseline.deviation(*t, *v, 0.0).z >= LEFT_BASELINE_Z)
-        .or(rising.first())
-        .map(|p| p.0)
-}
-
-fn short(v: f64) -> String {
+pub(super) fn short(v: f64) -> String {
     if v.abs() >= 100.0 || v == v.trunc() {
         format!("{v:.0}")
     } else {

@@ -12,386 +12,14 @@ use std::collections::BTreeMap;
 
 use homeostat::columnar::logs;
 use homeostat::detect::{Anomaly, AnomalyLog, Catalogue, DetectStage, FailureClass, StageParams};
-use homeostat::loadgen::fleet::Rng;
-use homeostat::window::WindowTables;
-use homeostat::window::tables::{Cell, TableBuilder};
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 
-const WINDOW_MS: i64 = 60_000;
-const DAY_WINDOWS: i64 = 24 * 60;
-/// 2024-03-04 00:00 UTC, a Monday.
-const START_MS: i64 = 1_709_510_400_000;
-const SERVICES: usize = 20;
-/// The fault starts 10 hours in (the runs with a fault stop 10 windows later).
-const FAULT_WINDOW: i64 = 10 * 60;
-const FAULTY: usize = 7;
+mod fleet;
+mod seasons;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Fault {
-    ErrorSpike,
-    Latency,
-    Saturation,
-    MemoryLeak,
-    Dependency,
-    TrafficSurge,
-    QueueBacklog,
-    Deadlock,
-    LogPattern,
-    Generic,
-    /// CPU utilization climbing toward its limit, still below the threshold.
-    SaturationTrend,
-    /// Memory climbing 40% in 30 windows, each sample jittering by 1%: no
-    /// staircase, a trend.
-    NoisyLeak,
-    /// Not a fault: every service's memory follows a garbage-collector sawtooth
-    /// (15% up over 17 windows, then back) all day.
-    GcSawtooth,
-    /// Errors from 0.5% to 3% of requests.
-    SubtleErrors,
-    /// One operation (30% of the traffic) 1.5 times slower.
-    SubtleLatency,
-    /// A known log template (a slow-query warning, seen in a third of the
-    /// windows) logged 40 times a window.
-    TemplateBurst,
-}
-
-impl Fault {
-    fn class(self) -> FailureClass {
-        match self {
-            Fault::ErrorSpike => FailureClass::ErrorSpike,
-            Fault::Latency => FailureClass::LatencyDegradation,
-            Fault::Saturation => FailureClass::Saturation,
-            Fault::MemoryLeak => FailureClass::MemoryLeak,
-            Fault::Dependency => FailureClass::DependencyFailure,
-            Fault::TrafficSurge => FailureClass::TrafficAnomaly,
-            Fault::QueueBacklog => FailureClass::QueueBacklog,
-            Fault::Deadlock => FailureClass::Deadlock,
-            Fault::LogPattern => FailureClass::LogPattern,
-            Fault::Generic => FailureClass::Generic,
-            Fault::SaturationTrend => FailureClass::Saturation,
-            Fault::NoisyLeak | Fault::GcSawtooth => FailureClass::MemoryLeak,
-            Fault::SubtleErrors => FailureClass::ErrorSpike,
-            Fault::SubtleLatency => FailureClass::LatencyDegradation,
-            Fault::TemplateBurst => FailureClass::LogPattern,
-        }
-    }
-}
-
-/// Deterministic noise: the load generator's generator.
-type Noise = Rng;
-
-/// Poisson-like count with mean `lambda`.
-fn count(noise: &mut Noise, lambda: f64) -> u64 {
-    (lambda + lambda.sqrt() * noise.normal()).round().max(0.0) as u64
-}
-
-fn name(i: usize) -> String {
-    format!("svc-{i:02}")
-}
-
-/// The rate, error and duration cells of a service or operation row: quantiles
-/// around 30 / 80 / 150 ms times `latency`, with noise.
-fn red_cells(requests: u64, errors: f64, latency: f64, noise: &mut Noise) -> [Cell; 8] {
-    let (p50, p95, p99) = (
-        30.0 * latency,
-        80.0 * latency * (1.0 + 0.03 * noise.normal()),
-        150.0 * latency * (1.0 + 0.05 * noise.normal()),
-    );
-    [
-        Cell::U64(Some(requests)),
-        Cell::U64(Some(errors as u64)),
-        Cell::F64(Some(errors / requests as f64)),
-        Cell::F64(Some(p50)),
-        Cell::F64(Some(p95)),
-        Cell::F64(Some(p99)),
-        Cell::F64(Some(p50 * 1.2)),
-        Cell::F64(Some(p99 * 1.5)),
-    ]
-}
-
-/// The service's two operations (70% and 30% of its requests), with noise of
-/// their own (a stream per window and service, so the fleet's other series are
-/// the same with or without them); `slow` makes the second 1.5 times slower.
-fn operation_rows(
-    table: &mut TableBuilder,
-    svc: &str,
-    w: i64,
-    i: usize,
-    requests: u64,
-    slow: bool,
-) {
-    let mut noise = Noise::new(homeostat::loadgen::fleet::mix64(
-        ((w as u64) << 8) ^ i as u64,
-    ));
-    for (op, share, base) in [("GET /items", 0.7, 1.0), ("POST /checkout", 0.3, 1.6)] {
-        let n = ((requests as f64 * share).round() as u64).max(1);
-        let errors = count(&mut noise, n as f64 * 0.01).min(n);
-        let mut latency = base * (1.0 + 0.03 * noise.normal());
-        if slow && op == "POST /checkout" {
-            latency *= 1.5;
-        }
-        table.row(
-            &["shop", svc, "prod", op],
-            &red_cells(n, errors as f64, latency, &mut noise),
-        );
-    }
-}
-
-/// One closed window of the fleet, and its log records.
-fn window(w: i64, fault: Option<Fault>, noise: &mut Noise) -> (WindowTables, Vec<ResourceLogs>) {
-    let start = START_MS + w * WINDOW_MS;
-    let end = start + WINDOW_MS;
-    let day = (w % DAY_WINDOWS) as f64 / DAY_WINDOWS as f64;
-    let season = 1.0 + 0.5 * (std::f64::consts::TAU * (day - 0.25)).sin();
-    let since = w - FAULT_WINDOW;
-    let active = |f: Fault| fault == Some(f) && since >= 0;
-
-    let mut service = TableBuilder::new(0, start, end);
-    let mut operation = TableBuilder::new(1, start, end);
-    let mut edge = TableBuilder::new(2, start, end);
-    let mut metric = TableBuilder::new(3, start, end);
-    let mut log = TableBuilder::new(4, start, end);
-    let mut resource_logs = Vec::new();
-    for i in 0..SERVICES {
-        let svc = name(i);
-        let faulty = i == FAULTY;
-        let base = 300.0 + 40.0 * i as f64;
-        let mut lambda = base * season;
-        if faulty && active(Fault::TrafficSurge) {
-            lambda *= 4.0;
-        }
-        if faulty && active(Fault::Deadlock) {
-            lambda *= 0.02;
-        }
-        let requests = count(noise, lambda).max(1);
-        let mut error_p = 0.01;
-        if faulty && fault == Some(Fault::SubtleErrors) {
-            error_p = if since >= 0 { 0.03 } else { 0.005 };
-        }
-        if faulty && active(Fault::ErrorSpike) {
-            error_p = 0.3;
-        }
-        if faulty && active(Fault::Dependency) {
-            error_p = 0.2;
-        }
-        let errors = (requests as f64 * error_p
-            + (requests as f64 * error_p).sqrt() * noise.normal())
-        .round()
-        .clamp(0.0, requests as f64);
-        let mut latency = 1.0 + 0.03 * noise.normal();
-        if faulty && active(Fault::Latency) {
-            latency *= 4.0;
-        }
-        if faulty && active(Fault::Deadlock) {
-            latency *= 20.0;
-        }
-        service.row(
-            &["shop", &svc, "prod"],
-            &red_cells(requests, errors, latency, noise),
-        );
-
-        operation_rows(
-            &mut operation,
-            &svc,
-            w,
-            i,
-            requests,
-            active(Fault::SubtleLatency) && faulty,
-        );
-
-        // Calls to the next service, the last one to its database.
-        let (callee, kind) = if i + 1 < SERVICES {
-            (name(i + 1), "service")
-        } else {
-            ("postgres".to_string(), "database")
-        };
-        let calls = count(noise, lambda * 0.8).max(1);
-        let mut edge_p = 0.005;
-        let mut edge_latency = 40.0 * (1.0 + 0.05 * noise.normal());
-        if faulty && active(Fault::Dependency) {
-            edge_p = 0.4;
-            edge_latency *= 3.0;
-        }
-        let edge_errors = (calls as f64 * edge_p + (calls as f64 * edge_p).sqrt() * noise.normal())
-            .round()
-            .clamp(0.0, calls as f64);
-        edge.row(
-            &[&svc, &callee, kind],
-            &[
-                Cell::U64(Some(calls)),
-                Cell::U64(Some(edge_errors as u64)),
-                Cell::F64(Some(edge_errors / calls as f64)),
-                Cell::F64(Some(edge_latency * 0.4)),
-                Cell::F64(Some(edge_latency)),
-                Cell::F64(Some(edge_latency * 0.5)),
-            ],
-        );
-
-        let mut gauge = |name: &str, unit: &str, kind: &str, value: f64| {
-            let row = [
-                Cell::U64(Some(4)),
-                Cell::F64(Some(value)),
-                Cell::F64(Some(value)),
-                Cell::F64(Some(value)),
-                Cell::F64(Some(value)),
-                Cell::F64(None),
-                Cell::F64(None),
-                Cell::U64(None),
-                Cell::F64(None),
-                Cell::F64(None),
-            ];
-            metric.row(&["shop", &svc, "prod", name, kind, unit, ""], &row);
-        };
-        let jitter = if faulty && fault == Some(Fault::NoisyLeak) {
-            0.01
-        } else {
-            0.003
-        };
-        let mut memory = 2.0e8 * (1.0 + jitter * noise.normal());
-        if faulty && active(Fault::MemoryLeak) {
-            memory *= 1.02f64.powi(since as i32 + 1);
-        }
-        if faulty && active(Fault::NoisyLeak) {
-            memory *= 1.4f64.powf((since + 1) as f64 / 30.0);
-        }
-        if fault == Some(Fault::GcSawtooth) {
-            memory *= 1.0 + 0.15 * (w % 17) as f64 / 17.0;
-        }
-        gauge("process.memory.usage", "By", "gauge", memory);
-        let mut cpu = (0.2 + 0.15 * season + 0.02 * noise.normal()).clamp(0.0, 1.0);
-        if faulty && active(Fault::SaturationTrend) {
-            cpu = 0.72 + 0.03 * since as f64;
-        }
-        gauge("system.cpu.utilization", "1", "gauge", cpu);
-        let mut connections = (10.0 + 2.0 * noise.normal()).max(0.0).round();
-        if faulty && active(Fault::Saturation) {
-            connections = 95.0;
-        }
-        gauge(
-            "db.client.connections.usage",
-            "{connection}",
-            "sum",
-            connections,
-        );
-        gauge("db.client.connections.max", "{connection}", "sum", 100.0);
-        let mut lag = (50.0 + 5.0 * noise.normal()).max(0.0).round();
-        if faulty && active(Fault::QueueBacklog) {
-            lag = 50.0 * 1.5f64.powi(since as i32 + 1);
-        }
-        gauge("messaging.kafka.consumer.lag", "{message}", "gauge", lag);
-        let mut inflight = (5.0 * season + noise.normal()).max(0.0).round();
-        if faulty && active(Fault::Deadlock) {
-            inflight = 40.0 + 10.0 * since as f64;
-        }
-        gauge("http.server.active_requests", "{request}", "sum", inflight);
-        let mut hit_ratio = 0.9 + 0.005 * noise.normal();
-        if faulty && active(Fault::Generic) {
-            hit_ratio = 0.5;
-        }
-        gauge("app.cache.hit_ratio", "1", "gauge", hit_ratio);
-
-        // Logs: a steady mix of templates, plus the fault's new error.
-        let mut records = Vec::new();
-        let info = count(noise, lambda / 50.0);
-        for k in 0..info {
-            records.push(record(
-                start,
-                "INFO",
-                &format!(
-                    "handled order {} for user u{} in {} ms",
-                    w * 1000 + k as i64,
-                    k % 7,
-                    20 + k
-                ),
-            ));
-        }
-        let slow_queries = if faulty && active(Fault::TemplateBurst) {
-            40
-        } else {
-            u64::from(noise.unit() < 0.3)
-        };
-        for k in 0..slow_queries {
-            records.push(record(
-                start,
-                "WARN",
-                &format!(
-                    "slow query on table orders took {} ms",
-                    200 + (w + k as i64) % 50
-                ),
-            ));
-        }
-        if faulty && active(Fault::LogPattern) {
-            for k in 0..5 {
-                records.push(record(
-                    start,
-                    "ERROR",
-                    &format!("deadlock detected on table orders lock {}", 1000 + k),
-                ));
-            }
-        }
-        for severity in ["INFO", "WARN", "ERROR"] {
-            let count = records
-                .iter()
-                .filter(|r| r.severity_text == severity)
-                .count() as u64;
-            if count > 0 {
-                log.row(&["shop", &svc, "prod", severity], &[Cell::U64(Some(count))]);
-            }
-        }
-        resource_logs.push(ResourceLogs {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", &svc), kv("service.namespace", "shop")],
-                ..Default::default()
-            }),
-            scope_logs: vec![ScopeLogs {
-                log_records: records,
-                ..Default::default()
-            }],
-            schema_url: String::new(),
-        });
-    }
-    let tables = WindowTables {
-        start_ms: start,
-        end_ms: end,
-        batches: [
-            service.finish().expect("service"),
-            operation.finish().expect("operation"),
-            edge.finish().expect("edge"),
-            metric.finish().expect("metric"),
-            log.finish().expect("log"),
-        ],
-    };
-    (tables, resource_logs)
-}
-
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_string(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_string())),
-        }),
-        ..Default::default()
-    }
-}
-
-fn record(start_ms: i64, severity: &str, body: &str) -> LogRecord {
-    let number = match severity {
-        "ERROR" => 17,
-        "WARN" => 13,
-        _ => 9,
-    };
-    LogRecord {
-        time_unix_nano: (start_ms as u64 + 30_000) * 1_000_000,
-        severity_number: number,
-        severity_text: severity.to_string(),
-        body: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(body.to_string())),
-        }),
-        ..Default::default()
-    }
-}
+use fleet::{
+    Clock, DAY_WINDOWS, FAULT_WINDOW, FAULTY, Fault, MINUTE, Noise, START_MS, WINDOW_MS, name,
+    window, window_at,
+};
 
 /// Runs 24 hours of fleet traffic (or, with `fault`, until 10 windows after
 /// [`FAULT_WINDOW`]) through a
@@ -407,9 +35,17 @@ fn run(fault: Option<Fault>) -> Vec<Anomaly> {
 
 /// Runs `windows` windows of fleet traffic with `fault` (see [`run`]).
 fn run_for(fault: Option<Fault>, windows: i64) -> Vec<Anomaly> {
-    let config =
-        homeostat::config::Config::from_toml_str("[window]\nsize = \"1m\"\nretain = \"1h\"\n")
-            .expect("config");
+    run_on(MINUTE, fault, windows)
+}
+
+/// Runs `windows` windows on `clock` with `fault` through a detection stage with
+/// the built-in catalogue and the shipped parameters.
+fn run_on(clock: Clock, fault: Option<Fault>, windows: i64) -> Vec<Anomaly> {
+    let config = homeostat::config::Config::from_toml_str(&format!(
+        "[window]\nsize = \"{}ms\"\nretain = \"1h\"\n",
+        clock.window_ms
+    ))
+    .expect("config");
     let params: StageParams = homeostat::engine::stage_params(&config);
     let log = AnomalyLog::new(10_000);
     let mut stage = DetectStage::new(
@@ -419,7 +55,7 @@ fn run_for(fault: Option<Fault>, windows: i64) -> Vec<Anomaly> {
     );
     let mut noise = Noise::new(0x9E37_79B9_7F4A_7C15 ^ fault.map_or(0, |f| f as u64 + 1));
     for w in 0..windows {
-        let (tables, resource_logs) = window(w, fault, &mut noise);
+        let (tables, resource_logs) = window_at(clock, w, fault, &mut noise);
         let decoded = logs::to_arrow(&resource_logs, 0).expect("logs");
         stage.on_logs(&decoded.batch);
         stage.on_window(&tables);
@@ -431,10 +67,10 @@ fn describe(anomalies: &[Anomaly]) -> String {
     let mut by: BTreeMap<String, usize> = BTreeMap::new();
     for a in anomalies {
         *by.entry(format!(
-            "{} {} @{} {}",
+            "{} {} @{}min {}",
             a.class,
             a.key,
-            (a.onset_ms - START_MS) / WINDOW_MS,
+            (a.onset_ms - START_MS) / 60_000,
             a.detail
         ))
         .or_default() += 1;

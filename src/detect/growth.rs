@@ -1,0 +1,147 @@
+//! The growth detector (`kind = "growth"`): a clean staircase over the last few
+//! windows, a trend through jitter over the last `trend_windows` windows, or, for
+//! climbs too slow to see window by window (a leak of 2% an hour at 10 s
+//! windows), a trend over `slow_horizon` of event time in `trend_windows`
+//! buckets ([`Coarse`]).
+//!
+//! The fast paths also ask that the value end above its baseline (a rise out of a
+//! dip, or the ramp of a garbage-collector sawtooth the baseline knows, is not
+//! growth). The slow path cannot: over hours the baseline follows the climb. Its
+//! buckets average a sawtooth away instead, and the values are taken net of the
+//! baseline's seasonal profile, so a daily shape it has learned is no trend.
+
+use std::collections::VecDeque;
+
+use super::baseline::Baseline;
+use super::stage::{Candidate, short};
+use super::trend::{Coarse, trend};
+
+/// Spreads above its baseline at which a rising value has left it.
+const LEFT_BASELINE_Z: f64 = 2.0;
+
+/// A growth pattern's thresholds (see `Detector::Growth`).
+pub(super) struct GrowthRule {
+    pub(super) windows: usize,
+    pub(super) min_z: f64,
+    pub(super) min_growth: f64,
+    pub(super) trend_windows: usize,
+    pub(super) min_tau: f64,
+}
+
+/// The staircase or the window-level trend, ending above the baseline.
+pub(super) fn fast(
+    rule: &GrowthRule,
+    baseline: &Baseline,
+    recent: &VecDeque<(i64, f64)>,
+    t: i64,
+    value: f64,
+) -> Option<Candidate> {
+    let last = |k: usize| -> Option<Vec<(i64, f64)>> {
+        (recent.len() >= k).then(|| {
+            let mut points: Vec<(i64, f64)> = recent.iter().rev().take(k).rev().copied().collect();
+            points.push((t, value));
+            points
+        })
+    };
+    let baseline_sigma = baseline.deviation(t, value, 0.0).sigma;
+    let staircase = last(rule.windows)
+        .filter(|p| p.windows(2).all(|w| w[1].1 > w[0].1))
+        .map(|p| {
+            let rise = value - p[0].1;
+            (p, rise, baseline_sigma)
+        });
+    // The trend's noise is its scatter about the fitted line: the baseline's
+    // spread grows as it learns the leak it should report.
+    let (points, rise, sigma) = match staircase {
+        Some(found) => found,
+        None => {
+            let points = last(rule.trend_windows)?;
+            let fit = trend(&points);
+            if fit.tau < rule.min_tau {
+                return None;
+            }
+            let span = (points.len() - 1) as f64;
+            (points, fit.slope * span, fit.scatter)
+        }
+    };
+    let k = points.len() - 1;
+    let (start, end) = (value - rise, value);
+    let sigma = sigma.max(1e-9 * start.abs());
+    let relative = rise / start.abs().max(f64::MIN_POSITIVE);
+    let above = baseline.deviation(t, value, 0.0).z;
+    if rise < rule.min_z * sigma || relative < rule.min_growth || above < rule.min_z / 2.0 {
+        return None;
+    }
+    Some(Candidate {
+        observed: value,
+        expected: start,
+        score: score(rise, sigma, rule.min_z),
+        onset: onset(baseline, &points),
+        detail: format!(
+            "rose {:.1}% in {k} windows ({} -> {})",
+            relative * 100.0,
+            short(start),
+            short(end)
+        ),
+    })
+}
+
+/// The trend over the coarse buckets of the last `slow_horizon`; `value` (net of
+/// the seasonal offset) must still stand above the middle of the climb, so a
+/// restart that already dropped it does not fire.
+pub(super) fn slow(
+    rule: &GrowthRule,
+    baseline: &Baseline,
+    coarse: &Coarse,
+    t: i64,
+    value: f64,
+) -> Option<Candidate> {
+    let points = coarse.full()?;
+    let fit = trend(&points);
+    if fit.tau < rule.min_tau {
+        return None;
+    }
+    let rise = fit.slope * (points.len() - 1) as f64;
+    let start = fit.intercept;
+    let sigma = fit.scatter.max(1e-9 * start.abs());
+    let relative = rise / start.abs().max(f64::MIN_POSITIVE);
+    let now = value - baseline.seasonal(t);
+    if rise < rule.min_z * sigma || relative < rule.min_growth || now < start + rise / 2.0 {
+        return None;
+    }
+    let span = std::time::Duration::from_millis((coarse.bucket_ms() * points.len() as i64) as u64);
+    Some(Candidate {
+        observed: value,
+        expected: start + baseline.seasonal(t),
+        score: score(rise, sigma, rule.min_z),
+        onset: points
+            .iter()
+            .find(|(_, v)| *v - start >= LEFT_BASELINE_Z * sigma)
+            .map(|p| p.0),
+        detail: format!(
+            "rose {:.1}% in {} ({} -> {}; {:.1}% per hour)",
+            relative * 100.0,
+            humantime::format_duration(span),
+            short(start),
+            short(start + rise),
+            relative * 100.0 * 3_600_000.0 / span.as_millis().max(1) as f64
+        ),
+    })
+}
+
+fn score(rise: f64, sigma: f64, min_z: f64) -> f64 {
+    (1.0 - (-(rise / sigma) / min_z).exp()).clamp(0.0, 1.0)
+}
+
+/// Where a rising run of `points` (oldest first, the first one before the rise)
+/// began to matter: the first rising point that is `LEFT_BASELINE_Z` spreads above
+/// the baseline. Chance rises inside the normal band before a real climb join the
+/// run but do not move the onset earlier.
+fn onset(baseline: &Baseline, points: &[(i64, f64)]) -> Option<i64> {
+    let rising = points.get(1..)?;
+    rising
+        .iter()
+        .find(|(t, v)| baseline.deviation(*t, *v, 0.0).z >= LEFT_BASELINE_Z)
+        .or(rising.first())
+        .map(|p| p.0)
+}
