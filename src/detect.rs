@@ -1,7 +1,12 @@
 //! Detection: turns closed windows into anomalies with a failure class.
 //!
 //! - [`stage`]: the detection stage: every closed window's rows against the
-//!   catalogue's patterns, hysteresis and debouncing, snapshots.
+//!   catalogue's patterns; `series.rs` holds what each series remembers,
+//!   `episodes.rs` the hysteresis and cooldowns, `snapshot.rs` what survives a
+//!   restart.
+//! - [`detectors`]: one file per detector kind behind one trait.
+//! - [`trend`]: Kendall's tau and Theil-Sen lines, and time-bucketed history for
+//!   slow trends.
 //! - [`catalogue`]: the failure-pattern catalogue (`models/*.toml`).
 //! - [`baseline`]: per-series level, spread and daily/weekly seasonality.
 //! - [`drain`]: online log template mining.
@@ -18,10 +23,13 @@
 pub mod anomaly;
 pub mod baseline;
 pub mod catalogue;
+pub mod detectors;
 pub mod drain;
-mod growth;
+mod episodes;
 pub mod replay;
 pub mod rows;
+mod series;
+mod snapshot;
 pub mod stage;
 pub mod tail;
 pub mod trend;

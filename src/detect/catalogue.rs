@@ -23,6 +23,13 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::anomaly::FailureClass;
+use super::detectors::Detect;
+pub use super::detectors::deviation::Deviation;
+pub use super::detectors::growth::Growth;
+pub use super::detectors::limit::Limit;
+pub use super::detectors::new_template::NewTemplate;
+pub use super::detectors::stall::Stall;
+pub use super::detectors::univariate::UnivariateRule;
 
 /// The catalogue shipped in the binary (`models/catalogue.toml` at build time).
 pub const BUILT_IN: &str = include_str!("../../models/catalogue.toml");
@@ -108,88 +115,31 @@ pub enum Direction {
     Both,
 }
 
-/// A detector and its parameters.
+/// A detector and its parameters (each documented in its file under
+/// `detect/detectors/`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Detector {
-    /// The value against its baseline: fires when the deviation's score reaches
-    /// `min_score` in `direction`, the change is at least `min_delta` (absolute)
-    /// and `min_ratio` (observed / expected, or its inverse going down), the
-    /// window's volume (requests or calls) is at least `min_volume` and the
-    /// expectation at least `min_expected`.
-    Deviation {
-        direction: Direction,
-        min_score: f64,
-        #[serde(default)]
-        min_delta: f64,
-        #[serde(default)]
-        min_ratio: f64,
-        #[serde(default)]
-        min_volume: f64,
-        #[serde(default)]
-        min_expected: f64,
-    },
-    /// Use of a bounded resource: the value over its limit (`limit`, or a sibling
-    /// metric named by swapping a suffix per `limit_pairs`, or 1 / 100 for
-    /// utilization metrics with unit `1` / `%`) reaches `threshold`, or reaches
-    /// `forecast_from` while the linear trend of the last `trend_windows` windows
-    /// exhausts it within `horizon`.
-    Limit {
-        #[serde(default)]
-        limit: Option<f64>,
-        #[serde(default)]
-        limit_pairs: Vec<[String; 2]>,
-        threshold: f64,
-        forecast_from: f64,
-        #[serde(with = "humantime_serde")]
-        horizon: std::time::Duration,
-        trend_windows: u32,
-    },
-    /// Sustained growth: each of the last `windows` steps rises (a clean
-    /// staircase, caught fast), or over the last `trend_windows` values the trend
-    /// holds through the noise (Kendall's tau at least `min_tau`; the rise is the
-    /// Theil-Sen slope over the span), as a jittery leak or a backlog behind a
-    /// sawtooth does. Either way the rise is at least `min_z` spreads of the
-    /// series and `min_growth` of the level where it started, and the value ends
-    /// at least `min_z / 2` spreads above its baseline (a rise out of a dip, or
-    /// the ramp of a healthy garbage-collector sawtooth the baseline knows, is
-    /// not growth).
-    Growth {
-        windows: u32,
-        min_z: f64,
-        min_growth: f64,
-        #[serde(default = "default_trend_windows")]
-        trend_windows: u32,
-        #[serde(default = "default_min_tau")]
-        min_tau: f64,
-        /// Slow growth: the same trend test over this much event time, in
-        /// `trend_windows` buckets of averaged values net of the baseline's
-        /// seasonal profile (a leak of a few percent an hour); "0s" turns it off.
-        #[serde(default = "default_slow_horizon", with = "humantime_serde")]
-        slow_horizon: std::time::Duration,
-    },
-    /// A stall: throughput at most `max_throughput_ratio` of its baseline (from at
-    /// least `min_expected`) while latency is at least `latency_ratio` times its
-    /// baseline or an in-flight metric (`inflight_metrics` globs) rises.
-    Stall {
-        max_throughput_ratio: f64,
-        min_expected: f64,
-        latency_ratio: f64,
-        #[serde(default)]
-        inflight_metrics: Vec<String>,
-    },
-    /// A log template never seen before, once the miner has warmed up, at
-    /// `min_severity` or above.
-    NewTemplate { min_severity: String },
-    /// The univariate detector (`[detect.univariate]`): a generic anomaly score,
-    /// which must reach `min_score` (default: the detector's own `fire`).
-    Univariate {
-        #[serde(default)]
-        min_score: Option<f64>,
-        /// The value must also be this many spreads from its baseline (0: off).
-        #[serde(default)]
-        min_z: f64,
-    },
+    Deviation(Deviation),
+    Limit(Limit),
+    Growth(Growth),
+    Stall(Stall),
+    NewTemplate(NewTemplate),
+    Univariate(UnivariateRule),
+}
+
+impl Detector {
+    /// The detector behind the common interface.
+    pub(crate) fn rule(&self) -> &dyn Detect {
+        match self {
+            Detector::Deviation(d) => d,
+            Detector::Limit(d) => d,
+            Detector::Growth(d) => d,
+            Detector::Stall(d) => d,
+            Detector::NewTemplate(d) => d,
+            Detector::Univariate(d) => d,
+        }
+    }
 }
 
 /// One pattern of the catalogue.
@@ -373,77 +323,8 @@ fn validate(p: &Pattern) -> Vec<String> {
     if p.consecutive == 0 {
         out.push(at("consecutive must be at least 1"));
     }
-    let unit = |v: f64| (0.0..=1.0).contains(&v);
-    match &p.detector {
-        Detector::Deviation {
-            min_score,
-            min_ratio,
-            ..
-        } => {
-            if !unit(*min_score) {
-                out.push(at("min_score must be in [0, 1]"));
-            }
-            if *min_ratio < 0.0 {
-                out.push(at("min_ratio must not be negative"));
-            }
-        }
-        Detector::Limit {
-            threshold,
-            forecast_from,
-            trend_windows,
-            limit,
-            ..
-        } => {
-            if !(*threshold > 0.0 && *forecast_from > 0.0 && forecast_from <= threshold) {
-                out.push(at("need 0 < forecast_from <= threshold"));
-            }
-            if *trend_windows < 2 {
-                out.push(at("trend_windows must be at least 2"));
-            }
-            if limit.is_some_and(|l| l <= 0.0) {
-                out.push(at("limit must be positive"));
-            }
-            if p.series != SeriesKind::Metric {
-                out.push(at("kind `limit` needs series = \"metric\""));
-            }
-        }
-        Detector::Growth {
-            windows,
-            trend_windows,
-            min_tau,
-            ..
-        } => {
-            if *windows < 2 {
-                out.push(at("windows must be at least 2"));
-            }
-            if *trend_windows < 3 {
-                out.push(at("trend_windows must be at least 3"));
-            }
-            if !(*min_tau > 0.0 && *min_tau <= 1.0) {
-                out.push(at("min_tau must be in (0, 1]"));
-            }
-        }
-        Detector::Stall {
-            max_throughput_ratio,
-            ..
-        } => {
-            if p.series != SeriesKind::Service {
-                out.push(at("kind `stall` needs series = \"service\""));
-            }
-            if !unit(*max_throughput_ratio) {
-                out.push(at("max_throughput_ratio must be in [0, 1]"));
-            }
-        }
-        Detector::NewTemplate { .. } => {
-            if p.series != SeriesKind::LogTemplate {
-                out.push(at("kind `new_template` needs series = \"log_template\""));
-            }
-        }
-        Detector::Univariate { min_score, .. } => {
-            if min_score.is_some_and(|s| !unit(s)) {
-                out.push(at("min_score must be in [0, 1]"));
-            }
-        }
+    for problem in p.detector.rule().problems(p.series) {
+        out.push(at(&problem));
     }
     out
 }
@@ -470,18 +351,6 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         }
     }
     p[pi..].iter().all(|c| *c == b'*')
-}
-
-fn default_trend_windows() -> u32 {
-    12
-}
-
-fn default_min_tau() -> f64 {
-    0.6
-}
-
-fn default_slow_horizon() -> std::time::Duration {
-    std::time::Duration::from_secs(3 * 3600)
 }
 
 #[cfg(test)]
@@ -553,6 +422,11 @@ trend_windows = 1
         let error = Catalogue::from_documents(&[("u.toml".into(), unknown.into())])
             .expect_err("unknown field");
         assert!(error.problems.join("\n").contains("colour"), "{error}");
+        // Inside a detector too (each detector's own struct refuses unknown keys).
+        let unknown = "[[pattern]]\nname = \"x\"\nclass = \"memory_leak\"\nseries = \"metric\"\n[pattern.detector]\nkind = \"growth\"\nwindows = 3\nmin_z = 8.0\nmin_growth = 0.03\nslow_horizn = \"1h\"\n";
+        let error = Catalogue::from_documents(&[("g.toml".into(), unknown.into())])
+            .expect_err("unknown detector field");
+        assert!(error.problems.join("\n").contains("slow_horizn"), "{error}");
     }
 
     #[test]

@@ -12,25 +12,93 @@
 
 use std::collections::VecDeque;
 
-use super::baseline::Baseline;
-use super::stage::{Candidate, short};
-use super::trend::{Coarse, trend};
+use serde::Deserialize;
+
+use super::{Candidate, Detect, Eval, Scope, short};
+use crate::detect::baseline::Baseline;
+use crate::detect::catalogue::SeriesKind;
+use crate::detect::trend::{Coarse, trend};
 
 /// Spreads above its baseline at which a rising value has left it.
 const LEFT_BASELINE_Z: f64 = 2.0;
 
-/// A growth pattern's thresholds (see `Detector::Growth`).
-pub(super) struct GrowthRule {
-    pub(super) windows: usize,
-    pub(super) min_z: f64,
-    pub(super) min_growth: f64,
-    pub(super) trend_windows: usize,
-    pub(super) min_tau: f64,
+/// Sustained growth: each of the last `windows` steps rises (a clean staircase,
+/// caught fast), or over the last `trend_windows` values the trend holds through
+/// the noise (Kendall's tau at least `min_tau`; the rise is the Theil-Sen slope
+/// over the span), as a jittery leak or a backlog behind a sawtooth does; or the
+/// slow path over `slow_horizon`. The rise is at least `min_z` spreads of the
+/// series and `min_growth` of the level where it started.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Growth {
+    pub windows: u32,
+    pub min_z: f64,
+    pub min_growth: f64,
+    #[serde(default = "default_trend_windows")]
+    pub trend_windows: u32,
+    #[serde(default = "default_min_tau")]
+    pub min_tau: f64,
+    /// Slow growth: the same trend test over this much event time, in
+    /// `trend_windows` buckets of averaged values net of the baseline's seasonal
+    /// profile (a leak of a few percent an hour); "0s" turns it off.
+    #[serde(default = "default_slow_horizon", with = "humantime_serde")]
+    pub slow_horizon: std::time::Duration,
+}
+
+fn default_trend_windows() -> u32 {
+    12
+}
+
+fn default_min_tau() -> f64 {
+    0.6
+}
+
+fn default_slow_horizon() -> std::time::Duration {
+    std::time::Duration::from_secs(3 * 3600)
+}
+
+impl Detect for Growth {
+    fn problems(&self, _series: SeriesKind) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.windows < 2 {
+            out.push("windows must be at least 2".to_string());
+        }
+        if self.trend_windows < 3 {
+            out.push("trend_windows must be at least 3".to_string());
+        }
+        if !(self.min_tau > 0.0 && self.min_tau <= 1.0) {
+            out.push("min_tau must be in (0, 1]".to_string());
+        }
+        out
+    }
+
+    fn history(&self) -> usize {
+        self.windows.max(self.trend_windows) as usize
+    }
+
+    fn evaluate(&self, eval: &Eval<'_>, scope: &mut Scope<'_>) -> Option<Candidate> {
+        let series = &mut *scope.series;
+        let (t, value) = (eval.t, eval.value);
+        let state = series.ready(eval.key, eval.measure)?;
+        if let Some(found) = fast(self, &state.baseline, &state.recent, t, value) {
+            return Some(found);
+        }
+        if self.slow_horizon.is_zero() {
+            return None;
+        }
+        let horizon_ms = self.slow_horizon.as_millis().min(i64::MAX as u128) as i64;
+        let (buckets, window_ms) = (self.trend_windows as usize, series.limits.window_ms);
+        let state = series.state_mut(eval.key, eval.measure)?;
+        let coarse = state
+            .coarse
+            .get_or_insert_with(|| Box::new(Coarse::new(horizon_ms, buckets, window_ms)));
+        slow(self, &state.baseline, coarse, t, value)
+    }
 }
 
 /// The staircase or the window-level trend, ending above the baseline.
-pub(super) fn fast(
-    rule: &GrowthRule,
+fn fast(
+    rule: &Growth,
     baseline: &Baseline,
     recent: &VecDeque<(i64, f64)>,
     t: i64,
@@ -44,7 +112,7 @@ pub(super) fn fast(
         })
     };
     let baseline_sigma = baseline.deviation(t, value, 0.0).sigma;
-    let staircase = last(rule.windows)
+    let staircase = last(rule.windows as usize)
         .filter(|p| p.windows(2).all(|w| w[1].1 > w[0].1))
         .map(|p| {
             let rise = value - p[0].1;
@@ -55,7 +123,7 @@ pub(super) fn fast(
     let (points, rise, sigma) = match staircase {
         Some(found) => found,
         None => {
-            let points = last(rule.trend_windows)?;
+            let points = last(rule.trend_windows as usize)?;
             let fit = trend(&points);
             if fit.tau < rule.min_tau {
                 return None;
@@ -89,8 +157,8 @@ pub(super) fn fast(
 /// The trend over the coarse buckets of the last `slow_horizon`; `value` (net of
 /// the seasonal offset) must still stand above the middle of the climb, so a
 /// restart that already dropped it does not fire.
-pub(super) fn slow(
-    rule: &GrowthRule,
+fn slow(
+    rule: &Growth,
     baseline: &Baseline,
     coarse: &Coarse,
     t: i64,
