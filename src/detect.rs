@@ -32,6 +32,7 @@ mod series;
 mod snapshot;
 pub mod stage;
 pub mod tail;
+pub mod task;
 pub mod trend;
 pub mod univariate;
 
@@ -39,4 +40,5 @@ pub use anomaly::{Anomaly, AnomalyLog, FailureClass, SeriesKey};
 pub use baseline::BaselineParams;
 pub use catalogue::Catalogue;
 pub use stage::{DetectStage, StageParams};
+pub use task::DetectTask;
 pub use univariate::{Univariate, UnivariateParams};

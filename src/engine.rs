@@ -16,7 +16,8 @@ use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::detect::{AnomalyLog, Catalogue, DetectStage, StageParams};
+use crate::detect::{AnomalyLog, Catalogue, DetectStage, DetectTask, StageParams};
+use crate::flow;
 use crate::ingest::kafka::KafkaIngest;
 use crate::ingest::{OtlpIntake, otlp_grpc, otlp_http};
 use crate::pipeline::{History, OffsetTracker, PipelineMessage, WindowStage};
@@ -67,6 +68,8 @@ pub struct Engine {
     api_stop: CancellationToken,
     receivers: Vec<JoinHandle<()>>,
     stage: JoinHandle<()>,
+    /// The detection stage, when on; it stops after the window stage.
+    detect: Option<JoinHandle<()>>,
     api: JoinHandle<()>,
     kafka: Option<Arc<KafkaIngest>>,
 }
@@ -127,19 +130,28 @@ impl Engine {
         let metrics = Arc::new(SelfMetrics::new());
         let history = History::new(AnomalyLog::new(config.detect.max_anomalies));
         let offsets = OffsetTracker::new();
-        let mut stage =
-            WindowStage::new(&config, history.clone(), offsets.clone(), metrics.clone())?;
+        let (queue, inbox) = mpsc::channel(config.pipeline.queue_capacity);
+        let mut window_stage =
+            WindowStage::new(&config, history.clone(), offsets.clone(), metrics.clone())?
+                .watching(&queue);
+        let mut detect = None;
         if config.detect.enabled {
             let catalogue = Catalogue::load(&config.detect.catalogue)?;
             info!(source = %catalogue.source, patterns = catalogue.patterns.len(), "failure-pattern catalogue loaded");
-            stage = stage.with_detection(DetectStage::new(
-                catalogue,
-                stage_params(&config),
-                history.anomalies().clone(),
-            ));
+            let task = DetectTask::new(
+                DetectStage::new(
+                    catalogue,
+                    stage_params(&config),
+                    history.anomalies().clone(),
+                ),
+                metrics.clone(),
+            );
+            let (events, events_inbox) = mpsc::channel(config.pipeline.queue_capacity);
+            window_stage = window_stage.with_downstream();
+            // Stops when the window stage drops its outlet, after its last window.
+            let run = flow::run(task, events_inbox, None, CancellationToken::new());
+            detect = Some((events, tokio::spawn(async move { drop(run.await) })));
         }
-        let (queue, inbox) = mpsc::channel(config.pipeline.queue_capacity);
-
         let grpc_listener = bind("OTLP/gRPC", config.otlp.grpc_addr).await?;
         let http_listener = bind("OTLP/HTTP", config.otlp.http_addr).await?;
         let api_listener = bind("API", config.api.addr).await?;
@@ -148,7 +160,12 @@ impl Engine {
         let api_addr = local_addr(&api_listener, config.api.addr);
 
         let stage_stop = CancellationToken::new();
-        let stage = tokio::spawn(stage.run(inbox, stage_stop.clone()));
+        let (outlet, detect) = match detect {
+            Some((events, task)) => (Some(events), Some(task)),
+            None => (None, None),
+        };
+        let run = flow::run(window_stage, inbox, outlet, stage_stop.clone());
+        let stage = tokio::spawn(async move { drop(run.await) });
 
         let receivers_stop = CancellationToken::new();
         let intake = OtlpIntake::new(
@@ -214,6 +231,7 @@ impl Engine {
             api_stop,
             receivers,
             stage,
+            detect,
             api,
             kafka,
         })
@@ -222,12 +240,12 @@ impl Engine {
     /// Closes every open window now and waits until they are queryable.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        if self.queue.send(PipelineMessage::Flush(done)).await.is_ok() {
+        if self.queue.send(flow::Message::Flush(done)).await.is_ok() {
             let _ = wait.await;
         }
     }
 
-    /// Stops gracefully: receivers, then the window stage, then the API.
+    /// Stops gracefully: receivers, then the window stage, detection, the API.
     pub async fn shutdown(self) {
         self.receivers_stop.cancel();
         for receiver in self.receivers {
@@ -236,6 +254,9 @@ impl Engine {
         drop(self.queue);
         self.stage_stop.cancel();
         let _ = self.stage.await;
+        if let Some(detect) = self.detect {
+            let _ = detect.await;
+        }
         if let Some(kafka) = &self.kafka {
             kafka.commit().await;
         }

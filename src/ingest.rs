@@ -16,7 +16,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::columnar::{Decoded, Signal};
-use crate::pipeline::PipelineMessage;
+use crate::flow::Message;
+use crate::pipeline::{Ingested, PipelineMessage};
 use crate::self_metrics::SelfMetrics;
 use decode::Encoding;
 use error::IngestError;
@@ -156,10 +157,10 @@ impl OtlpIntake {
         };
         let decoded = decode::decode(signal, &body, encoding)?;
         if decoded.batch.num_rows() > 0 {
-            permit.send(PipelineMessage::Batch {
+            permit.send(Message::Data(Ingested {
                 decoded: decoded.clone(),
                 origin: None,
-            });
+            }));
         }
         Ok(decoded)
     }

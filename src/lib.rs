@@ -21,9 +21,12 @@
 //! - [`columnar`]: OTLP protobuf -> Arrow batches with fixed schemas.
 //! - [`window`]: event-time tumbling windows, watermarks, lateness, pairing of
 //!   spans into call edges, per-window tables.
-//! - [`pipeline`]: the window stage task: one bounded queue in, closed windows out
-//!   to history and store, Kafka offsets released once durable.
-//! - [`detect`]: per-series anomaly scores on window values; `homeostat replay`.
+//! - [`flow`]: how stages connect: bounded channels of data and flushes, one
+//!   runner loop, shutdown in pipeline order.
+//! - [`pipeline`]: the window stage: one bounded queue in, closed windows out
+//!   to history, store and detection, Kafka offsets released once durable.
+//! - [`detect`]: per-series anomaly scores on window values, a stage of its own;
+//!   `homeostat replay`.
 //! - [`store`]: embedded persistence of closed windows and the checkpoint.
 //! - [`api`]: HTTP health, Prometheus self-metrics and SQL over retained windows.
 //! - [`config`]: one typed configuration.
@@ -36,6 +39,7 @@ pub mod columnar;
 pub mod config;
 pub mod detect;
 pub mod engine;
+pub mod flow;
 pub mod ingest;
 pub mod loadgen;
 pub mod pipeline;

@@ -1,6 +1,6 @@
-//! The window stage task: one bounded queue in; closed windows out to the history
-//! (queried by SQL) and the store; Kafka offsets released once what they carried is
-//! durable.
+//! The window stage: decoded batches in; closed windows out to the history
+//! (queried by SQL), the store and the next stage (detection); Kafka offsets
+//! released once what they carried is durable. It runs in [`flow::run`].
 
 pub mod history;
 pub mod offsets;
@@ -8,31 +8,39 @@ pub mod offsets;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use arrow::record_batch::RecordBatch;
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::columnar::{Decoded, Signal};
 use crate::config::Config;
-use crate::detect::DetectStage;
+use crate::flow::{self, Emit, Message};
 use crate::self_metrics::SelfMetrics;
 use crate::store::Store;
 use crate::window::{WindowTables, Windows};
 pub use history::History;
 pub use offsets::{KafkaOrigin, OffsetTracker};
 
-/// Everything that travels on the pipeline queue: data and control in one channel.
+/// A decoded batch and, when it came from Kafka, its position (for commits).
 #[derive(Debug)]
-pub enum PipelineMessage {
-    /// A decoded batch, with its Kafka position when it came from Kafka.
-    Batch {
-        /// The records.
-        decoded: Decoded,
-        /// Where it came from, for offset commits.
-        origin: Option<KafkaOrigin>,
-    },
-    /// Close every open window now, then answer (used by tests and tools).
-    Flush(oneshot::Sender<()>),
+pub struct Ingested {
+    /// The records.
+    pub decoded: Decoded,
+    /// Where it came from, for offset commits.
+    pub origin: Option<KafkaOrigin>,
+}
+
+/// What travels on the pipeline queue: batches, and flushes.
+pub type PipelineMessage = Message<Ingested>;
+
+/// What the window stage hands on, in order: log records (for template mining)
+/// and each closed window after the records it counted.
+#[derive(Debug, Clone)]
+pub enum WindowEvent {
+    /// A batch of log records (the `columnar::logs` schema).
+    Logs(RecordBatch),
+    /// A closed window.
+    Closed(Arc<WindowTables>),
 }
 
 /// The window stage.
@@ -47,8 +55,13 @@ pub struct WindowStage {
     close_on_stop: bool,
     /// Closed windows whose write failed, retried with the next one.
     unpersisted: Vec<WindowTables>,
-    /// The detection stage, fed every closed window (and the log records).
-    detect: Option<DetectStage>,
+    /// Whether a next stage takes the log records and closed windows.
+    downstream: bool,
+    /// The stage's own queue, to report its depth (weak: it does not keep the
+    /// queue open).
+    queue: Option<mpsc::WeakSender<PipelineMessage>>,
+    last_input: Instant,
+    assignment: u64,
 }
 
 fn now_unix_nano() -> u64 {
@@ -101,109 +114,79 @@ impl WindowStage {
             // restart; closing them at stop would turn those records into late ones.
             close_on_stop: !config.kafka_enabled(),
             unpersisted: Vec::new(),
-            detect: None,
+            downstream: false,
+            queue: None,
+            last_input: Instant::now(),
+            assignment: 0,
         })
     }
 
-    /// Runs every closed window through `detect` (and mines log records into it).
-    pub fn with_detection(mut self, detect: DetectStage) -> Self {
-        self.detect = Some(detect);
+    /// Hands log records and closed windows on (to detection).
+    pub fn with_downstream(mut self) -> Self {
+        self.downstream = true;
         self
     }
 
-    /// Runs until the queue closes (every sender dropped) or `stop` fires and the
-    /// queue has been drained.
-    pub async fn run(
-        mut self,
-        mut queue: mpsc::Receiver<PipelineMessage>,
-        stop: CancellationToken,
-    ) {
-        let mut last_input = Instant::now();
-        let mut assignment = 0u64;
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let before = (self.windows.counts(), self.windows.pairing_counts());
-            if let Some((generation, partitions)) = self.offsets.assignment_since(assignment) {
-                assignment = generation;
-                let ids: Vec<u64> = partitions.iter().map(|(t, p)| input_id(t, *p)).collect();
-                self.windows.set_inputs(&ids, now_unix_nano());
-            }
-            tokio::select! {
-                message = queue.recv() => match message {
-                    Some(PipelineMessage::Batch { decoded, origin }) => {
-                        last_input = Instant::now();
-                        self.ingest(decoded, origin);
-                        match self.windows.advance(now_unix_nano()) {
-                            Ok(closed) => {
-                            self.publish(closed);
-                        }
-                            Err(error) => warn!(%error, "failed to close windows"),
-                        }
-                    }
-                    Some(PipelineMessage::Flush(done)) => {
-                        self.close_all();
-                        let _ = done.send(());
-                    }
-                    None => break,
-                },
-                _ = tick.tick() => {
-                    match self.windows.advance(now_unix_nano()) {
-                        Ok(closed) => {
-                            self.publish(closed);
-                        }
-                        Err(error) => warn!(%error, "failed to close windows"),
-                    }
-                    if last_input.elapsed() >= self.idle_timeout && self.windows.open_windows() > 0 {
-                        debug!("input idle, closing open windows");
-                        self.close_all();
-                    }
-                }
-                _ = stop.cancelled() => {
-                    queue.close();
-                    while let Some(message) = queue.recv().await {
-                        match message {
-                            PipelineMessage::Batch { decoded, origin } => self.ingest(decoded, origin),
-                            PipelineMessage::Flush(done) => { let _ = done.send(()); }
-                        }
-                    }
-                    if self.close_on_stop {
-                        self.close_all();
-                    } else {
-                        match self.windows.advance(now_unix_nano()) {
-                            Ok(closed) => {
-                            self.publish(closed);
-                        }
-                            Err(error) => warn!(%error, "failed to close windows"),
-                        }
-                    }
-                    break;
-                }
-            }
-            self.metrics.window_progress(
-                before,
-                (self.windows.counts(), self.windows.pairing_counts()),
-                self.windows.open_windows(),
-                self.windows.pending_pairs(),
-                self.windows.closed_through_ms(),
-                queue.len(),
-            );
-        }
-        if let Some(detect) = &mut self.detect {
-            detect.snapshot();
-        }
-        info!("window stage stopped");
+    /// Reports the depth of `queue` (the stage's inbox) in the self-metrics.
+    pub fn watching(mut self, queue: &mpsc::Sender<PipelineMessage>) -> Self {
+        self.queue = Some(queue.downgrade());
+        self
     }
 
-    fn ingest(&mut self, decoded: Decoded, origin: Option<KafkaOrigin>) {
+    fn queue_depth(&self) -> usize {
+        self.queue
+            .as_ref()
+            .and_then(mpsc::WeakSender::upgrade)
+            .map_or(0, |q| q.max_capacity() - q.capacity())
+    }
+
+    /// Takes a new Kafka partition assignment as the inputs the watermark waits
+    /// for. Checked before every batch: a batch from one partition handled before
+    /// the others are known would move the watermark past their data.
+    fn follow_assignment(&mut self) {
+        if let Some((generation, partitions)) = self.offsets.assignment_since(self.assignment) {
+            self.assignment = generation;
+            let ids: Vec<u64> = partitions.iter().map(|(t, p)| input_id(t, *p)).collect();
+            self.windows.set_inputs(&ids, now_unix_nano());
+        }
+    }
+
+    /// Closes the windows the clock allows and hands them on.
+    fn advance(&mut self, out: &mut Emit<WindowEvent>) {
+        match self.windows.advance(now_unix_nano()) {
+            Ok(closed) => {
+                self.publish(closed, out);
+            }
+            Err(error) => warn!(%error, "failed to close windows"),
+        }
+    }
+
+    /// Runs `step`, then reports what it changed in the self-metrics.
+    fn measured(&mut self, step: impl FnOnce(&mut Self)) {
+        let before = (self.windows.counts(), self.windows.pairing_counts());
+        step(self);
+        self.metrics.window_progress(
+            before,
+            (self.windows.counts(), self.windows.pairing_counts()),
+            self.windows.open_windows(),
+            self.windows.pending_pairs(),
+            self.windows.closed_through_ms(),
+            self.queue_depth(),
+        );
+    }
+
+    fn ingest(
+        &mut self,
+        decoded: Decoded,
+        origin: Option<KafkaOrigin>,
+        out: &mut Emit<WindowEvent>,
+    ) {
         // OTLP receivers are one input; each Kafka topic-partition is its own.
         let input = origin
             .as_ref()
             .map_or(0, |o| input_id(&o.topic, o.partition));
-        if decoded.signal == Signal::Logs
-            && let Some(detect) = &mut self.detect
-        {
-            detect.on_logs(&decoded.batch);
+        if decoded.signal == Signal::Logs && self.downstream {
+            out.push(WindowEvent::Logs(decoded.batch.clone()));
         }
         let release = match self.windows.ingest(&decoded, input, now_unix_nano()) {
             Ok(release) => release,
@@ -217,10 +200,10 @@ impl WindowStage {
         }
     }
 
-    fn close_all(&mut self) {
+    fn close_all(&mut self, out: &mut Emit<WindowEvent>) {
         match self.windows.close_all() {
             Ok(closed) => {
-                if self.publish(closed) {
+                if self.publish(closed, out) {
                     self.offsets.release_processed();
                 }
             }
@@ -230,23 +213,19 @@ impl WindowStage {
 
     /// Hands closed windows to the history and the store; false when they (or windows
     /// whose earlier write failed, retried here first) could not be persisted.
-    fn publish(&mut self, closed: Vec<WindowTables>) -> bool {
+    fn publish(&mut self, closed: Vec<WindowTables>, out: &mut Emit<WindowEvent>) -> bool {
         if closed.is_empty() && self.unpersisted.is_empty() {
             return true;
         }
         self.windows.evict_stale_series(self.retain_ms);
         let closed_through = self.windows.closed_through_ms();
         let horizon = closed_through - self.retain_ms;
-        if let Some(detect) = &mut self.detect {
-            for window in &closed {
-                let opened = detect.on_window(window);
-                self.metrics.detection(
-                    &opened,
-                    detect.series_count(),
-                    detect.take_untracked(),
-                    detect.template_count(),
-                );
-            }
+        if self.downstream {
+            out.extend(
+                closed
+                    .iter()
+                    .map(|w| WindowEvent::Closed(Arc::new(w.clone()))),
+            );
         }
         self.history.extend(closed.iter().cloned());
         self.history.retain_after(horizon);
@@ -273,5 +252,56 @@ impl WindowStage {
             warn!(%error, "failed to prune old windows");
         }
         true
+    }
+}
+
+impl flow::Stage for WindowStage {
+    type In = Ingested;
+    type Out = WindowEvent;
+
+    fn name(&self) -> &'static str {
+        "window"
+    }
+
+    fn on_data(&mut self, batch: Ingested, out: &mut Emit<WindowEvent>) {
+        self.measured(|stage| {
+            stage.last_input = Instant::now();
+            stage.follow_assignment();
+            stage.ingest(batch.decoded, batch.origin, out);
+            stage.advance(out);
+        });
+    }
+
+    fn tick_every(&self) -> Option<Duration> {
+        Some(Duration::from_millis(250))
+    }
+
+    /// Follows the Kafka assignment, closes what the clock allows, and closes
+    /// everything when input has been idle for `window.idle_timeout`.
+    fn on_tick(&mut self, out: &mut Emit<WindowEvent>) {
+        self.measured(|stage| {
+            stage.follow_assignment();
+            stage.advance(out);
+            if stage.last_input.elapsed() >= stage.idle_timeout && stage.windows.open_windows() > 0
+            {
+                debug!("input idle, closing open windows");
+                stage.close_all(out);
+            }
+        });
+    }
+
+    fn on_flush(&mut self, out: &mut Emit<WindowEvent>) {
+        self.measured(|stage| stage.close_all(out));
+    }
+
+    fn on_stop(&mut self, out: &mut Emit<WindowEvent>) {
+        self.measured(|stage| {
+            if stage.close_on_stop {
+                stage.close_all(out);
+            } else {
+                stage.advance(out);
+            }
+        });
+        info!("window stage stopped");
     }
 }

@@ -23,7 +23,8 @@ use tracing::{info, warn};
 use super::decode::{self, Encoding};
 use crate::columnar::Signal;
 use crate::config::{KafkaConfig, KafkaEncoding};
-use crate::pipeline::{KafkaOrigin, OffsetTracker, PipelineMessage};
+use crate::flow::Message as FlowMessage;
+use crate::pipeline::{Ingested, KafkaOrigin, OffsetTracker, PipelineMessage};
 use crate::self_metrics::SelfMetrics;
 
 /// Logs client errors and forgets revoked partitions.
@@ -191,7 +192,7 @@ impl KafkaIngest {
                             }
                             // Waits while the queue is full: backpressure stops polling.
                             let sent = tokio::select! {
-                                sent = queue.send(PipelineMessage::Batch { decoded, origin: Some(origin.clone()) }) => sent.is_ok(),
+                                sent = queue.send(FlowMessage::Data(Ingested { decoded, origin: Some(origin.clone()) })) => sent.is_ok(),
                                 _ = stop.cancelled() => false,
                             };
                             if !sent {

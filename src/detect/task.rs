@@ -1,0 +1,53 @@
+//! Detection as a pipeline stage ([`crate::flow`]): the window stage's log
+//! records and closed windows in, in order, on a task of its own, so slow
+//! detection delays anomalies, never ingest (the window stage waits only when
+//! this stage's bounded inbox is full).
+
+use std::sync::Arc;
+
+use super::stage::DetectStage;
+use crate::flow::{Emit, Stage};
+use crate::pipeline::WindowEvent;
+use crate::self_metrics::SelfMetrics;
+
+/// The detection stage in the pipeline.
+pub struct DetectTask {
+    stage: DetectStage,
+    metrics: Arc<SelfMetrics>,
+}
+
+impl DetectTask {
+    /// Runs `stage`, reporting to `metrics`.
+    pub fn new(stage: DetectStage, metrics: Arc<SelfMetrics>) -> Self {
+        Self { stage, metrics }
+    }
+}
+
+impl Stage for DetectTask {
+    type In = WindowEvent;
+    type Out = ();
+
+    fn name(&self) -> &'static str {
+        "detect"
+    }
+
+    fn on_data(&mut self, event: WindowEvent, _out: &mut Emit<()>) {
+        match event {
+            WindowEvent::Logs(batch) => self.stage.on_logs(&batch),
+            WindowEvent::Closed(window) => {
+                let opened = self.stage.on_window(&window);
+                self.metrics.detection(
+                    &opened,
+                    self.stage.series_count(),
+                    self.stage.take_untracked(),
+                    self.stage.template_count(),
+                );
+            }
+        }
+    }
+
+    /// Persists the baselines and templates.
+    fn on_stop(&mut self, _out: &mut Emit<()>) {
+        self.stage.snapshot();
+    }
+}
