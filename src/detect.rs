@@ -36,7 +36,7 @@ pub mod task;
 pub mod trend;
 pub mod univariate;
 
-pub use anomaly::{Anomaly, AnomalyLog, FailureClass, SeriesKey};
+pub use anomaly::{Anomaly, AnomalyEvent, AnomalyLog, FailureClass, SeriesKey};
 pub use baseline::BaselineParams;
 pub use catalogue::Catalogue;
 pub use stage::{DetectStage, StageParams};

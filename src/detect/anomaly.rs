@@ -108,6 +108,41 @@ pub struct Anomaly {
     pub detail: String,
 }
 
+/// How an anomaly episode changes, as detection emits it: the next stages
+/// (incidents) consume these, and the [`AnomalyLog`] (the `anomalies` table) is
+/// their read model. An episode is named by its series, pattern and onset.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AnomalyEvent {
+    /// A new episode.
+    Opened(Anomaly),
+    /// The episode still holds in the window starting at `at_ms`.
+    Updated {
+        key: SeriesKey,
+        pattern: String,
+        onset_ms: i64,
+        at_ms: i64,
+        /// Windows it has lasted.
+        windows: u64,
+    },
+    /// The condition failed in the window starting at `ended_ms`.
+    Ended {
+        key: SeriesKey,
+        pattern: String,
+        onset_ms: i64,
+        ended_ms: i64,
+    },
+}
+
+impl AnomalyEvent {
+    /// The series the episode is on.
+    pub fn key(&self) -> &SeriesKey {
+        match self {
+            AnomalyEvent::Opened(a) => &a.key,
+            AnomalyEvent::Updated { key, .. } | AnomalyEvent::Ended { key, .. } => key,
+        }
+    }
+}
+
 /// The anomalies of the retained history, shared with the SQL layer.
 #[derive(Debug, Clone)]
 pub struct AnomalyLog {
@@ -166,6 +201,26 @@ impl AnomalyLog {
                 .find(|a| a.onset_ms == onset_ms && a.pattern == pattern && &a.key == key)
         {
             f(a);
+        }
+    }
+
+    /// Applies an episode's change.
+    pub fn apply(&self, event: &AnomalyEvent) {
+        match event {
+            AnomalyEvent::Opened(anomaly) => self.push(anomaly.clone()),
+            AnomalyEvent::Updated {
+                key,
+                pattern,
+                onset_ms,
+                windows,
+                ..
+            } => self.update(key, pattern, *onset_ms, |a| a.windows = *windows),
+            AnomalyEvent::Ended {
+                key,
+                pattern,
+                onset_ms,
+                ended_ms,
+            } => self.update(key, pattern, *onset_ms, |a| a.ended_ms = Some(*ended_ms)),
         }
     }
 

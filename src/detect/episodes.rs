@@ -1,11 +1,11 @@
 //! Hysteresis: a pattern's condition must hold `consecutive` windows in a row to
 //! open an episode (one [`Anomaly`]), which is updated while the condition holds
 //! and ends the first window it does not; the series is then quiet for
-//! `cooldown` windows.
+//! `cooldown` windows. Each change is an [`AnomalyEvent`].
 
 use tracing::info;
 
-use super::anomaly::{Anomaly, AnomalyLog, SeriesKey};
+use super::anomaly::{Anomaly, AnomalyEvent, SeriesKey};
 use super::catalogue::Pattern;
 use super::detectors::Candidate;
 use super::series::series_id;
@@ -21,7 +21,7 @@ struct Episode {
     windows: u64,
 }
 
-/// The episodes of every (pattern, series), writing to the anomaly log.
+/// The episodes of every (pattern, series).
 #[derive(Debug, Default)]
 pub(crate) struct Episodes {
     map: FastMap<(usize, u64), Episode>,
@@ -29,7 +29,7 @@ pub(crate) struct Episodes {
 
 impl Episodes {
     /// Steps pattern `index`'s episode on `key` with this window's `candidate`;
-    /// returns the anomaly it opened, if it opened one.
+    /// returns how the episode changed, if it did.
     pub(crate) fn step(
         &mut self,
         (index, pattern): (usize, &Pattern),
@@ -37,23 +37,29 @@ impl Episodes {
         candidate: Option<Candidate>,
         t: i64,
         window_ms: i64,
-        log: &AnomalyLog,
-    ) -> Option<Anomaly> {
+    ) -> Option<AnomalyEvent> {
         let episode = self.map.entry((index, series_id(&key, ""))).or_default();
         let Some(c) = candidate else {
             episode.run = 0;
-            if let Some(onset) = episode.active.take() {
-                episode.quiet_until = t + i64::from(pattern.cooldown) * window_ms;
-                log.update(&key, &pattern.name, onset, |a| a.ended_ms = Some(t));
-                info!(class = %pattern.class, pattern = %pattern.name, series = %key, "anomaly ended");
-            }
-            return None;
+            let onset = episode.active.take()?;
+            episode.quiet_until = t + i64::from(pattern.cooldown) * window_ms;
+            info!(class = %pattern.class, pattern = %pattern.name, series = %key, "anomaly ended");
+            return Some(AnomalyEvent::Ended {
+                key,
+                pattern: pattern.name.clone(),
+                onset_ms: onset,
+                ended_ms: t,
+            });
         };
         if let Some(onset) = episode.active {
             episode.windows += 1;
-            let windows = episode.windows;
-            log.update(&key, &pattern.name, onset, |a| a.windows = windows);
-            return None;
+            return Some(AnomalyEvent::Updated {
+                key,
+                pattern: pattern.name.clone(),
+                onset_ms: onset,
+                at_ms: t,
+                windows: episode.windows,
+            });
         }
         if t < episode.quiet_until {
             return None;
@@ -90,8 +96,7 @@ impl Episodes {
             detail = %anomaly.detail,
             "anomaly detected"
         );
-        log.push(anomaly.clone());
-        Some(anomaly)
+        Some(AnomalyEvent::Opened(anomaly))
     }
 
     /// Forgets episodes with nothing running, open or cooling down after `t`.

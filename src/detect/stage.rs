@@ -16,7 +16,7 @@ use arrow::array::{Array, StringArray, UInt64Array};
 use arrow::record_batch::RecordBatch;
 use tracing::info;
 
-use super::anomaly::{Anomaly, AnomalyLog, SeriesKey};
+use super::anomaly::{AnomalyEvent, AnomalyLog, SeriesKey};
 use super::baseline::{BaselineParams, BaselineState};
 use super::catalogue::{Catalogue, Detector, Pattern, SeriesKind, glob_match};
 use super::detectors::{Candidate, Eval, Learn, Scope, WindowContext};
@@ -207,9 +207,9 @@ impl DetectStage {
         }
     }
 
-    /// Evaluates one closed window (windows in order); returns the anomalies it
-    /// opened.
-    pub fn on_window(&mut self, tables: &WindowTables) -> Vec<Anomaly> {
+    /// Evaluates one closed window (windows in order); returns how anomaly
+    /// episodes changed in it (also applied to the anomaly log).
+    pub fn on_window(&mut self, tables: &WindowTables) -> Vec<AnomalyEvent> {
         let t = tables.start_ms;
         let mut rows = rows(tables);
         let new_templates = self.template_rows(t, &mut rows);
@@ -218,18 +218,19 @@ impl DetectStage {
         let mut evaluated = self.evaluate_rows(&rows, t, &context, &new_templates, &mut learn);
         evaluated.extend(self.silent_stalls(t, &context, &mut learn));
 
-        let mut opened = Vec::new();
+        let mut events = Vec::new();
         let patterns = self.patterns.clone();
         for (index, key, candidate) in evaluated {
             let Some(pattern) = patterns.get(index) else {
                 continue;
             };
             let window_ms = self.params.window_ms;
-            if let Some(anomaly) =
-                self.episodes
-                    .step((index, pattern), key, candidate, t, window_ms, &self.log)
+            if let Some(event) = self
+                .episodes
+                .step((index, pattern), key, candidate, t, window_ms)
             {
-                opened.push(anomaly);
+                self.log.apply(&event);
+                events.push(event);
             }
         }
         for ((key, measure), value) in learn {
@@ -246,7 +247,7 @@ impl DetectStage {
         if self.since_snapshot >= self.params.snapshot_every.max(1) {
             self.snapshot();
         }
-        opened
+        events
     }
 
     /// Every row against the patterns that watch it: (pattern index, series,

@@ -1,10 +1,12 @@
 //! Detection as a pipeline stage ([`crate::flow`]): the window stage's log
 //! records and closed windows in, in order, on a task of its own, so slow
 //! detection delays anomalies, never ingest (the window stage waits only when
-//! this stage's bounded inbox is full).
+//! this stage's bounded inbox is full). It emits every anomaly episode's change
+//! ([`AnomalyEvent`]) to the next stage.
 
 use std::sync::Arc;
 
+use super::anomaly::AnomalyEvent;
 use super::stage::DetectStage;
 use crate::flow::{Emit, Stage};
 use crate::pipeline::WindowEvent;
@@ -25,29 +27,37 @@ impl DetectTask {
 
 impl Stage for DetectTask {
     type In = WindowEvent;
-    type Out = ();
+    type Out = AnomalyEvent;
 
     fn name(&self) -> &'static str {
         "detect"
     }
 
-    fn on_data(&mut self, event: WindowEvent, _out: &mut Emit<()>) {
+    fn on_data(&mut self, event: WindowEvent, out: &mut Emit<AnomalyEvent>) {
         match event {
             WindowEvent::Logs(batch) => self.stage.on_logs(&batch),
             WindowEvent::Closed(window) => {
-                let opened = self.stage.on_window(&window);
+                let events = self.stage.on_window(&window);
+                let opened: Vec<_> = events
+                    .iter()
+                    .filter_map(|e| match e {
+                        AnomalyEvent::Opened(a) => Some(a.clone()),
+                        _ => None,
+                    })
+                    .collect();
                 self.metrics.detection(
                     &opened,
                     self.stage.series_count(),
                     self.stage.take_untracked(),
                     self.stage.template_count(),
                 );
+                out.extend(events);
             }
         }
     }
 
     /// Persists the baselines and templates.
-    fn on_stop(&mut self, _out: &mut Emit<()>) {
+    fn on_stop(&mut self, _out: &mut Emit<AnomalyEvent>) {
         self.stage.snapshot();
     }
 }

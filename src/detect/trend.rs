@@ -70,6 +70,12 @@ pub fn median(values: &mut [f64]) -> f64 {
     *values.select_nth_unstable_by(mid, f64::total_cmp).1
 }
 
+/// Fewest windows a bucket averages. Found by the three-week healthy-fleet test
+/// (`tests/it/detection/seasons.rs`): with 10-minute windows in 15-minute buckets
+/// (one or two values each), i.i.d. consumer-lag noise (sd 10% of its mean) made
+/// two chance "trends" of 28-35% in three weeks.
+pub const MIN_WINDOWS_PER_BUCKET: i64 = 6;
+
 /// A series' values averaged into fixed buckets of event time: the last
 /// `buckets` complete ones, oldest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,11 +88,15 @@ pub struct Coarse {
 }
 
 impl Coarse {
-    /// `buckets` buckets spanning `horizon_ms`, none shorter than `window_ms`.
+    /// `buckets` buckets spanning `horizon_ms`, each averaging at least
+    /// [`MIN_WINDOWS_PER_BUCKET`] windows of `window_ms` (so with coarse windows
+    /// the horizon stretches: a bucket of one noisy value is no average).
     pub fn new(horizon_ms: i64, buckets: usize, window_ms: i64) -> Self {
         let buckets = buckets.max(2);
         Coarse {
-            bucket_ms: (horizon_ms / buckets as i64).max(window_ms).max(1),
+            bucket_ms: (horizon_ms / buckets as i64)
+                .max(window_ms.saturating_mul(MIN_WINDOWS_PER_BUCKET))
+                .max(1),
             buckets,
             done: VecDeque::with_capacity(buckets),
             open: None,
@@ -151,7 +161,7 @@ mod tests {
 
     #[test]
     fn buckets_average_and_roll() {
-        let mut coarse = Coarse::new(60_000, 3, 10_000);
+        let mut coarse = Coarse::new(60_000, 3, 3_000);
         assert_eq!(coarse.bucket_ms(), 20_000);
         for (t, v) in [(0, 1.0), (10_000, 3.0), (20_000, 5.0), (30_000, 5.0)] {
             coarse.push(t, v);
@@ -174,7 +184,11 @@ mod tests {
     }
 
     #[test]
-    fn bucket_is_never_shorter_than_a_window() {
-        assert_eq!(Coarse::new(60_000, 12, 600_000).bucket_ms(), 600_000);
+    fn a_bucket_averages_several_windows() {
+        assert_eq!(
+            Coarse::new(60_000, 12, 600_000).bucket_ms(),
+            600_000 * MIN_WINDOWS_PER_BUCKET
+        );
+        assert_eq!(Coarse::new(3 * 3_600_000, 12, 10_000).bucket_ms(), 900_000);
     }
 }

@@ -11,7 +11,9 @@
 use std::collections::BTreeMap;
 
 use homeostat::columnar::logs;
-use homeostat::detect::{Anomaly, AnomalyLog, Catalogue, DetectStage, FailureClass, StageParams};
+use homeostat::detect::{
+    Anomaly, AnomalyEvent, AnomalyLog, Catalogue, DetectStage, FailureClass, StageParams,
+};
 
 mod fleet;
 mod seasons;
@@ -54,12 +56,22 @@ fn run_on(clock: Clock, fault: Option<Fault>, windows: i64) -> Vec<Anomaly> {
         log.clone(),
     );
     let mut noise = Noise::new(0x9E37_79B9_7F4A_7C15 ^ fault.map_or(0, |f| f as u64 + 1));
+    // The events the stage emits rebuild its anomaly log (which also drops
+    // anomalies `detect.anomaly_retain` after they ended: the replica keeps all).
+    let replica = AnomalyLog::new(10_000);
     for w in 0..windows {
         let (tables, resource_logs) = window_at(clock, w, fault, &mut noise);
         let decoded = logs::to_arrow(&resource_logs, 0).expect("logs");
         stage.on_logs(&decoded.batch);
-        stage.on_window(&tables);
+        for event in stage.on_window(&tables) {
+            replica.apply(&event);
+        }
     }
+    assert_eq!(
+        replica.snapshot(),
+        log.snapshot(),
+        "events and log disagree"
+    );
     log.snapshot()
 }
 
@@ -79,6 +91,48 @@ fn describe(anomalies: &[Anomaly]) -> String {
         .map(|(k, n)| format!("  {n} x {k}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// An episode leaves detection as events: opened once, updated while it holds,
+/// ended the first window it does not.
+#[test]
+fn an_episode_is_opened_updated_and_ended_as_events() {
+    let config =
+        homeostat::config::Config::from_toml_str("[window]\nsize = \"1m\"\nretain = \"1h\"\n")
+            .expect("config");
+    let mut stage = DetectStage::new(
+        Catalogue::built_in().expect("catalogue"),
+        homeostat::engine::stage_params(&config),
+        AnomalyLog::new(100),
+    );
+    let mut noise = Noise::new(11);
+    let mut events = Vec::new();
+    for w in 0..FAULT_WINDOW + 40 {
+        let fault = (w < FAULT_WINDOW + 10).then_some(Fault::ErrorSpike);
+        events.extend(stage.on_window(&window(w, fault, &mut noise).0));
+    }
+    let spike = |e: &&AnomalyEvent| e.key().service == name(FAULTY) && e.key().name == "error_rate";
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter(spike)
+        .map(|e| match e {
+            AnomalyEvent::Opened(_) => "opened",
+            AnomalyEvent::Updated { .. } => "updated",
+            AnomalyEvent::Ended { .. } => "ended",
+        })
+        .collect();
+    assert_eq!(kinds.first(), Some(&"opened"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"ended"), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "opened").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&"updated"), "{kinds:?}");
+    let Some(AnomalyEvent::Ended { ended_ms, .. }) = events.iter().rev().find(|e| spike(e)) else {
+        panic!("no end");
+    };
+    assert_eq!(*ended_ms, START_MS + (FAULT_WINDOW + 10) * WINDOW_MS);
 }
 
 #[test]
