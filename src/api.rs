@@ -8,6 +8,7 @@
 
 pub mod sql;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -154,4 +155,25 @@ async fn run_sql(state: &ApiState, query: &str, format: Option<&str>) -> Respons
 
 fn sql_error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// The API listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address serving `/healthz`, `/metrics` and `/sql`.
+    pub addr: SocketAddr,
+    /// Most rows a SQL answer returns.
+    pub max_result_rows: usize,
+}
+
+impl ApiConfig {
+    /// Every rule the section breaks, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        if self.max_result_rows == 0 {
+            vec!["api.max_result_rows must be positive".to_string()]
+        } else {
+            Vec::new()
+        }
+    }
 }

@@ -1,15 +1,23 @@
 //! One typed configuration: embedded defaults < TOML file < `HOMEOSTAT__SECTION__KEY` env.
 //!
 //! Unknown keys are refused, and [`Config::load`] reports every problem it finds at once.
+//!
+//! Each stage owns its section's type and rules (`window::config`,
+//! `detect::config`, `ingest::config`, `pipeline`, `store`, `api`); this module
+//! only aggregates them, so no stage depends on it.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
+
+pub use crate::api::ApiConfig;
+pub use crate::detect::config::DetectConfig;
+pub use crate::ingest::config::{KafkaConfig, KafkaEncoding, OtlpConfig};
+pub use crate::pipeline::PipelineConfig;
+pub use crate::store::StoreConfig;
+pub use crate::window::config::WindowConfig;
 
 /// The embedded defaults, the single source of every default value.
 pub const DEFAULT_TOML: &str = include_str!("config/default.toml");
@@ -32,146 +40,6 @@ pub struct Config {
     pub api: ApiConfig,
     /// Detection.
     pub detect: DetectConfig,
-}
-
-/// Detection.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DetectConfig {
-    /// Whether closed windows are run through the detectors.
-    pub enabled: bool,
-    /// The failure-pattern catalogue: a TOML file or a directory of them. The
-    /// default `models` falls back to the built-in copy when it does not exist;
-    /// empty always uses the built-in copy.
-    pub catalogue: PathBuf,
-    /// Most series with a baseline (about 1.3 KB each); more are counted, not tracked.
-    pub max_series: usize,
-    /// Most series run through the univariate detector (about 55 KB each).
-    pub max_univariate_series: usize,
-    /// Most mined log templates.
-    pub max_templates: usize,
-    /// Share of equal tokens for a log message to join a template.
-    pub template_similarity: f64,
-    /// Windows of a service's logs mined before its new templates are anomalies.
-    pub template_warmup: u32,
-    /// Closed windows between snapshots of the baselines (with `store.path`).
-    pub snapshot_every: u32,
-    /// Most anomalies kept for the `anomalies` table.
-    pub max_anomalies: usize,
-    /// How long an ended anomaly stays in the `anomalies` table (event time),
-    /// independent of `window.retain`.
-    #[serde(with = "humantime_serde")]
-    pub anomaly_retain: std::time::Duration,
-    /// Baseline learning.
-    pub baseline: crate::detect::BaselineParams,
-    /// The univariate detector's parameters, one set for every series (and for
-    /// `homeostat replay`).
-    pub univariate: crate::detect::UnivariateParams,
-}
-
-/// OTLP receivers.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OtlpConfig {
-    /// Address of the OTLP/gRPC receiver.
-    pub grpc_addr: SocketAddr,
-    /// Address of the OTLP/HTTP receiver (`/v1/traces`, `/v1/metrics`, `/v1/logs`).
-    pub http_addr: SocketAddr,
-    /// Largest accepted request body, checked before and after decompression.
-    pub max_request_bytes: usize,
-}
-
-/// Wire encoding of Kafka records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KafkaEncoding {
-    /// Serialized `TracesData` / `MetricsData` / `LogsData` protobuf.
-    OtlpProto,
-    /// The OTLP JSON encoding of the same messages.
-    OtlpJson,
-}
-
-/// Kafka ingestion.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// Bootstrap brokers, comma separated; empty turns Kafka ingestion off.
-    pub brokers: String,
-    /// Consumer group id.
-    pub group_id: String,
-    /// Topic carrying spans.
-    pub spans_topic: String,
-    /// Topic carrying metrics.
-    pub metrics_topic: String,
-    /// Topic carrying logs.
-    pub logs_topic: String,
-    /// Record encoding.
-    pub encoding: KafkaEncoding,
-    /// Consumer session timeout (`session.timeout.ms`).
-    #[serde(with = "humantime_serde")]
-    pub session_timeout: Duration,
-    /// How often offsets of fully processed records are committed.
-    #[serde(with = "humantime_serde")]
-    pub commit_interval: Duration,
-    /// Extra librdkafka client properties (`security.protocol`, `sasl.*`, `ssl.*`,
-    /// ...), applied after Homeostat's own settings.
-    pub librdkafka_options: BTreeMap<String, String>,
-}
-
-/// Event-time windows.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WindowConfig {
-    /// Tumbling window length.
-    #[serde(with = "humantime_serde")]
-    pub size: Duration,
-    /// How far behind the newest event time a record may be and still count.
-    #[serde(with = "humantime_serde")]
-    pub allowed_lateness: Duration,
-    /// Processing time without input after which open windows close.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    /// How much event-time history of closed windows is kept.
-    #[serde(with = "humantime_serde")]
-    pub retain: Duration,
-    /// Event time a span waits in the pairing store for its parent or child.
-    #[serde(with = "humantime_serde")]
-    pub pair_ttl: Duration,
-    /// Most spans held in the pairing store; overflow is counted and not paired.
-    pub max_pending_pairs: usize,
-    /// Most series (rows) per table per window; overflow is counted and dropped.
-    pub max_series: usize,
-    /// Most record identities remembered per window for de-duplication.
-    pub max_dedup_keys: usize,
-    /// Records stamped further than this in the future are rejected.
-    #[serde(with = "humantime_serde")]
-    pub max_future_skew: Duration,
-}
-
-/// The queue between receivers and the window stage.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PipelineConfig {
-    /// Batches queued before receivers answer 503 / UNAVAILABLE.
-    pub queue_capacity: usize,
-}
-
-/// Embedded persistence of closed windows.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// Directory for closed windows and the checkpoint; empty keeps history in memory only.
-    pub path: PathBuf,
-}
-
-/// The API listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiConfig {
-    /// Address serving `/healthz`, `/metrics` and `/sql`.
-    pub addr: SocketAddr,
-    /// Most rows a SQL answer returns.
-    pub max_result_rows: usize,
 }
 
 /// A configuration that could not be loaded; lists every problem found.
@@ -275,63 +143,16 @@ impl Config {
         }
     }
 
-    /// Checks the cross-field rules; reports every violation.
+    /// Checks every section's rules (each section's type owns them); reports
+    /// every violation.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        let w = &self.window;
-        if w.size < Duration::from_millis(1) {
-            problems.push("window.size must be at least 1ms".to_string());
-        }
-        if w.idle_timeout.is_zero() {
-            problems.push("window.idle_timeout must be positive".to_string());
-        }
-        if w.retain < w.size {
-            problems.push("window.retain must be at least window.size".to_string());
-        }
-        if w.max_series == 0 {
-            problems.push("window.max_series must be positive".to_string());
-        }
-        if self.pipeline.queue_capacity == 0 {
-            problems.push("pipeline.queue_capacity must be positive".to_string());
-        }
-        if self.otlp.max_request_bytes == 0 {
-            problems.push("otlp.max_request_bytes must be positive".to_string());
-        }
-        if self.api.max_result_rows == 0 {
-            problems.push("api.max_result_rows must be positive".to_string());
-        }
-        problems.extend(self.detect.univariate.problems("detect.univariate"));
-        problems.extend(self.detect.baseline.problems("detect.baseline"));
-        let d = &self.detect;
-        if !(d.template_similarity > 0.0 && d.template_similarity <= 1.0) {
-            problems.push("detect.template_similarity must be in (0, 1]".to_string());
-        }
-        for (key, value) in [
-            ("detect.max_series", d.max_series),
-            ("detect.max_templates", d.max_templates),
-            ("detect.max_anomalies", d.max_anomalies),
-            ("detect.snapshot_every", d.snapshot_every as usize),
-        ] {
-            if value == 0 {
-                problems.push(format!("{key} must be positive"));
-            }
-        }
-        let k = &self.kafka;
-        if !k.brokers.trim().is_empty() {
-            for (key, value) in [
-                ("kafka.group_id", &k.group_id),
-                ("kafka.spans_topic", &k.spans_topic),
-                ("kafka.metrics_topic", &k.metrics_topic),
-                ("kafka.logs_topic", &k.logs_topic),
-            ] {
-                if value.trim().is_empty() {
-                    problems.push(format!("{key} must not be empty when kafka.brokers is set"));
-                }
-            }
-            if k.session_timeout < Duration::from_secs(1) {
-                problems.push("kafka.session_timeout must be at least 1s".to_string());
-            }
-        }
+        problems.extend(self.otlp.problems());
+        problems.extend(self.kafka.problems());
+        problems.extend(self.window.problems());
+        problems.extend(self.pipeline.problems());
+        problems.extend(self.api.problems());
+        problems.extend(self.detect.problems());
         if problems.is_empty() {
             Ok(())
         } else {
@@ -341,7 +162,7 @@ impl Config {
 
     /// Whether Kafka ingestion is on.
     pub fn kafka_enabled(&self) -> bool {
-        !self.kafka.brokers.trim().is_empty()
+        self.kafka.enabled()
     }
 }
 
@@ -381,6 +202,7 @@ fn unknown_keys(figment: &Figment) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn defaults_match_the_contract() {

@@ -23,6 +23,7 @@
 pub mod anomaly;
 pub mod baseline;
 pub mod catalogue;
+pub mod config;
 pub mod detectors;
 pub mod drain;
 mod episodes;

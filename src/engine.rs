@@ -131,9 +131,17 @@ impl Engine {
         let history = History::new(AnomalyLog::new(config.detect.max_anomalies));
         let offsets = OffsetTracker::new();
         let (queue, inbox) = mpsc::channel(config.pipeline.queue_capacity);
-        let mut window_stage =
-            WindowStage::new(&config, history.clone(), offsets.clone(), metrics.clone())?
-                .watching(&queue);
+        let mut window_stage = WindowStage::new(
+            &config.window,
+            &config.store,
+            history.clone(),
+            offsets.clone(),
+            metrics.clone(),
+        )?
+        .watching(&queue);
+        if config.kafka_enabled() {
+            window_stage = window_stage.from_kafka();
+        }
         let mut detect = None;
         if config.detect.enabled {
             let catalogue = Catalogue::load(&config.detect.catalogue)?;

@@ -4,6 +4,7 @@
 //! bounded pipeline queue: OTLP receivers answer 503 / `UNAVAILABLE` when it is
 //! full, the Kafka consumer stops polling until there is room.
 
+pub mod config;
 pub mod decode;
 pub mod error;
 pub mod kafka;

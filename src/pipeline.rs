@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow::record_batch::RecordBatch;
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::columnar::{Decoded, Signal};
-use crate::config::Config;
 use crate::flow::{self, Emit, Message};
 use crate::self_metrics::SelfMetrics;
-use crate::store::Store;
-use crate::window::{WindowTables, Windows};
+use crate::store::{Store, StoreConfig};
+use crate::window::{WindowConfig, WindowTables, Windows};
 pub use history::History;
 pub use offsets::{KafkaOrigin, OffsetTracker};
 
@@ -79,16 +79,17 @@ fn input_id(topic: &str, partition: i32) -> u64 {
 impl WindowStage {
     /// Builds the stage, restoring closed windows and the checkpoint from the store.
     pub fn new(
-        config: &Config,
+        window: &WindowConfig,
+        store: &StoreConfig,
         history: History,
         offsets: OffsetTracker,
         metrics: Arc<SelfMetrics>,
     ) -> Result<Self, crate::store::StoreError> {
-        let mut windows = Windows::new(&config.window);
-        let store = if config.store.path.as_os_str().is_empty() {
+        let mut windows = Windows::new(window);
+        let store = if store.path.as_os_str().is_empty() {
             None
         } else {
-            let store = Store::open(&config.store.path)?;
+            let store = Store::open(&store.path)?;
             let (checkpoint, restored) = store.load(windows.size_ms())?;
             if let Some(checkpoint) = checkpoint {
                 info!(
@@ -108,17 +109,23 @@ impl WindowStage {
             store,
             offsets,
             metrics,
-            idle_timeout: config.window.idle_timeout,
-            retain_ms: config.window.retain.as_millis() as i64,
-            // With Kafka, open windows are rebuilt from uncommitted records after a
-            // restart; closing them at stop would turn those records into late ones.
-            close_on_stop: !config.kafka_enabled(),
+            idle_timeout: window.idle_timeout,
+            retain_ms: window.retain.as_millis() as i64,
+            close_on_stop: true,
             unpersisted: Vec::new(),
             downstream: false,
             queue: None,
             last_input: Instant::now(),
             assignment: 0,
         })
+    }
+
+    /// Input comes from Kafka: open windows are rebuilt from uncommitted records
+    /// after a restart, so they are not closed at stop (that would turn those
+    /// records into late ones).
+    pub fn from_kafka(mut self) -> Self {
+        self.close_on_stop = false;
+        self
     }
 
     /// Hands log records and closed windows on (to detection).
@@ -303,5 +310,24 @@ impl flow::Stage for WindowStage {
             }
         });
         info!("window stage stopped");
+    }
+}
+
+/// The queue between receivers and the window stage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Batches queued before receivers answer 503 / UNAVAILABLE.
+    pub queue_capacity: usize,
+}
+
+impl PipelineConfig {
+    /// Every rule the section breaks, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        if self.queue_capacity == 0 {
+            vec!["pipeline.queue_capacity must be positive".to_string()]
+        } else {
+            Vec::new()
+        }
     }
 }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 use arrow::record_batch::RecordBatch;
+use serde::Deserialize;
 
 use crate::window::{Checkpoint, TABLE_NAMES, WindowTables};
 
@@ -219,6 +220,14 @@ fn read_window(dir: &Path, start_ms: i64, size_ms: i64) -> Result<WindowTables, 
         end_ms,
         batches,
     })
+}
+
+/// Embedded persistence of closed windows.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory for closed windows and the checkpoint; empty keeps history in memory only.
+    pub path: PathBuf,
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 //! - Within an open window a record is counted once: spans by (trace_id, span_id),
 //!   metric points by (series, time), logs by their whole content.
 
+pub mod config;
 pub mod metric_series;
 pub mod pairing;
 pub mod quantiles;
@@ -41,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::columnar::spans::{STATUS_ERROR, kind};
 use crate::columnar::{Decoded, Signal};
-use crate::config::WindowConfig;
+pub use config::WindowConfig;
 use metric_series::{CumulativeState, MetricType, PointValue};
 use open_window::OpenWindow;
 use pairing::{EdgeObservation, EntryKey, PairSpan, PairingStore};

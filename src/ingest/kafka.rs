@@ -20,9 +20,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::config::{KafkaConfig, KafkaEncoding};
 use super::decode::{self, Encoding};
 use crate::columnar::Signal;
-use crate::config::{KafkaConfig, KafkaEncoding};
 use crate::flow::Message as FlowMessage;
 use crate::pipeline::{Ingested, KafkaOrigin, OffsetTracker, PipelineMessage};
 use crate::self_metrics::SelfMetrics;
