@@ -13,7 +13,6 @@
 
 use homeostat::columnar::Signal;
 use homeostat::config::Config;
-use homeostat::detect::AnomalyLog;
 use homeostat::ingest::decode::{Encoding, decode};
 use homeostat::loadgen::fleet::{Fleet, FleetSpec};
 use homeostat::loadgen::patch::Finder;
@@ -53,7 +52,7 @@ fn run(label: &str, spec: FleetSpec, windows: u64, rounds: u64) {
     let config = Config::from_toml_str("[window]\nmax_future_skew = \"3650d\"\n").expect("config");
     let size_ns = config.window.size.as_nanos() as u64;
     let mut stage = Windows::new(&config.window);
-    let history = History::new(AnomalyLog::default());
+    let history = History::default();
     let fleet = Fleet::new(spec);
     let templates: Vec<_> = (0..8)
         .map(|i| {

@@ -20,14 +20,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
-use crate::pipeline::History;
+use crate::read_model::ReadModel;
 use crate::self_metrics::SelfMetrics;
 
 /// What the API handlers read.
 #[derive(Clone)]
 pub struct ApiState {
-    /// Closed windows.
-    pub history: History,
+    /// The tables stages publish for SQL.
+    pub tables: ReadModel,
     /// Self-metrics.
     pub metrics: Arc<SelfMetrics>,
     /// Set once every listener is up.
@@ -116,7 +116,7 @@ async fn run_sql(state: &ApiState, query: &str, format: Option<&str>) -> Respons
     if query.trim().is_empty() {
         return sql_error(StatusCode::BAD_REQUEST, "empty query");
     }
-    let result = match sql::query(&state.history, query, state.max_result_rows).await {
+    let result = match sql::query(&state.tables, query, state.max_result_rows).await {
         Ok(result) => result,
         Err(error @ sql::SqlError::Query(_)) => {
             return sql_error(StatusCode::BAD_REQUEST, &error.to_string());

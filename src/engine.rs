@@ -21,6 +21,7 @@ use crate::flow;
 use crate::ingest::kafka::KafkaIngest;
 use crate::ingest::{OtlpIntake, otlp_grpc, otlp_http};
 use crate::pipeline::{History, OffsetTracker, PipelineMessage, WindowStage};
+use crate::read_model::ReadModel;
 use crate::self_metrics::SelfMetrics;
 
 /// Why the engine could not start.
@@ -45,6 +46,9 @@ pub enum EngineError {
     /// The Kafka client could not be created (bad settings).
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// Two stages published a table of the same name (a wiring defect).
+    #[error(transparent)]
+    Tables(#[from] crate::read_model::DuplicateTable),
     /// The embedded gRPC descriptors for reflection did not load (a build defect).
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] otlp_grpc::ReflectionError),
@@ -128,7 +132,11 @@ impl Engine {
     /// Binds every listener and starts every stage.
     pub async fn start(config: Config) -> Result<Engine, EngineError> {
         let metrics = Arc::new(SelfMetrics::new());
-        let history = History::new(AnomalyLog::new(config.detect.max_anomalies));
+        let history = History::default();
+        let anomalies = AnomalyLog::new(config.detect.max_anomalies);
+        let tables = ReadModel::default();
+        history.register(&tables)?;
+        tables.register(Arc::new(anomalies.clone()))?;
         let offsets = OffsetTracker::new();
         let (queue, inbox) = mpsc::channel(config.pipeline.queue_capacity);
         let mut window_stage = WindowStage::new(
@@ -147,11 +155,7 @@ impl Engine {
             let catalogue = Catalogue::load(&config.detect.catalogue)?;
             info!(source = %catalogue.source, patterns = catalogue.patterns.len(), "failure-pattern catalogue loaded");
             let task = DetectTask::new(
-                DetectStage::new(
-                    catalogue,
-                    stage_params(&config),
-                    history.anomalies().clone(),
-                ),
+                DetectStage::new(catalogue, stage_params(&config), anomalies.clone()),
                 metrics.clone(),
             );
             let (events, events_inbox) = mpsc::channel(config.pipeline.queue_capacity);
@@ -217,7 +221,7 @@ impl Engine {
         let api = serve(
             api_listener,
             api::router(ApiState {
-                history: history.clone(),
+                tables,
                 metrics: metrics.clone(),
                 ready: ready.clone(),
                 max_result_rows: config.api.max_result_rows,

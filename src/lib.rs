@@ -28,7 +28,8 @@
 //! - [`detect`]: per-series anomaly scores on window values, a stage of its own;
 //!   `homeostat replay`.
 //! - [`store`]: embedded persistence of closed windows and the checkpoint.
-//! - [`api`]: HTTP health, Prometheus self-metrics and SQL over retained windows.
+//! - [`read_model`]: the tables stages publish for SQL.
+//! - [`api`]: HTTP health, Prometheus self-metrics and SQL over the read model.
 //! - [`config`]: one typed configuration.
 //! - [`self_metrics`]: the engine's own Prometheus metrics, named in one place.
 //! - [`engine`]: wires the stages together and runs them until shutdown.
@@ -43,6 +44,7 @@ pub mod flow;
 pub mod ingest;
 pub mod loadgen;
 pub mod pipeline;
+pub mod read_model;
 pub mod self_metrics;
 pub mod store;
 pub mod window;

@@ -6,9 +6,7 @@ use arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::{SQLOptions, SessionContext};
 
-use crate::pipeline::History;
-use crate::window::TABLE_NAMES;
-use crate::window::tables::schemas;
+use crate::read_model::ReadModel;
 
 /// Why a query failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,24 +30,20 @@ pub struct QueryResult {
     pub truncated: bool,
 }
 
-/// Runs one read-only query over the tables of `history`.
-pub async fn query(history: &History, sql: &str, max_rows: usize) -> Result<QueryResult, SqlError> {
+/// Runs one read-only query over the tables registered in `tables`.
+pub async fn query(
+    tables: &ReadModel,
+    sql: &str,
+    max_rows: usize,
+) -> Result<QueryResult, SqlError> {
     let ctx = SessionContext::new();
-    for (name, schema) in TABLE_NAMES.iter().zip(schemas().iter()) {
-        let batches = history.table(name);
-        let table = MemTable::try_new(schema.clone(), vec![batches])
-            .map_err(|e| SqlError::Internal(e.to_string()))?;
-        ctx.register_table(*name, Arc::new(table))
-            .map_err(|e| SqlError::Internal(e.to_string()))?;
+    let internal = |e: &dyn std::fmt::Display| SqlError::Internal(e.to_string());
+    for source in tables.tables() {
+        let batches = source.batches().map_err(|e| internal(&e))?;
+        let table = MemTable::try_new(source.schema(), vec![batches]).map_err(|e| internal(&e))?;
+        ctx.register_table(source.name(), Arc::new(table))
+            .map_err(|e| internal(&e))?;
     }
-    let anomalies = history
-        .anomalies()
-        .to_batch()
-        .map_err(|e| SqlError::Internal(e.to_string()))?;
-    let table = MemTable::try_new(crate::detect::anomaly::schema(), vec![vec![anomalies]])
-        .map_err(|e| SqlError::Internal(e.to_string()))?;
-    ctx.register_table("anomalies", Arc::new(table))
-        .map_err(|e| SqlError::Internal(e.to_string()))?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)

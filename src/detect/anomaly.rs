@@ -143,6 +143,20 @@ impl AnomalyEvent {
     }
 }
 
+impl crate::read_model::TableSource for AnomalyLog {
+    fn name(&self) -> &str {
+        "anomalies"
+    }
+
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+
+    fn batches(&self) -> Result<Vec<RecordBatch>, ArrowError> {
+        Ok(vec![self.to_batch()?])
+    }
+}
+
 /// The anomalies of the retained history, shared with the SQL layer.
 #[derive(Debug, Clone)]
 pub struct AnomalyLog {

@@ -3,30 +3,50 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
-use crate::detect::AnomalyLog;
+use crate::read_model::{DuplicateTable, ReadModel, TableSource};
+use crate::window::tables::schemas;
 use crate::window::{TABLE_NAMES, WindowTables};
 
 /// Shared, cheaply cloneable history of closed windows.
 #[derive(Debug, Clone, Default)]
 pub struct History {
     windows: Arc<RwLock<VecDeque<WindowTables>>>,
-    anomalies: AnomalyLog,
+}
+
+/// One window table (`service_stats`, ...) over the retained windows.
+struct WindowTable {
+    history: History,
+    index: usize,
+}
+
+impl TableSource for WindowTable {
+    fn name(&self) -> &str {
+        TABLE_NAMES[self.index]
+    }
+
+    fn schema(&self) -> SchemaRef {
+        schemas()[self.index].clone()
+    }
+
+    fn batches(&self) -> Result<Vec<RecordBatch>, ArrowError> {
+        Ok(self.history.table(self.name()))
+    }
 }
 
 impl History {
-    /// An empty history whose anomalies go to `anomalies`.
-    pub fn new(anomalies: AnomalyLog) -> Self {
-        Self {
-            windows: Arc::default(),
-            anomalies,
+    /// Publishes the window tables in `model`.
+    pub fn register(&self, model: &ReadModel) -> Result<(), DuplicateTable> {
+        for index in 0..TABLE_NAMES.len() {
+            model.register(Arc::new(WindowTable {
+                history: self.clone(),
+                index,
+            }))?;
         }
-    }
-
-    /// The anomalies detected over the retained windows.
-    pub fn anomalies(&self) -> &AnomalyLog {
-        &self.anomalies
+        Ok(())
     }
 
     /// Appends closed windows (in order).
