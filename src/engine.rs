@@ -116,6 +116,7 @@ pub fn stage_params(config: &Config) -> StageParams {
         max_templates: d.max_templates,
         template_similarity: d.template_similarity,
         template_warmup: d.template_warmup,
+        deploy_windows: d.deploy_windows,
         snapshot: (!config.store.path.as_os_str().is_empty())
             .then(|| config.store.path.join("detect-snapshot.json")),
         snapshot_every: d.snapshot_every,
@@ -147,6 +148,7 @@ impl Engine {
             metrics.clone(),
         )?
         .watching(&queue);
+        tables.register(Arc::new(window_stage.deployment_log()))?;
         if config.kafka_enabled() {
             window_stage = window_stage.from_kafka();
         }

@@ -17,6 +17,7 @@ use crate::columnar::{Decoded, Signal};
 use crate::flow::{self, Emit, Message};
 use crate::self_metrics::SelfMetrics;
 use crate::store::{Store, StoreConfig};
+use crate::window::deployments::{DeploymentLog, Deployments, VersionChange};
 use crate::window::{WindowConfig, WindowTables, Windows};
 pub use history::History;
 pub use offsets::{KafkaOrigin, OffsetTracker};
@@ -41,7 +42,16 @@ pub enum WindowEvent {
     Logs(RecordBatch),
     /// A closed window.
     Closed(Arc<WindowTables>),
+    /// A service's version changed (before the windows it shows in close).
+    Deployment(VersionChange),
 }
+
+/// A version unseen this long is new again when it reappears (see
+/// `window::deployments`).
+const DEPLOY_GAP_MS: i64 = 3_600_000;
+
+/// Version changes kept for the `deployments` table.
+const MAX_DEPLOYMENTS: usize = 10_000;
 
 /// The window stage.
 pub struct WindowStage {
@@ -62,6 +72,8 @@ pub struct WindowStage {
     queue: Option<mpsc::WeakSender<PipelineMessage>>,
     last_input: Instant,
     assignment: u64,
+    deployments: Deployments,
+    deployment_log: DeploymentLog,
 }
 
 fn now_unix_nano() -> u64 {
@@ -117,6 +129,8 @@ impl WindowStage {
             queue: None,
             last_input: Instant::now(),
             assignment: 0,
+            deployments: Deployments::new(DEPLOY_GAP_MS, window.max_series),
+            deployment_log: DeploymentLog::new(MAX_DEPLOYMENTS),
         })
     }
 
@@ -126,6 +140,11 @@ impl WindowStage {
     pub fn from_kafka(mut self) -> Self {
         self.close_on_stop = false;
         self
+    }
+
+    /// The `deployments` table (for the read model).
+    pub fn deployment_log(&self) -> DeploymentLog {
+        self.deployment_log.clone()
     }
 
     /// Hands log records and closed windows on (to detection).
@@ -194,6 +213,20 @@ impl WindowStage {
             .map_or(0, |o| input_id(&o.topic, o.partition));
         if decoded.signal == Signal::Logs && self.downstream {
             out.push(WindowEvent::Logs(decoded.batch.clone()));
+        }
+        let time_column = match decoded.signal {
+            Signal::Traces => "end_time_unix_nano",
+            Signal::Metrics | Signal::Logs => "time_unix_nano",
+        };
+        let changes = self.deployments.observe(&decoded.batch, time_column);
+        if !changes.is_empty() {
+            for c in &changes {
+                info!(service = %c.service, from = %c.from, to = %c.to, "version change");
+            }
+            self.deployment_log.extend(&changes);
+            if self.downstream {
+                out.extend(changes.into_iter().map(WindowEvent::Deployment));
+            }
         }
         let release = match self.windows.ingest(&decoded, input, now_unix_nano()) {
             Ok(release) => release,

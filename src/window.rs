@@ -21,6 +21,7 @@
 //!   metric points by (series, time), logs by their whole content.
 
 pub mod config;
+pub mod deployments;
 pub mod metric_series;
 pub mod pairing;
 pub mod quantiles;

@@ -27,6 +27,9 @@ pub struct DetectConfig {
     pub template_similarity: f64,
     /// Windows of a service's logs mined before its new templates are anomalies.
     pub template_warmup: u32,
+    /// Windows after a service's version change within which its anomalies are
+    /// classed `faulty_deployment`.
+    pub deploy_windows: u32,
     /// Closed windows between snapshots of the baselines (with `store.path`).
     pub snapshot_every: u32,
     /// Most anomalies kept for the `anomalies` table.

@@ -16,7 +16,7 @@ use arrow::array::{Array, StringArray, UInt64Array};
 use arrow::record_batch::RecordBatch;
 use tracing::info;
 
-use super::anomaly::{AnomalyEvent, AnomalyLog, SeriesKey};
+use super::anomaly::{AnomalyEvent, AnomalyLog, FailureClass, SeriesKey};
 use super::baseline::{BaselineParams, BaselineState};
 use super::catalogue::{Catalogue, Detector, Pattern, SeriesKind, glob_match};
 use super::detectors::{Candidate, Eval, Learn, Scope, WindowContext};
@@ -26,6 +26,7 @@ use super::rows::{Row, rows};
 use super::series::{SeriesLimits, SeriesTable, key_for};
 use super::snapshot::Snapshot;
 use super::univariate::UnivariateParams;
+use crate::window::deployments::VersionChange;
 use crate::window::{FastMap, WindowTables};
 
 /// Everything the stage needs to know besides the catalogue.
@@ -45,6 +46,9 @@ pub struct StageParams {
     pub template_similarity: f64,
     /// Windows a service's logs are mined before its new templates count.
     pub template_warmup: u32,
+    /// Windows after a version change within which a service's anomalies are
+    /// classed `faulty_deployment`.
+    pub deploy_windows: u32,
     /// Where snapshots go (none: not persisted).
     pub snapshot: Option<PathBuf>,
     /// Windows between snapshots.
@@ -77,6 +81,8 @@ pub struct DetectStage {
     /// Windows of logs seen per service.
     template_windows: HashMap<String, u32>,
     closed_through: i64,
+    /// The last version change per service.
+    deployments: HashMap<String, VersionChange>,
     log: AnomalyLog,
     untracked_reported: u64,
     since_snapshot: u32,
@@ -111,6 +117,7 @@ impl DetectStage {
             new_templates: BTreeMap::new(),
             template_windows: HashMap::new(),
             closed_through: i64::MIN,
+            deployments: HashMap::new(),
             log,
             untracked_reported: 0,
             since_snapshot: 0,
@@ -225,10 +232,11 @@ impl DetectStage {
                 continue;
             };
             let window_ms = self.params.window_ms;
-            if let Some(event) = self
-                .episodes
-                .step((index, pattern), key, candidate, t, window_ms)
+            if let Some(mut event) =
+                self.episodes
+                    .step((index, pattern), key, candidate, t, window_ms)
             {
+                self.blame_deployment(&mut event);
                 self.log.apply(&event);
                 events.push(event);
             }
@@ -248,6 +256,35 @@ impl DetectStage {
             self.snapshot();
         }
         events
+    }
+
+    /// Remembers a service's version change (in event order with the windows).
+    pub fn on_deployment(&mut self, change: VersionChange) {
+        self.deployments.insert(change.service.clone(), change);
+    }
+
+    /// An anomaly that begins within `deploy_windows` after its own service's
+    /// version changed is a faulty deployment; the evidence names both versions.
+    fn blame_deployment(&self, event: &mut AnomalyEvent) {
+        let AnomalyEvent::Opened(anomaly) = event else {
+            return;
+        };
+        let Some(change) = self.deployments.get(&anomaly.key.service) else {
+            return;
+        };
+        let window_ms = self.params.window_ms;
+        let after = anomaly.onset_ms + window_ms > change.at_ms;
+        let soon =
+            anomaly.onset_ms <= change.at_ms + i64::from(self.params.deploy_windows) * window_ms;
+        if !(after && soon) || anomaly.class == FailureClass::FaultyDeployment {
+            return;
+        }
+        let windows = (anomaly.onset_ms - change.at_ms).max(0) / window_ms.max(1);
+        anomaly.detail = format!(
+            "{} began {windows} window(s) after {} moved from version {} to {}: {}",
+            anomaly.class, anomaly.key.service, change.from, change.to, anomaly.detail
+        );
+        anomaly.class = FailureClass::FaultyDeployment;
     }
 
     /// Every row against the patterns that watch it: (pattern index, series,

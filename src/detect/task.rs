@@ -36,6 +36,7 @@ impl Stage for DetectTask {
     fn on_data(&mut self, event: WindowEvent, out: &mut Emit<AnomalyEvent>) {
         match event {
             WindowEvent::Logs(batch) => self.stage.on_logs(&batch),
+            WindowEvent::Deployment(change) => self.stage.on_deployment(change),
             WindowEvent::Closed(window) => {
                 let events = self.stage.on_window(&window);
                 let opened: Vec<_> = events

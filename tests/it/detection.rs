@@ -15,6 +15,7 @@ use homeostat::detect::{
     Anomaly, AnomalyEvent, AnomalyLog, Catalogue, DetectStage, FailureClass, StageParams,
 };
 
+mod deploys;
 mod fleet;
 mod seasons;
 
@@ -404,54 +405,12 @@ fn anomalies_outlive_the_window_retention_and_a_restart() {
 /// with its class, onset and the expected error rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_error_spike_sent_over_otlp_is_in_the_anomalies_table() {
-    use opentelemetry::KeyValue as Attribute;
-    use opentelemetry::trace::{Span, SpanKind, Status, Tracer, TracerProvider};
-    use opentelemetry_otlp::{SpanExporter, WithExportConfig};
-    use opentelemetry_sdk::Resource as SdkResource;
-    use opentelemetry_sdk::trace::SdkTracerProvider;
-    use std::time::{Duration, UNIX_EPOCH};
-
     let engine =
         crate::support::engine("[window]\nsize = \"1s\"\n[detect.baseline]\nwarmup = 20\n").await;
     let grpc = format!("http://{}", engine.grpc_addr);
     let base_ns = crate::support::aligned_past(30);
     const SPIKE: u64 = 25;
-    tokio::task::spawn_blocking(move || {
-        let exporter = SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(&grpc)
-            .build()
-            .expect("exporter");
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter)
-            .with_resource(SdkResource::builder().with_service_name("checkout").build())
-            .build();
-        let tracer = provider.tracer("checkout");
-        for second in 0..32u64 {
-            for i in 0..20u64 {
-                let start = UNIX_EPOCH
-                    + Duration::from_nanos(base_ns + second * 1_000_000_000 + i * 40_000_000);
-                let failed = if second >= SPIKE {
-                    i < 12
-                } else {
-                    i < second % 3
-                };
-                let mut span = tracer
-                    .span_builder("POST /pay")
-                    .with_kind(SpanKind::Server)
-                    .with_start_time(start)
-                    .with_attributes(vec![Attribute::new("http.route", "/pay")])
-                    .start(&tracer);
-                if failed {
-                    span.set_status(Status::error("upstream refused"));
-                }
-                span.end_with_timestamp(start + Duration::from_millis(20 + i));
-            }
-        }
-        provider.shutdown().expect("flush spans");
-    })
-    .await
-    .expect("client ran");
+    deploys::send(grpc, base_ns, Some(SPIKE), None).await;
     engine.flush().await;
     let rows = crate::support::sql(
         engine.api_addr,
