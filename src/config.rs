@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 pub use crate::api::ApiConfig;
 pub use crate::detect::config::DetectConfig;
+pub use crate::incident::config::IncidentConfig;
 pub use crate::ingest::config::{KafkaConfig, KafkaEncoding, OtlpConfig};
 pub use crate::pipeline::PipelineConfig;
 pub use crate::store::StoreConfig;
@@ -40,6 +41,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// Detection.
     pub detect: DetectConfig,
+    /// Incidents.
+    pub incident: IncidentConfig,
 }
 
 /// A configuration that could not be loaded; lists every problem found.
@@ -112,6 +115,7 @@ impl Config {
         let store = section(&figment, "store", &mut problems);
         let api = section(&figment, "api", &mut problems);
         let detect = section(&figment, "detect", &mut problems);
+        let incident = section(&figment, "incident", &mut problems);
         let (
             Some(otlp),
             Some(kafka),
@@ -120,7 +124,8 @@ impl Config {
             Some(store),
             Some(api),
             Some(detect),
-        ) = (otlp, kafka, window, pipeline, store, api, detect)
+            Some(incident),
+        ) = (otlp, kafka, window, pipeline, store, api, detect, incident)
         else {
             return Err(ConfigError { problems });
         };
@@ -132,6 +137,7 @@ impl Config {
             store,
             api,
             detect,
+            incident,
         };
         if let Err(error) = config.validate() {
             problems.extend(error.problems);
@@ -153,6 +159,7 @@ impl Config {
         problems.extend(self.pipeline.problems());
         problems.extend(self.api.problems());
         problems.extend(self.detect.problems());
+        problems.extend(self.incident.problems());
         if problems.is_empty() {
             Ok(())
         } else {

@@ -41,5 +41,5 @@ pub use anomaly::{Anomaly, AnomalyEvent, AnomalyLog, FailureClass, SeriesKey};
 pub use baseline::BaselineParams;
 pub use catalogue::Catalogue;
 pub use stage::{DetectStage, StageParams};
-pub use task::DetectTask;
+pub use task::{DetectOutput, DetectTask};
 pub use univariate::{Univariate, UnivariateParams};

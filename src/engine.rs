@@ -18,6 +18,7 @@ use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::detect::{AnomalyLog, Catalogue, DetectStage, DetectTask, StageParams};
 use crate::flow;
+use crate::incident::{IncidentLog, IncidentParams, IncidentStage};
 use crate::ingest::kafka::KafkaIngest;
 use crate::ingest::{OtlpIntake, otlp_grpc, otlp_http};
 use crate::pipeline::{History, OffsetTracker, PipelineMessage, WindowStage};
@@ -104,6 +105,21 @@ fn serve(
     })
 }
 
+/// The incident stage's parameters from the configuration.
+pub fn incident_params(config: &Config) -> IncidentParams {
+    let i = &config.incident;
+    IncidentParams {
+        window_ms: config.window.size.as_millis().max(1) as i64,
+        join_windows: i64::from(i.join_windows),
+        hops: i.hops as usize,
+        resolve_windows: i64::from(i.resolve_windows),
+        reopen_windows: i64::from(i.reopen_windows),
+        max_incidents: i.max_incidents,
+        edge_ttl_ms: i.edge_ttl.as_millis().min(i64::MAX as u128) as i64,
+        max_edges: i.max_edges,
+    }
+}
+
 /// The detection stage's parameters from the configuration.
 pub fn stage_params(config: &Config) -> StageParams {
     let d = &config.detect;
@@ -162,9 +178,23 @@ impl Engine {
             );
             let (events, events_inbox) = mpsc::channel(config.pipeline.queue_capacity);
             window_stage = window_stage.with_downstream();
-            // Stops when the window stage drops its outlet, after its last window.
-            let run = flow::run(task, events_inbox, None, CancellationToken::new());
-            detect = Some((events, tokio::spawn(async move { drop(run.await) })));
+            let incidents = IncidentLog::default();
+            tables.register(Arc::new(incidents.clone()))?;
+            let (findings, findings_inbox) = mpsc::channel(config.pipeline.queue_capacity);
+            let incident_stage = IncidentStage::new(incident_params(&config), incidents);
+            // Each stops when the stage before it drops its outlet, after its last
+            // output.
+            let never = CancellationToken::new;
+            let run_incidents = flow::run(incident_stage, findings_inbox, None, never());
+            let run_detect = flow::run(task, events_inbox, Some(findings), never());
+            detect = Some((
+                events,
+                tokio::spawn(async move {
+                    let incidents = tokio::spawn(run_incidents);
+                    drop(run_detect.await);
+                    drop(incidents.await);
+                }),
+            ));
         }
         let grpc_listener = bind("OTLP/gRPC", config.otlp.grpc_addr).await?;
         let http_listener = bind("OTLP/HTTP", config.otlp.http_addr).await?;

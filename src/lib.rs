@@ -28,6 +28,7 @@
 //! - [`detect`]: per-series anomaly scores on window values, a stage of its own;
 //!   `homeostat replay`.
 //! - [`store`]: embedded persistence of closed windows and the checkpoint.
+//! - [`incident`]: anomalies grouped into incidents on the service graph.
 //! - [`read_model`]: the tables stages publish for SQL.
 //! - [`api`]: HTTP health, Prometheus self-metrics and SQL over the read model.
 //! - [`config`]: one typed configuration.
@@ -41,6 +42,7 @@ pub mod config;
 pub mod detect;
 pub mod engine;
 pub mod flow;
+pub mod incident;
 pub mod ingest;
 pub mod loadgen;
 pub mod pipeline;

@@ -19,6 +19,18 @@ pub trait TableSource: Send + Sync {
     fn batches(&self) -> Result<Vec<RecordBatch>, ArrowError>;
 }
 
+/// A UTC millisecond timestamp column, as every table's times are.
+pub fn timestamp_field(name: &str, nullable: bool) -> arrow::datatypes::Field {
+    arrow::datatypes::Field::new(
+        name,
+        arrow::datatypes::DataType::Timestamp(
+            arrow::datatypes::TimeUnit::Millisecond,
+            Some("UTC".into()),
+        ),
+        nullable,
+    )
+}
+
 /// A second table of the same name was registered (a wiring defect).
 #[derive(Debug, thiserror::Error)]
 #[error("table `{0}` is registered twice")]

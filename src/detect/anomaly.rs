@@ -8,7 +8,7 @@ use std::sync::{Arc, LazyLock, RwLock};
 use arrow::array::{
     ArrayRef, Float64Builder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -274,13 +274,7 @@ impl AnomalyLog {
 /// Schema of the `anomalies` SQL table.
 pub fn schema() -> SchemaRef {
     static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-        let ts = |name: &str, nullable| {
-            Field::new(
-                name,
-                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-                nullable,
-            )
-        };
+        let ts = crate::read_model::timestamp_field;
         let utf8 = |name: &str| Field::new(name, DataType::Utf8, false);
         Arc::new(Schema::new(vec![
             ts("onset", false),

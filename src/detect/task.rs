@@ -2,7 +2,7 @@
 //! records and closed windows in, in order, on a task of its own, so slow
 //! detection delays anomalies, never ingest (the window stage waits only when
 //! this stage's bounded inbox is full). It emits every anomaly episode's change
-//! ([`AnomalyEvent`]) to the next stage.
+//! ([`AnomalyEvent`]) to the next stage, then the window itself.
 
 use std::sync::Arc;
 
@@ -11,6 +11,16 @@ use super::stage::DetectStage;
 use crate::flow::{Emit, Stage};
 use crate::pipeline::WindowEvent;
 use crate::self_metrics::SelfMetrics;
+use crate::window::WindowTables;
+
+/// What detection hands on, in order: a window's anomaly events, then the window.
+#[derive(Debug, Clone)]
+pub enum DetectOutput {
+    /// An anomaly episode changed.
+    Event(Box<AnomalyEvent>),
+    /// A closed window, after its events.
+    Closed(Arc<WindowTables>),
+}
 
 /// The detection stage in the pipeline.
 pub struct DetectTask {
@@ -27,13 +37,13 @@ impl DetectTask {
 
 impl Stage for DetectTask {
     type In = WindowEvent;
-    type Out = AnomalyEvent;
+    type Out = DetectOutput;
 
     fn name(&self) -> &'static str {
         "detect"
     }
 
-    fn on_data(&mut self, event: WindowEvent, out: &mut Emit<AnomalyEvent>) {
+    fn on_data(&mut self, event: WindowEvent, out: &mut Emit<DetectOutput>) {
         match event {
             WindowEvent::Logs(batch) => self.stage.on_logs(&batch),
             WindowEvent::Deployment(change) => self.stage.on_deployment(change),
@@ -52,13 +62,14 @@ impl Stage for DetectTask {
                     self.stage.take_untracked(),
                     self.stage.template_count(),
                 );
-                out.extend(events);
+                out.extend(events.into_iter().map(|e| DetectOutput::Event(Box::new(e))));
+                out.push(DetectOutput::Closed(window));
             }
         }
     }
 
     /// Persists the baselines and templates.
-    fn on_stop(&mut self, _out: &mut Emit<AnomalyEvent>) {
+    fn on_stop(&mut self, _out: &mut Emit<DetectOutput>) {
         self.stage.snapshot();
     }
 }

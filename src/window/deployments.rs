@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, LazyLock, RwLock};
 
 use arrow::array::{Array, ArrayRef, StringArray, StringBuilder, TimestampMillisecondBuilder};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
@@ -174,11 +174,7 @@ fn schema() -> SchemaRef {
             text("deployment_environment"),
             text("from_version"),
             text("to_version"),
-            Field::new(
-                "at",
-                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-                false,
-            ),
+            crate::read_model::timestamp_field("at", false),
         ]))
     });
     SCHEMA.clone()

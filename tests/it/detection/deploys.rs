@@ -110,6 +110,21 @@ async fn errors_right_after_a_version_change_are_a_faulty_deployment() {
         "{detail}"
     );
     assert!((num(faulty, "observed") - 0.6).abs() < 1e-9, "{faulty}");
+
+    // Every anomaly of the failure is one incident.
+    let incidents = support::sql(
+        engine.api_addr,
+        "SELECT id, state, services, classes, anomalies FROM incidents",
+    )
+    .await;
+    assert_eq!(incidents.len(), 1, "{incidents:?}");
+    assert_eq!(text(&incidents[0], "state"), "open");
+    assert_eq!(text(&incidents[0], "services"), "checkout");
+    assert!(
+        text(&incidents[0], "classes").contains("faulty_deployment"),
+        "{incidents:?}"
+    );
+    assert_eq!(num(&incidents[0], "anomalies"), rows.len() as f64);
     engine.shutdown().await;
 }
 
@@ -129,5 +144,7 @@ async fn a_version_change_followed_by_nothing_is_no_anomaly() {
     assert_eq!(deploys.len(), 1, "{deploys:?}");
     let rows = support::sql(engine.api_addr, "SELECT class, detail FROM anomalies").await;
     assert!(rows.is_empty(), "{rows:?}");
+    let incidents = support::sql(engine.api_addr, "SELECT id FROM incidents").await;
+    assert!(incidents.is_empty(), "{incidents:?}");
     engine.shutdown().await;
 }

@@ -1,0 +1,354 @@
+//! Incidents: anomalies grouped into one incident per underlying failure, not an
+//! alert storm.
+//!
+//! An anomaly that opens joins the incident that was active within `join_windows`
+//! of its onset and holds a service the same as, or at most `hops` edges from, its
+//! own on the service graph ([`graph`]); else it opens a new incident. An
+//! incident is `resolved` once every member anomaly has ended and `resolve_windows`
+//! windows passed; an anomaly that would join it within `reopen_windows` after
+//! that reopens it (flapping control) instead of opening another.
+//!
+//! The stage consumes what detection emits ([`DetectOutput`]) and publishes the
+//! `incidents` table. Memory: at most `max_incidents` incidents (oldest resolved
+//! dropped first), the graph's bound.
+
+pub mod config;
+pub mod graph;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, LazyLock, RwLock};
+
+use arrow::array::{ArrayRef, StringBuilder, TimestampMillisecondBuilder, UInt64Builder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use tracing::info;
+
+use crate::detect::anomaly::{Anomaly, AnomalyEvent};
+use crate::detect::task::DetectOutput;
+use crate::flow::{Emit, Stage};
+use crate::read_model::TableSource;
+use graph::ServiceGraph;
+
+/// Grouping and lifecycle parameters.
+#[derive(Debug, Clone)]
+pub struct IncidentParams {
+    pub window_ms: i64,
+    /// An anomaly joins an incident active this many windows before its onset.
+    pub join_windows: i64,
+    /// Graph distance within which services belong to one incident.
+    pub hops: usize,
+    /// Windows after the last member ended before an incident is resolved.
+    pub resolve_windows: i64,
+    /// Windows after resolution within which a recurrence reopens it.
+    pub reopen_windows: i64,
+    /// Incidents kept for the table.
+    pub max_incidents: usize,
+    /// Event time an idle edge stays in the graph.
+    pub edge_ttl_ms: i64,
+    /// Most edges in the graph.
+    pub max_edges: usize,
+}
+
+/// `open` or `resolved`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncidentState {
+    Open,
+    Resolved,
+}
+
+/// A member anomaly, named as its events name it.
+#[derive(Debug, Clone)]
+struct Member {
+    anomaly: Anomaly,
+    ended_ms: Option<i64>,
+}
+
+/// One incident.
+#[derive(Debug, Clone)]
+pub struct Incident {
+    pub id: u64,
+    pub state: IncidentState,
+    pub opened_ms: i64,
+    /// The latest onset, update or end of a member.
+    pub active_ms: i64,
+    pub resolved_ms: Option<i64>,
+    pub reopened: u64,
+    members: Vec<Member>,
+}
+
+impl Incident {
+    /// The services of its anomalies, sorted.
+    pub fn services(&self) -> BTreeSet<&str> {
+        self.members
+            .iter()
+            .map(|m| m.anomaly.key.service.as_str())
+            .collect()
+    }
+
+    /// Member anomalies.
+    pub fn anomalies(&self) -> impl Iterator<Item = &Anomaly> {
+        self.members.iter().map(|m| &m.anomaly)
+    }
+}
+
+/// The shared `incidents` table.
+#[derive(Debug, Clone, Default)]
+pub struct IncidentLog {
+    incidents: Arc<RwLock<Vec<Incident>>>,
+}
+
+impl IncidentLog {
+    /// A copy of every incident held, oldest first.
+    pub fn snapshot(&self) -> Vec<Incident> {
+        self.incidents.read().map(|i| i.clone()).unwrap_or_default()
+    }
+
+    fn publish(&self, incidents: &[Incident]) {
+        if let Ok(mut held) = self.incidents.write() {
+            *held = incidents.to_vec();
+        }
+    }
+}
+
+/// The incident stage.
+pub struct IncidentStage {
+    params: IncidentParams,
+    graph: ServiceGraph,
+    incidents: Vec<Incident>,
+    next_id: u64,
+    log: IncidentLog,
+}
+
+impl IncidentStage {
+    pub fn new(params: IncidentParams, log: IncidentLog) -> Self {
+        Self {
+            graph: ServiceGraph::new(params.edge_ttl_ms, params.max_edges),
+            params,
+            incidents: Vec::new(),
+            next_id: 1,
+            log,
+        }
+    }
+
+    /// The incidents now (oldest first).
+    pub fn incidents(&self) -> &[Incident] {
+        &self.incidents
+    }
+
+    /// Applies one anomaly event.
+    pub fn on_event(&mut self, event: &AnomalyEvent) {
+        match event {
+            AnomalyEvent::Opened(anomaly) => self.join(anomaly.clone()),
+            AnomalyEvent::Updated {
+                key,
+                pattern,
+                onset_ms,
+                at_ms,
+                ..
+            } => {
+                if let Some((incident, _)) = self.member(key, pattern, *onset_ms) {
+                    incident.active_ms = incident.active_ms.max(*at_ms);
+                }
+            }
+            AnomalyEvent::Ended {
+                key,
+                pattern,
+                onset_ms,
+                ended_ms,
+            } => {
+                if let Some((incident, member)) = self.member(key, pattern, *onset_ms) {
+                    incident.members[member].ended_ms = Some(*ended_ms);
+                    incident.active_ms = incident.active_ms.max(*ended_ms);
+                }
+            }
+        }
+    }
+
+    /// Learns the window's edges, resolves incidents whose members all ended
+    /// `resolve_windows` ago, and publishes the table.
+    pub fn on_window(&mut self, window: &crate::window::WindowTables) {
+        self.graph.on_window(window);
+        let quiet = self.params.resolve_windows * self.params.window_ms;
+        for incident in &mut self.incidents {
+            let ended = incident.members.iter().all(|m| m.ended_ms.is_some());
+            if incident.state == IncidentState::Open
+                && ended
+                && window.end_ms - incident.active_ms >= quiet
+            {
+                incident.state = IncidentState::Resolved;
+                incident.resolved_ms = Some(window.end_ms);
+                info!(incident = incident.id, "incident resolved");
+            }
+        }
+        let excess = self
+            .incidents
+            .len()
+            .saturating_sub(self.params.max_incidents);
+        if excess > 0 {
+            let mut dropped = 0;
+            self.incidents.retain(|i| {
+                let drop = dropped < excess && i.state == IncidentState::Resolved;
+                dropped += usize::from(drop);
+                !drop
+            });
+        }
+        self.log.publish(&self.incidents);
+    }
+
+    fn member(
+        &mut self,
+        key: &crate::detect::SeriesKey,
+        pattern: &str,
+        onset_ms: i64,
+    ) -> Option<(&mut Incident, usize)> {
+        self.incidents.iter_mut().rev().find_map(|incident| {
+            let index = incident.members.iter().position(|m| {
+                m.anomaly.onset_ms == onset_ms
+                    && m.anomaly.pattern == pattern
+                    && &m.anomaly.key == key
+            })?;
+            Some((incident, index))
+        })
+    }
+
+    /// Adds a new anomaly to the incident it belongs to, or opens one.
+    fn join(&mut self, anomaly: Anomaly) {
+        let p = &self.params;
+        let onset = anomaly.onset_ms;
+        let join_from = onset - p.join_windows * p.window_ms;
+        let reopen_from = onset - p.reopen_windows * p.window_ms;
+        let service = anomaly.key.service.clone();
+        let graph = &self.graph;
+        let found = self.incidents.iter().rposition(|incident| {
+            let recent = match incident.state {
+                IncidentState::Open => incident.active_ms >= join_from,
+                IncidentState::Resolved => incident.resolved_ms.is_some_and(|r| r >= reopen_from),
+            };
+            recent
+                && incident
+                    .services()
+                    .iter()
+                    .any(|s| graph.near(s, &service, p.hops))
+        });
+        let member = Member {
+            anomaly,
+            ended_ms: None,
+        };
+        match found {
+            Some(index) => {
+                let incident = &mut self.incidents[index];
+                if incident.state == IncidentState::Resolved {
+                    incident.state = IncidentState::Open;
+                    incident.resolved_ms = None;
+                    incident.reopened += 1;
+                    info!(incident = incident.id, "incident reopened");
+                }
+                incident.active_ms = incident.active_ms.max(onset);
+                incident.members.push(member);
+            }
+            None => {
+                let id = self.next_id;
+                self.next_id += 1;
+                info!(incident = id, service = %service, "incident opened");
+                self.incidents.push(Incident {
+                    id,
+                    state: IncidentState::Open,
+                    opened_ms: onset,
+                    active_ms: onset,
+                    resolved_ms: None,
+                    reopened: 0,
+                    members: vec![member],
+                });
+            }
+        }
+    }
+}
+
+impl Stage for IncidentStage {
+    type In = DetectOutput;
+    type Out = ();
+
+    fn name(&self) -> &'static str {
+        "incidents"
+    }
+
+    fn on_data(&mut self, input: DetectOutput, _out: &mut Emit<()>) {
+        match input {
+            DetectOutput::Event(event) => self.on_event(&event),
+            DetectOutput::Closed(window) => self.on_window(&window),
+        }
+    }
+}
+
+fn schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        let ts = crate::read_model::timestamp_field;
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::UInt64, false),
+            Field::new("state", DataType::Utf8, false),
+            ts("opened", false),
+            ts("resolved", true),
+            Field::new("services", DataType::Utf8, false),
+            Field::new("classes", DataType::Utf8, false),
+            Field::new("anomalies", DataType::UInt64, false),
+            Field::new("reopened", DataType::UInt64, false),
+        ]))
+    });
+    SCHEMA.clone()
+}
+
+impl TableSource for IncidentLog {
+    fn name(&self) -> &str {
+        "incidents"
+    }
+
+    fn schema(&self) -> SchemaRef {
+        schema()
+    }
+
+    fn batches(&self) -> Result<Vec<RecordBatch>, ArrowError> {
+        let incidents = self.snapshot();
+        let (mut id, mut anomalies, mut reopened) = (
+            UInt64Builder::new(),
+            UInt64Builder::new(),
+            UInt64Builder::new(),
+        );
+        let (mut state, mut services, mut classes) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
+        let mut opened = TimestampMillisecondBuilder::new().with_timezone("UTC");
+        let mut resolved = TimestampMillisecondBuilder::new().with_timezone("UTC");
+        for incident in &incidents {
+            id.append_value(incident.id);
+            state.append_value(match incident.state {
+                IncidentState::Open => "open",
+                IncidentState::Resolved => "resolved",
+            });
+            opened.append_value(incident.opened_ms);
+            resolved.append_option(incident.resolved_ms);
+            let names: Vec<&str> = incident.services().into_iter().collect();
+            services.append_value(names.join(","));
+            let kinds: BTreeSet<&str> = incident.anomalies().map(|a| a.class.as_str()).collect();
+            classes.append_value(kinds.into_iter().collect::<Vec<_>>().join(","));
+            anomalies.append_value(incident.members.len() as u64);
+            reopened.append_value(incident.reopened);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(id.finish()),
+            Arc::new(state.finish()),
+            Arc::new(opened.finish()),
+            Arc::new(resolved.finish()),
+            Arc::new(services.finish()),
+            Arc::new(classes.finish()),
+            Arc::new(anomalies.finish()),
+            Arc::new(reopened.finish()),
+        ];
+        Ok(vec![RecordBatch::try_new(schema(), columns)?])
+    }
+}
+
+#[cfg(test)]
+mod tests;

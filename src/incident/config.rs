@@ -1,0 +1,43 @@
+//! `[incident]`: the incident stage's configuration.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Incidents.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentConfig {
+    /// An anomaly joins an incident active this many windows before its onset.
+    pub join_windows: u32,
+    /// Edges on the service graph within which anomalies are one incident.
+    pub hops: u32,
+    /// Windows after the last member anomaly ended before an incident resolves.
+    pub resolve_windows: u32,
+    /// Windows after resolution within which a recurrence reopens the incident.
+    pub reopen_windows: u32,
+    /// Incidents kept for the `incidents` table (oldest resolved dropped first).
+    pub max_incidents: usize,
+    /// Event time an edge without traffic stays in the service graph.
+    #[serde(with = "humantime_serde")]
+    pub edge_ttl: Duration,
+    /// Most edges in the service graph.
+    pub max_edges: usize,
+}
+
+impl IncidentConfig {
+    /// Every rule the section breaks, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (key, value) in [
+            ("incident.resolve_windows", self.resolve_windows as usize),
+            ("incident.max_incidents", self.max_incidents),
+            ("incident.max_edges", self.max_edges),
+        ] {
+            if value == 0 {
+                problems.push(format!("{key} must be positive"));
+            }
+        }
+        problems
+    }
+}

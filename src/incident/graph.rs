@@ -1,0 +1,100 @@
+//! The service graph the incident stage groups anomalies on: caller -> callee
+//! edges from the closed windows' `edge_stats`, each with the event time it last
+//! carried traffic. Edges idle for `ttl_ms` age out; at most `max_edges` are held
+//! (new edges beyond are not added, counted).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use arrow::array::{Array, StringArray};
+
+use crate::window::WindowTables;
+
+/// Index of `edge_stats` in [`WindowTables::batches`].
+const EDGE_TABLE: usize = 2;
+
+/// Undirected adjacency of services (and databases, external endpoints).
+#[derive(Debug)]
+pub struct ServiceGraph {
+    edges: HashMap<(String, String), i64>,
+    ttl_ms: i64,
+    max_edges: usize,
+    refused: u64,
+}
+
+impl ServiceGraph {
+    pub fn new(ttl_ms: i64, max_edges: usize) -> Self {
+        Self {
+            edges: HashMap::new(),
+            ttl_ms,
+            max_edges,
+            refused: 0,
+        }
+    }
+
+    /// Learns the edges of a closed window and ages out idle ones.
+    pub fn on_window(&mut self, window: &WindowTables) {
+        let batch = &window.batches[EDGE_TABLE];
+        let text = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        };
+        if let (Some(caller), Some(callee)) = (text("caller"), text("callee")) {
+            for i in 0..batch.num_rows() {
+                if caller.is_null(i) || callee.is_null(i) {
+                    continue;
+                }
+                let key = (caller.value(i).to_string(), callee.value(i).to_string());
+                if !self.edges.contains_key(&key) && self.edges.len() >= self.max_edges {
+                    self.refused += 1;
+                    continue;
+                }
+                let seen = self.edges.entry(key).or_insert(window.end_ms);
+                *seen = (*seen).max(window.end_ms);
+            }
+        }
+        let horizon = window.end_ms - self.ttl_ms;
+        self.edges.retain(|_, seen| *seen > horizon);
+    }
+
+    /// Edges held.
+    pub fn len(&self) -> usize {
+        self.edges.len()
+    }
+
+    /// Whether no edge is held.
+    pub fn is_empty(&self) -> bool {
+        self.edges.is_empty()
+    }
+
+    /// Whether `a` and `b` are the same node or at most `hops` edges apart
+    /// (either direction).
+    pub fn near(&self, a: &str, b: &str, hops: usize) -> bool {
+        if a == b {
+            return true;
+        }
+        let mut seen: HashSet<&str> = HashSet::from([a]);
+        let mut frontier: VecDeque<(&str, usize)> = VecDeque::from([(a, 0)]);
+        while let Some((node, depth)) = frontier.pop_front() {
+            if depth == hops {
+                continue;
+            }
+            for (caller, callee) in self.edges.keys() {
+                let next = if caller == node {
+                    callee.as_str()
+                } else if callee == node {
+                    caller.as_str()
+                } else {
+                    continue;
+                };
+                if next == b {
+                    return true;
+                }
+                if seen.insert(next) {
+                    frontier.push_back((next, depth + 1));
+                }
+            }
+        }
+        false
+    }
+}

@@ -1,0 +1,172 @@
+use super::*;
+use crate::detect::{FailureClass, SeriesKey};
+use crate::window::tables::{Cell, TableBuilder};
+
+const W: i64 = 10_000;
+
+fn params() -> IncidentParams {
+    IncidentParams {
+        window_ms: W,
+        join_windows: 5,
+        hops: 2,
+        resolve_windows: 3,
+        reopen_windows: 5,
+        max_incidents: 100,
+        edge_ttl_ms: 3_600_000,
+        max_edges: 1000,
+    }
+}
+
+/// A closed window `w` whose edges are `edges` (caller, callee).
+fn window(w: i64, edges: &[(&str, &str)]) -> crate::window::WindowTables {
+    let (start, end) = (w * W, (w + 1) * W);
+    let mut edge = TableBuilder::new(2, start, end);
+    for (caller, callee) in edges {
+        edge.row(
+            &[caller, callee, "service"],
+            &[
+                Cell::U64(Some(10)),
+                Cell::U64(Some(0)),
+                Cell::F64(Some(0.0)),
+                Cell::F64(Some(1.0)),
+                Cell::F64(Some(2.0)),
+                Cell::F64(Some(1.0)),
+            ],
+        );
+    }
+    crate::window::WindowTables {
+        start_ms: start,
+        end_ms: end,
+        batches: [
+            TableBuilder::new(0, start, end).finish().expect("service"),
+            TableBuilder::new(1, start, end)
+                .finish()
+                .expect("operation"),
+            edge.finish().expect("edge"),
+            TableBuilder::new(3, start, end).finish().expect("metric"),
+            TableBuilder::new(4, start, end).finish().expect("log"),
+        ],
+    }
+}
+
+fn anomaly(service: &str, onset_w: i64) -> Anomaly {
+    Anomaly {
+        key: SeriesKey {
+            service: service.into(),
+            signal: "service".into(),
+            name: "error_rate".into(),
+            attributes: String::new(),
+        },
+        class: FailureClass::ErrorSpike,
+        pattern: "service_errors".into(),
+        onset_ms: onset_w * W,
+        detected_ms: (onset_w + 1) * W,
+        ended_ms: None,
+        observed: 0.5,
+        expected: 0.01,
+        score: 1.0,
+        windows: 2,
+        detail: String::new(),
+    }
+}
+
+fn ended(a: &Anomaly, w: i64) -> AnomalyEvent {
+    AnomalyEvent::Ended {
+        key: a.key.clone(),
+        pattern: a.pattern.clone(),
+        onset_ms: a.onset_ms,
+        ended_ms: w * W,
+    }
+}
+
+const CHAIN: [(&str, &str); 3] = [
+    ("frontend", "checkout"),
+    ("checkout", "payments"),
+    ("payments", "postgres"),
+];
+
+#[test]
+fn connected_anomalies_are_one_incident_and_others_another() {
+    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    stage.on_window(&window(0, &CHAIN));
+    for (service, w) in [
+        ("postgres", 1),
+        ("payments", 1),
+        ("checkout", 2),
+        ("frontend", 2),
+    ] {
+        stage.on_event(&AnomalyEvent::Opened(anomaly(service, w)));
+    }
+    // Unconnected, at the same time: its own incident.
+    stage.on_event(&AnomalyEvent::Opened(anomaly("search", 2)));
+    let incidents = stage.incidents();
+    assert_eq!(incidents.len(), 2);
+    assert_eq!(
+        incidents[0].services().into_iter().collect::<Vec<_>>(),
+        vec!["checkout", "frontend", "payments", "postgres"]
+    );
+    assert_eq!(
+        incidents[1].services().into_iter().collect::<Vec<_>>(),
+        vec!["search"]
+    );
+}
+
+#[test]
+fn far_in_time_is_another_incident() {
+    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    stage.on_window(&window(0, &CHAIN));
+    stage.on_event(&AnomalyEvent::Opened(anomaly("payments", 1)));
+    // Still open (never ended) but quiet for longer than join_windows.
+    stage.on_event(&AnomalyEvent::Opened(anomaly("checkout", 20)));
+    assert_eq!(stage.incidents().len(), 2);
+}
+
+#[test]
+fn resolves_after_quiet_windows_and_reopens_on_recurrence() {
+    let log = IncidentLog::default();
+    let mut stage = IncidentStage::new(params(), log.clone());
+    stage.on_window(&window(0, &CHAIN));
+    let a = anomaly("payments", 1);
+    stage.on_event(&AnomalyEvent::Opened(a.clone()));
+    stage.on_event(&ended(&a, 4));
+    // Healthy from window 4: resolved at the end of its third healthy window.
+    for w in 4..6 {
+        stage.on_window(&window(w, &CHAIN));
+        assert_eq!(
+            stage.incidents()[0].state,
+            IncidentState::Open,
+            "window {w}"
+        );
+    }
+    stage.on_window(&window(6, &CHAIN));
+    assert_eq!(stage.incidents()[0].state, IncidentState::Resolved);
+    assert_eq!(log.snapshot()[0].resolved_ms, Some(7 * W));
+    // It flaps back two windows later: the same incident reopens.
+    stage.on_event(&AnomalyEvent::Opened(anomaly("checkout", 10)));
+    let incidents = stage.incidents();
+    assert_eq!(incidents.len(), 1);
+    assert_eq!(incidents[0].state, IncidentState::Open);
+    assert_eq!(incidents[0].reopened, 1);
+}
+
+#[test]
+fn the_table_lists_incidents() {
+    let log = IncidentLog::default();
+    let mut stage = IncidentStage::new(params(), log.clone());
+    stage.on_window(&window(0, &CHAIN));
+    stage.on_event(&AnomalyEvent::Opened(anomaly("payments", 1)));
+    stage.on_window(&window(1, &CHAIN));
+    let batch = &log.batches().expect("table")[0];
+    assert_eq!(batch.num_rows(), 1);
+    assert_eq!(batch.schema().fields().len(), 8);
+}
+
+#[test]
+fn idle_edges_age_out_of_the_graph() {
+    let mut graph = ServiceGraph::new(60_000, 10);
+    graph.on_window(&window(0, &CHAIN));
+    assert!(graph.near("frontend", "payments", 2));
+    assert!(!graph.near("frontend", "postgres", 2));
+    graph.on_window(&window(10, &[]));
+    assert!(graph.is_empty());
+}
