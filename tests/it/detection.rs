@@ -94,18 +94,25 @@ fn describe(anomalies: &[Anomaly]) -> String {
         .join("\n")
 }
 
+/// A detection stage on 1-minute windows with the shipped parameters, and its
+/// configuration.
+fn minute_stage() -> (DetectStage, homeostat::config::Config) {
+    let config =
+        homeostat::config::Config::from_toml_str("[window]\nsize = \"1m\"\nretain = \"1h\"\n")
+            .expect("config");
+    let stage = DetectStage::new(
+        Catalogue::built_in().expect("catalogue"),
+        homeostat::engine::stage_params(&config),
+        AnomalyLog::new(1000),
+    );
+    (stage, config)
+}
+
 /// An episode leaves detection as events: opened once, updated while it holds,
 /// ended the first window it does not.
 #[test]
 fn an_episode_is_opened_updated_and_ended_as_events() {
-    let config =
-        homeostat::config::Config::from_toml_str("[window]\nsize = \"1m\"\nretain = \"1h\"\n")
-            .expect("config");
-    let mut stage = DetectStage::new(
-        Catalogue::built_in().expect("catalogue"),
-        homeostat::engine::stage_params(&config),
-        AnomalyLog::new(100),
-    );
+    let (mut stage, _) = minute_stage();
     let mut noise = Noise::new(11);
     let mut events = Vec::new();
     for w in 0..FAULT_WINDOW + 40 {
@@ -134,6 +141,35 @@ fn an_episode_is_opened_updated_and_ended_as_events() {
         panic!("no end");
     };
     assert_eq!(*ended_ms, START_MS + (FAULT_WINDOW + 10) * WINDOW_MS);
+}
+
+/// A failing database makes its caller and the four services up the chain
+/// anomalous (errors, dependency failures): one incident, not a storm, through
+/// the incident stage fed as the pipeline feeds it (events, then the window).
+#[test]
+fn a_cascading_database_failure_is_one_incident() {
+    use homeostat::incident::{IncidentLog, IncidentParams, IncidentStage};
+    let (mut detect, config) = minute_stage();
+    let params: IncidentParams = homeostat::engine::incident_params(&config);
+    let mut incidents = IncidentStage::new(params, IncidentLog::default());
+    let mut noise = Noise::new(5);
+    let mut anomalies = Vec::new();
+    for w in 0..FAULT_WINDOW + 10 {
+        let (tables, _) = window(w, Some(Fault::DatabaseDown), &mut noise);
+        for event in detect.on_window(&tables) {
+            if let AnomalyEvent::Opened(a) = &event {
+                anomalies.push(a.clone());
+            }
+            incidents.on_event(&event);
+        }
+        incidents.on_window(&tables);
+    }
+    let services: std::collections::BTreeSet<&str> =
+        anomalies.iter().map(|a| a.key.service.as_str()).collect();
+    assert!(services.len() >= 4, "{}", describe(&anomalies));
+    let held = incidents.incidents();
+    assert_eq!(held.len(), 1, "{held:?}\n{}", describe(&anomalies));
+    assert_eq!(held[0].anomalies().count(), anomalies.len());
 }
 
 #[test]

@@ -89,6 +89,9 @@ pub enum Fault {
     TemplateBurst,
     /// Memory climbing 2% an hour (compounded), each sample jittering by 1%.
     SlowLeak,
+    /// The database fails: its caller's calls to it fail, and the errors travel
+    /// up the chain to the five services before it.
+    DatabaseDown,
 }
 
 impl Fault {
@@ -110,6 +113,7 @@ impl Fault {
             Fault::SubtleLatency => FailureClass::LatencyDegradation,
             Fault::TemplateBurst => FailureClass::LogPattern,
             Fault::SlowLeak => FailureClass::MemoryLeak,
+            Fault::DatabaseDown => FailureClass::DependencyFailure,
         }
     }
 }
@@ -224,6 +228,10 @@ pub fn window_at(
         if faulty && active(Fault::Dependency) {
             error_p = 0.2;
         }
+        let cascade = active(Fault::DatabaseDown) && i + 5 >= SERVICES;
+        if cascade {
+            error_p = 0.25;
+        }
         let errors = (requests as f64 * error_p
             + (requests as f64 * error_p).sqrt() * noise.normal())
         .round()
@@ -258,7 +266,7 @@ pub fn window_at(
         let calls = count(noise, lambda * 0.8).max(1);
         let mut edge_p = 0.005;
         let mut edge_latency = 40.0 * (1.0 + 0.05 * noise.normal());
-        if faulty && active(Fault::Dependency) {
+        if (faulty && active(Fault::Dependency)) || cascade {
             edge_p = 0.4;
             edge_latency *= 3.0;
         }
