@@ -47,6 +47,9 @@ pub enum EngineError {
     /// The Kafka client could not be created (bad settings).
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The stored incidents could not be loaded.
+    #[error(transparent)]
+    Incidents(#[from] crate::incident::persist::IncidentStoreError),
     /// Two stages published a table of the same name (a wiring defect).
     #[error(transparent)]
     Tables(#[from] crate::read_model::DuplicateTable),
@@ -181,7 +184,11 @@ impl Engine {
             let incidents = IncidentLog::default();
             tables.register(Arc::new(incidents.clone()))?;
             let (findings, findings_inbox) = mpsc::channel(config.pipeline.queue_capacity);
-            let incident_stage = IncidentStage::new(incident_params(&config), incidents);
+            let mut incident_stage = IncidentStage::new(incident_params(&config), incidents);
+            if !config.store.path.as_os_str().is_empty() {
+                incident_stage =
+                    incident_stage.stored_at(config.store.path.join("incidents.json"))?;
+            }
             // Each stops when the stage before it drops its outlet, after its last
             // output.
             let never = CancellationToken::new;

@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod graph;
+pub mod persist;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock, RwLock};
@@ -22,6 +23,7 @@ use arrow::array::{ArrayRef, StringBuilder, TimestampMillisecondBuilder, UInt64B
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
+use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use crate::detect::anomaly::{Anomaly, AnomalyEvent};
@@ -51,21 +53,22 @@ pub struct IncidentParams {
 }
 
 /// `open` or `resolved`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum IncidentState {
     Open,
     Resolved,
 }
 
 /// A member anomaly, named as its events name it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Member {
     anomaly: Anomaly,
     ended_ms: Option<i64>,
 }
 
 /// One incident.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Incident {
     pub id: u64,
     pub state: IncidentState,
@@ -118,6 +121,10 @@ pub struct IncidentStage {
     incidents: Vec<Incident>,
     next_id: u64,
     log: IncidentLog,
+    /// Where the incidents are kept across restarts, and whether they changed
+    /// since they were last written.
+    store: Option<std::path::PathBuf>,
+    dirty: bool,
 }
 
 impl IncidentStage {
@@ -128,6 +135,31 @@ impl IncidentStage {
             incidents: Vec::new(),
             next_id: 1,
             log,
+            store: None,
+            dirty: false,
+        }
+    }
+
+    /// Keeps the incidents in `path` across restarts, loading what is there.
+    pub fn stored_at(
+        mut self,
+        path: std::path::PathBuf,
+    ) -> Result<Self, persist::IncidentStoreError> {
+        let (incidents, next_id) = persist::load(&path)?;
+        if !incidents.is_empty() {
+            info!(incidents = incidents.len(), path = %path.display(), "restored incidents");
+        }
+        self.incidents = incidents;
+        self.next_id = next_id;
+        self.log.publish(&self.incidents);
+        self.store = Some(path);
+        Ok(self)
+    }
+
+    /// Writes the incidents if they changed.
+    fn persist(&mut self) {
+        if let (true, Some(path)) = (self.dirty, &self.store) {
+            self.dirty = !persist::save(path, &self.incidents, self.next_id);
         }
     }
 
@@ -138,6 +170,7 @@ impl IncidentStage {
 
     /// Applies one anomaly event.
     pub fn on_event(&mut self, event: &AnomalyEvent) {
+        self.dirty = true;
         match event {
             AnomalyEvent::Opened(anomaly) => self.join(anomaly.clone()),
             AnomalyEvent::Updated {
@@ -178,6 +211,7 @@ impl IncidentStage {
             {
                 incident.state = IncidentState::Resolved;
                 incident.resolved_ms = Some(window.end_ms);
+                self.dirty = true;
                 info!(incident = incident.id, "incident resolved");
             }
         }
@@ -194,6 +228,7 @@ impl IncidentStage {
             });
         }
         self.log.publish(&self.incidents);
+        self.persist();
     }
 
     fn member(
@@ -278,6 +313,10 @@ impl Stage for IncidentStage {
             DetectOutput::Event(event) => self.on_event(&event),
             DetectOutput::Closed(window) => self.on_window(&window),
         }
+    }
+
+    fn on_stop(&mut self, _out: &mut Emit<()>) {
+        self.persist();
     }
 }
 

@@ -148,3 +148,39 @@ async fn a_version_change_followed_by_nothing_is_no_anomaly() {
     assert!(incidents.is_empty(), "{incidents:?}");
     engine.shutdown().await;
 }
+
+/// With `store.path`, the incidents survive a restart; a damaged incident file
+/// stops the next start with an error naming it, never an empty history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_survive_a_restart_and_a_damaged_file_stops_the_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = format!(
+        "{CONFIG}[store]\npath = {:?}\n",
+        dir.path().display().to_string()
+    );
+    let query = "SELECT id, state, opened, services, classes, anomalies FROM incidents";
+    let engine = support::engine(&config).await;
+    let grpc = format!("http://{}", engine.grpc_addr);
+    send(
+        grpc,
+        support::aligned_past(30),
+        Some(DEPLOY + 1),
+        Some(DEPLOY),
+    )
+    .await;
+    engine.flush().await;
+    let before = support::sql(engine.api_addr, query).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    engine.shutdown().await;
+
+    let engine = support::engine(&config).await;
+    assert_eq!(support::sql(engine.api_addr, query).await, before);
+    engine.shutdown().await;
+
+    std::fs::write(dir.path().join("incidents.json"), b"{ not json").expect("damage");
+    let error = homeostat::engine::Engine::start(support::config(&config))
+        .await
+        .err()
+        .expect("a damaged incident file stops the start");
+    assert!(error.to_string().contains("incidents.json"), "{error}");
+}
