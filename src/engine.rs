@@ -47,9 +47,9 @@ pub enum EngineError {
     /// The Kafka client could not be created (bad settings).
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    /// The stored incidents could not be loaded.
-    #[error(transparent)]
-    Incidents(#[from] crate::incident::persist::IncidentStoreError),
+    /// A state file (incidents, deployments) could not be loaded.
+    #[error("state file {0}")]
+    State(#[from] crate::persist::StateFileError),
     /// Two stages published a table of the same name (a wiring defect).
     #[error(transparent)]
     Tables(#[from] crate::read_model::DuplicateTable),
@@ -170,6 +170,10 @@ impl Engine {
         tables.register(Arc::new(window_stage.deployment_log()))?;
         if config.kafka_enabled() {
             window_stage = window_stage.from_kafka();
+        }
+        if !config.store.path.as_os_str().is_empty() {
+            window_stage =
+                window_stage.deployments_at(config.store.path.join("deployments.json"))?;
         }
         let mut detect = None;
         if config.detect.enabled {

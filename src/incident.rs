@@ -14,7 +14,6 @@
 
 pub mod config;
 pub mod graph;
-pub mod persist;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock, RwLock};
@@ -29,8 +28,12 @@ use tracing::info;
 use crate::detect::anomaly::{Anomaly, AnomalyEvent};
 use crate::detect::task::DetectOutput;
 use crate::flow::{Emit, Stage};
+use crate::persist::StateFileError;
 use crate::read_model::TableSource;
 use graph::ServiceGraph;
+
+/// Format version of `incidents.json`.
+const STATE_VERSION: u32 = 1;
 
 /// Grouping and lifecycle parameters.
 #[derive(Debug, Clone)]
@@ -141,16 +144,14 @@ impl IncidentStage {
     }
 
     /// Keeps the incidents in `path` across restarts, loading what is there.
-    pub fn stored_at(
-        mut self,
-        path: std::path::PathBuf,
-    ) -> Result<Self, persist::IncidentStoreError> {
-        let (incidents, next_id) = persist::load(&path)?;
+    pub fn stored_at(mut self, path: std::path::PathBuf) -> Result<Self, StateFileError> {
+        let (next_id, incidents): (u64, Vec<Incident>) =
+            crate::persist::load(&path, STATE_VERSION)?.unwrap_or((1, Vec::new()));
         if !incidents.is_empty() {
             info!(incidents = incidents.len(), path = %path.display(), "restored incidents");
         }
         self.incidents = incidents;
-        self.next_id = next_id;
+        self.next_id = next_id.max(1);
         self.log.publish(&self.incidents);
         self.store = Some(path);
         Ok(self)
@@ -159,7 +160,8 @@ impl IncidentStage {
     /// Writes the incidents if they changed.
     fn persist(&mut self) {
         if let (true, Some(path)) = (self.dirty, &self.store) {
-            self.dirty = !persist::save(path, &self.incidents, self.next_id);
+            let state = (self.next_id, &self.incidents);
+            self.dirty = !crate::persist::save(path, STATE_VERSION, &state);
         }
     }
 

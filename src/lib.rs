@@ -30,6 +30,7 @@
 //! - [`store`]: embedded persistence of closed windows and the checkpoint.
 //! - [`incident`]: anomalies grouped into incidents on the service graph.
 //! - [`read_model`]: the tables stages publish for SQL.
+//! - [`persist`]: small state files (incidents, deployments) under `store.path`.
 //! - [`api`]: HTTP health, Prometheus self-metrics and SQL over the read model.
 //! - [`config`]: one typed configuration.
 //! - [`self_metrics`]: the engine's own Prometheus metrics, named in one place.
@@ -45,6 +46,7 @@ pub mod flow;
 pub mod incident;
 pub mod ingest;
 pub mod loadgen;
+pub mod persist;
 pub mod pipeline;
 pub mod read_model;
 pub mod self_metrics;

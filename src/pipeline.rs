@@ -50,6 +50,9 @@ pub enum WindowEvent {
 /// `window::deployments`).
 const DEPLOY_GAP_MS: i64 = 3_600_000;
 
+/// Format version of `deployments.json`.
+const DEPLOYMENTS_VERSION: u32 = 1;
+
 /// Version changes kept for the `deployments` table.
 const MAX_DEPLOYMENTS: usize = 10_000;
 
@@ -74,6 +77,8 @@ pub struct WindowStage {
     assignment: u64,
     deployments: Deployments,
     deployment_log: DeploymentLog,
+    /// Where the version changes are kept across restarts.
+    deployment_file: Option<std::path::PathBuf>,
 }
 
 fn now_unix_nano() -> u64 {
@@ -131,6 +136,7 @@ impl WindowStage {
             assignment: 0,
             deployments: Deployments::new(DEPLOY_GAP_MS, window.max_series),
             deployment_log: DeploymentLog::new(MAX_DEPLOYMENTS),
+            deployment_file: None,
         })
     }
 
@@ -140,6 +146,19 @@ impl WindowStage {
     pub fn from_kafka(mut self) -> Self {
         self.close_on_stop = false;
         self
+    }
+
+    /// Keeps the version changes in `path` across restarts, loading what is there.
+    pub fn deployments_at(
+        mut self,
+        path: std::path::PathBuf,
+    ) -> Result<Self, crate::persist::StateFileError> {
+        let changes: Vec<VersionChange> =
+            crate::persist::load(&path, DEPLOYMENTS_VERSION)?.unwrap_or_default();
+        self.deployments.seed(&changes);
+        self.deployment_log.extend(&changes);
+        self.deployment_file = Some(path);
+        Ok(self)
     }
 
     /// The `deployments` table (for the read model).
@@ -224,6 +243,13 @@ impl WindowStage {
                 info!(service = %c.service, from = %c.from, to = %c.to, "version change");
             }
             self.deployment_log.extend(&changes);
+            if let Some(path) = &self.deployment_file {
+                let _ = crate::persist::save(
+                    path,
+                    DEPLOYMENTS_VERSION,
+                    &self.deployment_log.snapshot(),
+                );
+            }
             if self.downstream {
                 out.extend(changes.into_iter().map(WindowEvent::Deployment));
             }

@@ -23,7 +23,7 @@ use crate::read_model::TableSource;
 pub const MAX_VERSIONS: usize = 8;
 
 /// A service's version changed at `at_ms` (event time).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VersionChange {
     pub namespace: String,
     pub service: String,
@@ -50,6 +50,19 @@ impl Deployments {
             services: FastMap::default(),
             gap_ms,
             max_services,
+        }
+    }
+
+    /// Remembers the versions of past changes (restored from the store), so the
+    /// live version of a service that changed recently is known after a restart.
+    pub fn seed(&mut self, changes: &[VersionChange]) {
+        for c in changes {
+            let key = [
+                c.namespace.as_str(),
+                c.service.as_str(),
+                c.environment.as_str(),
+            ];
+            let _ = self.sighting(key, &c.to, c.at_ms);
         }
     }
 
@@ -154,6 +167,14 @@ impl DeploymentLog {
         }
     }
 
+    /// The changes held, oldest first.
+    pub fn snapshot(&self) -> Vec<VersionChange> {
+        self.changes
+            .read()
+            .map(|c| c.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Records changes.
     pub fn extend(&self, changes: &[VersionChange]) {
         if let Ok(mut log) = self.changes.write() {
@@ -190,11 +211,7 @@ impl TableSource for DeploymentLog {
     }
 
     fn batches(&self) -> Result<Vec<RecordBatch>, ArrowError> {
-        let changes: Vec<VersionChange> = self
-            .changes
-            .read()
-            .map(|c| c.iter().cloned().collect())
-            .unwrap_or_default();
+        let changes = self.snapshot();
         let mut text: Vec<StringBuilder> = (0..5).map(|_| StringBuilder::new()).collect();
         let mut at = TimestampMillisecondBuilder::new().with_timezone("UTC");
         for c in &changes {

@@ -149,8 +149,9 @@ async fn a_version_change_followed_by_nothing_is_no_anomaly() {
     engine.shutdown().await;
 }
 
-/// With `store.path`, the incidents survive a restart; a damaged incident file
-/// stops the next start with an error naming it, never an empty history.
+/// With `store.path`, the incidents and version changes survive a restart; a
+/// damaged state file stops the next start with an error naming it, never an
+/// empty history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incidents_survive_a_restart_and_a_damaged_file_stops_the_start() {
     let dir = tempfile::tempdir().expect("dir");
@@ -169,18 +170,27 @@ async fn incidents_survive_a_restart_and_a_damaged_file_stops_the_start() {
     )
     .await;
     engine.flush().await;
+    let deploys = "SELECT service_name, from_version, to_version, at FROM deployments";
     let before = support::sql(engine.api_addr, query).await;
+    let changes = support::sql(engine.api_addr, deploys).await;
     assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(changes.len(), 1, "{changes:?}");
     engine.shutdown().await;
 
     let engine = support::engine(&config).await;
     assert_eq!(support::sql(engine.api_addr, query).await, before);
+    assert_eq!(support::sql(engine.api_addr, deploys).await, changes);
     engine.shutdown().await;
 
-    std::fs::write(dir.path().join("incidents.json"), b"{ not json").expect("damage");
-    let error = homeostat::engine::Engine::start(support::config(&config))
-        .await
-        .err()
-        .expect("a damaged incident file stops the start");
-    assert!(error.to_string().contains("incidents.json"), "{error}");
+    for file in ["incidents.json", "deployments.json"] {
+        let path = dir.path().join(file);
+        let good = std::fs::read(&path).expect("state file");
+        std::fs::write(&path, b"{ not json").expect("damage");
+        let error = homeostat::engine::Engine::start(support::config(&config))
+            .await
+            .err()
+            .expect("a damaged state file stops the start");
+        assert!(error.to_string().contains(file), "{error}");
+        std::fs::write(&path, good).expect("repair");
+    }
 }
