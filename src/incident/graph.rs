@@ -16,6 +16,8 @@ const EDGE_TABLE: usize = 2;
 #[derive(Debug)]
 pub struct ServiceGraph {
     edges: HashMap<(String, String), i64>,
+    /// Neighbours of each node (either direction), rebuilt as windows close.
+    adjacent: HashMap<String, HashSet<String>>,
     ttl_ms: i64,
     max_edges: usize,
     refused: u64,
@@ -25,6 +27,7 @@ impl ServiceGraph {
     pub fn new(ttl_ms: i64, max_edges: usize) -> Self {
         Self {
             edges: HashMap::new(),
+            adjacent: HashMap::new(),
             ttl_ms,
             max_edges,
             refused: 0,
@@ -55,6 +58,17 @@ impl ServiceGraph {
         }
         let horizon = window.end_ms - self.ttl_ms;
         self.edges.retain(|_, seen| *seen > horizon);
+        self.adjacent.clear();
+        for (caller, callee) in self.edges.keys() {
+            self.adjacent
+                .entry(caller.clone())
+                .or_default()
+                .insert(callee.clone());
+            self.adjacent
+                .entry(callee.clone())
+                .or_default()
+                .insert(caller.clone());
+        }
     }
 
     /// Edges held.
@@ -79,14 +93,8 @@ impl ServiceGraph {
             if depth == hops {
                 continue;
             }
-            for (caller, callee) in self.edges.keys() {
-                let next = if caller == node {
-                    callee.as_str()
-                } else if callee == node {
-                    caller.as_str()
-                } else {
-                    continue;
-                };
+            for next in self.adjacent.get(node).into_iter().flatten() {
+                let next = next.as_str();
                 if next == b {
                     return true;
                 }
