@@ -54,16 +54,20 @@ pub fn load<T: DeserializeOwned>(path: &Path, version: u32) -> Result<Option<T>,
         .map_err(|e| error(format!("not valid: {e}")))
 }
 
+/// Writes `bytes` to `path` atomically: to `<path>.partial`, then renamed over it,
+/// so a crash leaves the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let partial = path.with_extension("json.partial");
+    std::fs::write(&partial, bytes)?;
+    std::fs::rename(&partial, path)
+}
+
 /// Writes `data` in format `version`; a failure is logged and returns false (the
 /// caller retries at its next change).
 pub fn save<T: Serialize>(path: &Path, version: u32, data: &T) -> bool {
     let result = serde_json::to_vec(&VersionedRef { version, data })
         .map_err(std::io::Error::other)
-        .and_then(|bytes| {
-            let partial = path.with_extension("json.partial");
-            std::fs::write(&partial, bytes)?;
-            std::fs::rename(&partial, path)
-        });
+        .and_then(|bytes| write_atomic(path, &bytes));
     if let Err(error) = &result {
         warn!(%error, path = %path.display(), "failed to write a state file");
     }

@@ -51,11 +51,7 @@ impl Snapshot {
     pub(crate) fn write(&self, path: &Path) {
         let result = serde_json::to_vec(self)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                let partial = path.with_extension("json.partial");
-                std::fs::write(&partial, bytes)?;
-                std::fs::rename(&partial, path)
-            });
+            .and_then(|bytes| crate::persist::write_atomic(path, &bytes));
         if let Err(error) = result {
             warn!(%error, path = %path.display(), "failed to write the detection snapshot");
         }

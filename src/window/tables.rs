@@ -8,7 +8,7 @@ use std::sync::{Arc, LazyLock};
 use arrow::array::{
     ArrayRef, Float64Builder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder,
 };
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
@@ -33,14 +33,6 @@ pub struct WindowTables {
     pub end_ms: i64,
     /// One batch per entry of [`TABLE_NAMES`].
     pub batches: [RecordBatch; 5],
-}
-
-fn ts_field(name: &str) -> Field {
-    Field::new(
-        name,
-        DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-        false,
-    )
 }
 
 fn utf8(name: &str) -> Field {
@@ -69,7 +61,8 @@ fn red_fields() -> Vec<Field> {
 }
 
 fn schema_with(mut head: Vec<Field>, tail: Vec<Field>) -> SchemaRef {
-    let mut fields = vec![ts_field("window_start"), ts_field("window_end")];
+    let ts = |name| crate::read_model::timestamp_field(name, false);
+    let mut fields = vec![ts("window_start"), ts("window_end")];
     fields.append(&mut head);
     fields.extend(tail);
     Arc::new(Schema::new(fields))
