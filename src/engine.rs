@@ -120,6 +120,8 @@ pub fn incident_params(config: &Config) -> IncidentParams {
         max_incidents: i.max_incidents,
         edge_ttl_ms: i.edge_ttl.as_millis().min(i64::MAX as u128) as i64,
         max_edges: i.max_edges,
+        history_windows: i.history_windows,
+        max_history_series: i.max_history_series,
     }
 }
 

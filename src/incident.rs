@@ -1,8 +1,9 @@
 //! Incidents: anomalies grouped into one incident per underlying failure, not an
 //! alert storm.
 //!
-//! An anomaly that opens joins the incident that was active within `join_windows`
-//! of its onset and holds a service the same as, or at most `hops` edges from, its
+//! An anomaly that opens joins the incident one of whose members began within
+//! `join_windows` before its onset (a member that merely persists does not hold
+//! the incident open to later, unrelated failures) and holds a service the same as, or at most `hops` edges from, its
 //! own on the service graph ([`graph`]); else it opens a new incident. An
 //! incident is `resolved` once every member anomaly has ended and `resolve_windows`
 //! windows passed; an anomaly that would join it within `reopen_windows` after
@@ -14,11 +15,15 @@
 
 pub mod config;
 pub mod graph;
+pub mod history;
+pub mod rank;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock, RwLock};
 
-use arrow::array::{ArrayRef, StringBuilder, TimestampMillisecondBuilder, UInt64Builder};
+use arrow::array::{
+    ArrayRef, Float64Builder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
@@ -31,6 +36,8 @@ use crate::flow::{Emit, Stage};
 use crate::persist::StateFileError;
 use crate::read_model::TableSource;
 use graph::ServiceGraph;
+use history::History;
+use rank::RootCause;
 
 /// Format version of `incidents.json`.
 const STATE_VERSION: u32 = 1;
@@ -53,6 +60,10 @@ pub struct IncidentParams {
     pub edge_ttl_ms: i64,
     /// Most edges in the graph.
     pub max_edges: usize,
+    /// Windows of series history the ranking reads.
+    pub history_windows: usize,
+    /// Most series in that history.
+    pub max_history_series: usize,
 }
 
 /// `open` or `resolved`.
@@ -78,9 +89,18 @@ pub struct Incident {
     pub opened_ms: i64,
     /// The latest onset, update or end of a member.
     pub active_ms: i64,
+    /// The latest onset of a member: a new anomaly joins only near it.
+    #[serde(default)]
+    pub last_onset_ms: i64,
     pub resolved_ms: Option<i64>,
     pub reopened: u64,
     members: Vec<Member>,
+    /// Candidates, best first (ranked each window while open).
+    #[serde(default)]
+    pub root_causes: Vec<RootCause>,
+    /// The entry operations (or services) whose latency or errors degraded.
+    #[serde(default)]
+    pub entry_points: Vec<String>,
 }
 
 impl Incident {
@@ -90,6 +110,19 @@ impl Incident {
             .iter()
             .map(|m| m.anomaly.key.service.as_str())
             .collect()
+    }
+
+    /// When it resolved, or would resolve had a window closed since: every
+    /// member ended and `quiet` ms passed.
+    fn quiet_since(&self, quiet: i64) -> Option<i64> {
+        match self.state {
+            IncidentState::Resolved => self.resolved_ms,
+            IncidentState::Open => self
+                .members
+                .iter()
+                .all(|m| m.ended_ms.is_some())
+                .then_some(self.active_ms + quiet),
+        }
     }
 
     /// Member anomalies.
@@ -121,6 +154,7 @@ impl IncidentLog {
 pub struct IncidentStage {
     params: IncidentParams,
     graph: ServiceGraph,
+    history: History,
     incidents: Vec<Incident>,
     next_id: u64,
     log: IncidentLog,
@@ -134,6 +168,7 @@ impl IncidentStage {
     pub fn new(params: IncidentParams, log: IncidentLog) -> Self {
         Self {
             graph: ServiceGraph::new(params.edge_ttl_ms, params.max_edges),
+            history: History::new(params.history_windows, params.max_history_series),
             params,
             incidents: Vec::new(),
             next_id: 1,
@@ -200,10 +235,13 @@ impl IncidentStage {
         }
     }
 
-    /// Learns the window's edges, resolves incidents whose members all ended
-    /// `resolve_windows` ago, and publishes the table.
+    /// Learns the window's edges and series, ranks the open incidents' root
+    /// causes, resolves incidents whose members all ended `resolve_windows` ago,
+    /// and publishes the table.
     pub fn on_window(&mut self, window: &crate::window::WindowTables) {
         self.graph.on_window(window);
+        self.history.on_window(window);
+        self.rank_open();
         let quiet = self.params.resolve_windows * self.params.window_ms;
         for incident in &mut self.incidents {
             let ended = incident.members.iter().all(|m| m.ended_ms.is_some());
@@ -212,7 +250,9 @@ impl IncidentStage {
                 && window.end_ms - incident.active_ms >= quiet
             {
                 incident.state = IncidentState::Resolved;
-                incident.resolved_ms = Some(window.end_ms);
+                // In event time: when it had been quiet long enough (windows
+                // without data may close later, or never).
+                incident.resolved_ms = Some(incident.active_ms + quiet);
                 self.dirty = true;
                 info!(incident = incident.id, "incident resolved");
             }
@@ -231,6 +271,30 @@ impl IncidentStage {
         }
         self.log.publish(&self.incidents);
         self.persist();
+    }
+
+    /// Ranks every open incident's candidates and lists its entry points.
+    fn rank_open(&mut self) {
+        for incident in &mut self.incidents {
+            if incident.state != IncidentState::Open {
+                continue;
+            }
+            let members: Vec<&Anomaly> = incident.anomalies().collect();
+            let inputs = rank::Inputs {
+                members: &members,
+                graph: &self.graph,
+                history: &self.history,
+                window_ms: self.params.window_ms,
+                hops: self.params.hops,
+            };
+            let ranked = rank::rank(&inputs);
+            let entry_points = entry_points(&members, &self.graph);
+            if ranked != incident.root_causes || entry_points != incident.entry_points {
+                incident.root_causes = ranked;
+                incident.entry_points = entry_points;
+                self.dirty = true;
+            }
+        }
     }
 
     fn member(
@@ -257,10 +321,11 @@ impl IncidentStage {
         let reopen_from = onset - p.reopen_windows * p.window_ms;
         let service = anomaly.key.service.clone();
         let graph = &self.graph;
+        let quiet = p.resolve_windows * p.window_ms;
         let found = self.incidents.iter().rposition(|incident| {
-            let recent = match incident.state {
-                IncidentState::Open => incident.active_ms >= join_from,
-                IncidentState::Resolved => incident.resolved_ms.is_some_and(|r| r >= reopen_from),
+            let recent = match incident.quiet_since(quiet) {
+                Some(resolved) if resolved <= onset => resolved >= reopen_from,
+                _ => incident.last_onset_ms >= join_from,
             };
             recent
                 && incident
@@ -275,13 +340,15 @@ impl IncidentStage {
         match found {
             Some(index) => {
                 let incident = &mut self.incidents[index];
-                if incident.state == IncidentState::Resolved {
+                if incident.quiet_since(quiet).is_some_and(|r| r <= onset) {
                     incident.state = IncidentState::Open;
                     incident.resolved_ms = None;
                     incident.reopened += 1;
                     info!(incident = incident.id, "incident reopened");
                 }
+                tracing::debug!(incident = incident.id, series = %member.anomaly.key, onset, "anomaly joined incident");
                 incident.active_ms = incident.active_ms.max(onset);
+                incident.last_onset_ms = incident.last_onset_ms.max(onset);
                 incident.members.push(member);
             }
             None => {
@@ -293,13 +360,40 @@ impl IncidentStage {
                     state: IncidentState::Open,
                     opened_ms: onset,
                     active_ms: onset,
+                    last_onset_ms: onset,
                     resolved_ms: None,
                     reopened: 0,
                     members: vec![member],
+                    root_causes: Vec::new(),
+                    entry_points: Vec::new(),
                 });
             }
         }
     }
+}
+
+/// The operations (else services) of the members' request series on nodes
+/// nothing calls, sorted: where users meet the failure.
+fn entry_points(members: &[&Anomaly], graph: &ServiceGraph) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for anomaly in members {
+        let key = &anomaly.key;
+        if !matches!(key.signal.as_str(), "service" | "operation")
+            || !graph.knows(&key.service)
+            || graph.is_called(&key.service)
+        {
+            continue;
+        }
+        let operation = key
+            .attributes
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("operation="));
+        out.insert(match operation {
+            Some(op) => format!("{} {op}", key.service),
+            None => key.service.clone(),
+        });
+    }
+    out.into_iter().collect()
 }
 
 impl Stage for IncidentStage {
@@ -334,6 +428,11 @@ fn schema() -> SchemaRef {
             Field::new("classes", DataType::Utf8, false),
             Field::new("anomalies", DataType::UInt64, false),
             Field::new("reopened", DataType::UInt64, false),
+            Field::new("root_cause", DataType::Utf8, true),
+            Field::new("root_cause_class", DataType::Utf8, true),
+            Field::new("root_cause_score", DataType::Float64, true),
+            Field::new("entry_points", DataType::Utf8, false),
+            Field::new("root_causes", DataType::Utf8, false),
         ]))
     });
     SCHEMA.clone()
@@ -360,6 +459,13 @@ impl TableSource for IncidentLog {
             StringBuilder::new(),
             StringBuilder::new(),
         );
+        let (mut top, mut top_class, mut entry, mut ranked) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+            StringBuilder::new(),
+        );
+        let mut top_score = Float64Builder::new();
         let mut opened = TimestampMillisecondBuilder::new().with_timezone("UTC");
         let mut resolved = TimestampMillisecondBuilder::new().with_timezone("UTC");
         for incident in &incidents {
@@ -376,6 +482,14 @@ impl TableSource for IncidentLog {
             classes.append_value(kinds.into_iter().collect::<Vec<_>>().join(","));
             anomalies.append_value(incident.members.len() as u64);
             reopened.append_value(incident.reopened);
+            let best = incident.root_causes.first();
+            top.append_option(best.map(|r| r.service.as_str()));
+            top_class.append_option(best.map(|r| r.class.as_str()));
+            top_score.append_option(best.map(|r| r.score));
+            entry.append_value(incident.entry_points.join(","));
+            ranked.append_value(
+                serde_json::to_string(&incident.root_causes).unwrap_or_else(|_| "[]".into()),
+            );
         }
         let columns: Vec<ArrayRef> = vec![
             Arc::new(id.finish()),
@@ -386,6 +500,11 @@ impl TableSource for IncidentLog {
             Arc::new(classes.finish()),
             Arc::new(anomalies.finish()),
             Arc::new(reopened.finish()),
+            Arc::new(top.finish()),
+            Arc::new(top_class.finish()),
+            Arc::new(top_score.finish()),
+            Arc::new(entry.finish()),
+            Arc::new(ranked.finish()),
         ];
         Ok(vec![RecordBatch::try_new(schema(), columns)?])
     }

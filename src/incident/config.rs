@@ -23,6 +23,10 @@ pub struct IncidentConfig {
     pub edge_ttl: Duration,
     /// Most edges in the service graph.
     pub max_edges: usize,
+    /// Recent windows of every series the root-cause ranking reads.
+    pub history_windows: usize,
+    /// Most series held for the ranking.
+    pub max_history_series: usize,
 }
 
 impl IncidentConfig {
@@ -33,10 +37,14 @@ impl IncidentConfig {
             ("incident.resolve_windows", self.resolve_windows as usize),
             ("incident.max_incidents", self.max_incidents),
             ("incident.max_edges", self.max_edges),
+            ("incident.max_history_series", self.max_history_series),
         ] {
             if value == 0 {
                 problems.push(format!("{key} must be positive"));
             }
+        }
+        if self.history_windows < 5 {
+            problems.push("incident.history_windows must be at least 5".to_string());
         }
         problems
     }

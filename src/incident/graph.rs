@@ -18,6 +18,10 @@ pub struct ServiceGraph {
     edges: HashMap<(String, String), i64>,
     /// Neighbours of each node (either direction), rebuilt as windows close.
     adjacent: HashMap<String, HashSet<String>>,
+    /// What each node calls, rebuilt as windows close.
+    callees: HashMap<String, HashSet<String>>,
+    /// Nodes something calls.
+    called: HashSet<String>,
     ttl_ms: i64,
     max_edges: usize,
     refused: u64,
@@ -28,6 +32,8 @@ impl ServiceGraph {
         Self {
             edges: HashMap::new(),
             adjacent: HashMap::new(),
+            callees: HashMap::new(),
+            called: HashSet::new(),
             ttl_ms,
             max_edges,
             refused: 0,
@@ -59,7 +65,14 @@ impl ServiceGraph {
         let horizon = window.end_ms - self.ttl_ms;
         self.edges.retain(|_, seen| *seen > horizon);
         self.adjacent.clear();
+        self.callees.clear();
+        self.called.clear();
         for (caller, callee) in self.edges.keys() {
+            self.called.insert(callee.clone());
+            self.callees
+                .entry(caller.clone())
+                .or_default()
+                .insert(callee.clone());
             self.adjacent
                 .entry(caller.clone())
                 .or_default()
@@ -79,6 +92,45 @@ impl ServiceGraph {
     /// Whether no edge is held.
     pub fn is_empty(&self) -> bool {
         self.edges.is_empty()
+    }
+
+    /// Whether the graph has seen `node` at all.
+    pub fn knows(&self, node: &str) -> bool {
+        self.adjacent.contains_key(node)
+    }
+
+    /// The nodes `node` calls.
+    pub fn callees(&self, node: &str) -> impl Iterator<Item = &str> {
+        self.callees
+            .get(node)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+    }
+
+    /// Whether anything calls `node`.
+    pub fn is_called(&self, node: &str) -> bool {
+        self.called.contains(node)
+    }
+
+    /// Whether `to` is reachable from `from` following calls (at most `hops`).
+    pub fn reaches(&self, from: &str, to: &str, hops: usize) -> bool {
+        let mut seen: HashSet<&str> = HashSet::from([from]);
+        let mut frontier: VecDeque<(&str, usize)> = VecDeque::from([(from, 0)]);
+        while let Some((node, depth)) = frontier.pop_front() {
+            if depth == hops {
+                continue;
+            }
+            for next in self.callees(node) {
+                if next == to {
+                    return true;
+                }
+                if seen.insert(next) {
+                    frontier.push_back((next, depth + 1));
+                }
+            }
+        }
+        false
     }
 
     /// Whether `a` and `b` are the same node or at most `hops` edges apart

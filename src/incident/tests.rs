@@ -2,7 +2,7 @@ use super::*;
 use crate::detect::{FailureClass, SeriesKey};
 use crate::window::tables::{Cell, TableBuilder};
 
-const W: i64 = 10_000;
+pub(super) const W: i64 = 10_000;
 
 fn params() -> IncidentParams {
     IncidentParams {
@@ -14,11 +14,13 @@ fn params() -> IncidentParams {
         max_incidents: 100,
         edge_ttl_ms: 3_600_000,
         max_edges: 1000,
+        history_windows: 30,
+        max_history_series: 1000,
     }
 }
 
 /// A closed window `w` whose edges are `edges` (caller, callee).
-fn window(w: i64, edges: &[(&str, &str)]) -> crate::window::WindowTables {
+pub(super) fn window(w: i64, edges: &[(&str, &str)]) -> crate::window::WindowTables {
     let (start, end) = (w * W, (w + 1) * W);
     let mut edge = TableBuilder::new(2, start, end);
     for (caller, callee) in edges {
@@ -49,7 +51,7 @@ fn window(w: i64, edges: &[(&str, &str)]) -> crate::window::WindowTables {
     }
 }
 
-fn anomaly(service: &str, onset_w: i64) -> Anomaly {
+pub(super) fn anomaly(service: &str, onset_w: i64) -> Anomaly {
     Anomaly {
         key: SeriesKey {
             service: service.into(),
@@ -158,7 +160,7 @@ fn the_table_lists_incidents() {
     stage.on_window(&window(1, &CHAIN));
     let batch = &log.batches().expect("table")[0];
     assert_eq!(batch.num_rows(), 1);
-    assert_eq!(batch.schema().fields().len(), 8);
+    assert_eq!(batch.schema().fields().len(), 13);
 }
 
 #[test]
@@ -169,4 +171,20 @@ fn idle_edges_age_out_of_the_graph() {
     assert!(!graph.near("frontend", "postgres", 2));
     graph.on_window(&window(10, &[]));
     assert!(graph.is_empty());
+}
+
+/// A closed window `w` whose service table has one row per (service, p95 ms).
+pub(super) fn red_window(w: i64, services: &[(&str, f64)]) -> crate::window::WindowTables {
+    let mut tables = window(w, &[]);
+    let (start, end) = (w * W, (w + 1) * W);
+    let mut service = TableBuilder::new(0, start, end);
+    for (name, ms) in services {
+        let mut red = crate::window::tables::Red::default();
+        for _ in 0..20 {
+            red.add(*ms, false);
+        }
+        service.red_row(&["", name, ""], &red);
+    }
+    tables.batches[0] = service.finish().expect("service");
+    tables
 }

@@ -1,0 +1,240 @@
+//! The recent window series the root-cause ranking reads: every service's RED
+//! measures, every edge's calls, every metric (its `auto` measure), and two
+//! measures derived per service from the span pairs the window stage makes:
+//! exclusive time (`self_ms`: the mean request time not spent waiting on
+//! callees) and originated errors (`own_error_rate`: errors not explained by a
+//! failing call).
+//!
+//! Keys are the [`SeriesKey`]s detection gives the same series, so an anomaly
+//! finds its own history. Memory: at most `max_series` series of `windows`
+//! values (`f64`, NaN where a window had no row); new series beyond are counted,
+//! not kept; a series with no value left in its span is dropped.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::detect::SeriesKey;
+use crate::detect::catalogue::SeriesKind;
+use crate::detect::rows::{Row, rows};
+use crate::window::WindowTables;
+
+/// Measures of `service` and `operation` rows kept.
+const RED: [&str; 5] = ["requests", "error_rate", "p95_ms", "p99_ms", "mean_ms"];
+/// Measures of `edge` rows kept.
+const EDGE: [&str; 4] = ["calls", "error_rate", "p99_ms", "mean_ms"];
+/// The signal name of derived series.
+pub const DERIVED: &str = "derived";
+
+/// The last `windows` values of many series, aligned on window starts.
+#[derive(Debug)]
+pub struct History {
+    windows: usize,
+    max_series: usize,
+    /// Start of each window held, oldest first.
+    starts: VecDeque<i64>,
+    series: HashMap<SeriesKey, VecDeque<f64>>,
+    refused: u64,
+}
+
+impl History {
+    pub fn new(windows: usize, max_series: usize) -> Self {
+        Self {
+            windows: windows.max(2),
+            max_series,
+            starts: VecDeque::new(),
+            series: HashMap::new(),
+            refused: 0,
+        }
+    }
+
+    /// Series held.
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    /// Whether no series is held.
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    /// New series refused for want of room since the start.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// Window starts held, oldest first.
+    pub fn starts(&self) -> &VecDeque<i64> {
+        &self.starts
+    }
+
+    /// The values of `key`, aligned with [`History::starts`].
+    pub fn values(&self, key: &SeriesKey) -> Option<&VecDeque<f64>> {
+        self.series.get(key)
+    }
+
+    /// Adds a closed window (windows in order).
+    pub fn on_window(&mut self, tables: &WindowTables) {
+        let values = window_values(&rows(tables));
+        let held = self.starts.len();
+        self.starts.push_back(tables.start_ms);
+        for (key, series) in &mut self.series {
+            series.push_back(values.get(key).copied().unwrap_or(f64::NAN));
+        }
+        for (key, value) in values {
+            if self.series.contains_key(&key) {
+                continue;
+            }
+            if self.series.len() >= self.max_series {
+                self.refused += 1;
+                continue;
+            }
+            let mut series: VecDeque<f64> = std::iter::repeat_n(f64::NAN, held).collect();
+            series.push_back(value);
+            self.series.insert(key, series);
+        }
+        if self.starts.len() > self.windows {
+            self.starts.pop_front();
+            for series in self.series.values_mut() {
+                series.pop_front();
+            }
+        }
+        self.series.retain(|_, s| s.iter().any(|v| v.is_finite()));
+    }
+}
+
+/// The key detection gives measure `name` of `row`.
+pub fn row_key(row: &Row, name: &str) -> SeriesKey {
+    SeriesKey {
+        service: row.service.clone(),
+        signal: row.kind.as_str().to_string(),
+        name: if row.kind == SeriesKind::Metric {
+            row.metric.clone()
+        } else {
+            name.to_string()
+        },
+        attributes: row.attributes.clone(),
+    }
+}
+
+/// The key of a derived measure of `service`.
+pub fn derived_key(service: &str, name: &str) -> SeriesKey {
+    SeriesKey {
+        service: service.to_string(),
+        signal: DERIVED.to_string(),
+        name: name.to_string(),
+        attributes: String::new(),
+    }
+}
+
+/// Per-caller sums of its outgoing calls: (calls, calls x mean ms, errors).
+#[derive(Default)]
+struct Outgoing {
+    wait_ms: f64,
+    errors: f64,
+}
+
+fn window_values(rows: &[Row]) -> HashMap<SeriesKey, f64> {
+    let mut out = HashMap::new();
+    let mut outgoing: HashMap<&str, Outgoing> = HashMap::new();
+    for row in rows {
+        let names: &[&str] = match row.kind {
+            SeriesKind::Service | SeriesKind::Operation => &RED,
+            SeriesKind::Edge => &EDGE,
+            SeriesKind::Metric => &["auto"],
+            _ => &[],
+        };
+        for name in names {
+            if let Some(value) = row.measure(name) {
+                out.insert(row_key(row, name), value);
+            }
+        }
+        if row.kind == SeriesKind::Edge {
+            let calls = row.volume();
+            let sums = outgoing.entry(row.service.as_str()).or_default();
+            sums.wait_ms += calls * row.measure("mean_ms").unwrap_or(0.0);
+            sums.errors += row.values.get("errors").copied().unwrap_or(0.0);
+        }
+    }
+    for row in rows.iter().filter(|r| r.kind == SeriesKind::Service) {
+        let requests = row.volume();
+        if requests <= 0.0 {
+            continue;
+        }
+        let sums = outgoing.get(row.service.as_str());
+        let (wait, failed) = sums.map_or((0.0, 0.0), |s| (s.wait_ms, s.errors));
+        if let Some(mean) = row.measure("mean_ms") {
+            let own = (mean - wait / requests).max(0.0);
+            out.insert(derived_key(&row.service, "self_ms"), own);
+        }
+        let errors = row.values.get("errors").copied().unwrap_or(0.0);
+        let own_errors = (errors - failed).max(0.0) / requests;
+        out.insert(derived_key(&row.service, "own_error_rate"), own_errors);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::tables::{Cell, TableBuilder};
+
+    const W: i64 = 10_000;
+
+    /// A window where `front` serves 100 requests of `mean` ms calling `back`
+    /// 100 times at `back_ms` each.
+    fn window(w: i64, mean: f64, back_ms: f64) -> WindowTables {
+        let (start, end) = (w * W, (w + 1) * W);
+        let mut service = TableBuilder::new(0, start, end);
+        let mut red = crate::window::tables::Red::default();
+        for _ in 0..100 {
+            red.add(mean, false);
+        }
+        service.red_row(&["", "front", ""], &red);
+        let mut edge = TableBuilder::new(2, start, end);
+        edge.row(
+            &["front", "back", "service"],
+            &[
+                Cell::U64(Some(100)),
+                Cell::U64(Some(0)),
+                Cell::F64(Some(0.0)),
+                Cell::F64(Some(back_ms)),
+                Cell::F64(Some(back_ms)),
+                Cell::F64(Some(back_ms)),
+            ],
+        );
+        WindowTables {
+            start_ms: start,
+            end_ms: end,
+            batches: [
+                service.finish().expect("service"),
+                TableBuilder::new(1, start, end).finish().expect("op"),
+                edge.finish().expect("edge"),
+                TableBuilder::new(3, start, end).finish().expect("metric"),
+                TableBuilder::new(4, start, end).finish().expect("log"),
+            ],
+        }
+    }
+
+    #[test]
+    fn exclusive_time_is_what_callees_do_not_explain() {
+        let mut history = History::new(4, 100);
+        history.on_window(&window(0, 50.0, 40.0));
+        history.on_window(&window(1, 90.0, 80.0));
+        let own = history
+            .values(&derived_key("front", "self_ms"))
+            .expect("self time");
+        let own: Vec<f64> = own.iter().map(|v| v.round()).collect();
+        assert_eq!(own, vec![10.0, 10.0], "waiting on `back` is not own time");
+    }
+
+    #[test]
+    fn holds_only_the_last_windows_and_at_most_max_series() {
+        let mut history = History::new(3, 4);
+        for w in 0..10 {
+            history.on_window(&window(w, 50.0, 40.0));
+        }
+        assert_eq!(history.starts().len(), 3);
+        assert_eq!(history.len(), 4);
+        assert!(history.refused() > 0);
+        assert!(history.series.values().all(|s| s.len() == 3));
+    }
+}

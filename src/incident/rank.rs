@@ -1,0 +1,488 @@
+//! Root-cause ranking: the candidates of one incident, best first, each with a
+//! score in 0..1, a failure class and the evidence of every signal that was
+//! weighed.
+//!
+//! Candidates are the nodes the member anomalies implicate: a series' own
+//! service, or, for a series that names a peer (an edge's `callee`, a metric's
+//! `peer.service`, `server.address`, ...), that peer: a caller seeing its calls
+//! to a database slow down implicates the database, which need not send any
+//! telemetry of its own. Six signals are weighed, each in 0..1:
+//!
+//! - `anomaly`: how strong the candidate's own (or pointed-at) anomalies are;
+//! - `topology`: its own dependencies are healthy, and the other anomalous
+//!   nodes call it (directly or through others) - it explains them;
+//! - `trace_blame`: its exclusive time or originated errors grew (series
+//!   derived from the span pairs, [`super::history`]);
+//! - `time`: its anomalies began first;
+//! - `correlation`: its anomalous series move with the symptoms (the series of
+//!   the incident's most upstream anomalous nodes), Pearson's r over the
+//!   recent windows, discounted by its significance (Student's t);
+//! - `change`: its version changed just before (a `faulty_deployment` anomaly).
+//!
+//! A signal with nothing to say for any candidate (no traces, no graph) takes
+//! the same value for all and so does not reorder them: the ranking degrades
+//! to whatever signals the fleet sends. The weights were set on the golden
+//! scenarios of the tests and the nezha-ob corpus (README, "Root cause").
+
+use std::collections::{BTreeMap, HashSet};
+
+use ndarray::{Array1, Array2, Axis};
+use serde::{Deserialize, Serialize};
+use statrs::distribution::{ContinuousCDF, StudentsT};
+
+use super::graph::ServiceGraph;
+use super::history::{History, derived_key};
+use crate::detect::{Anomaly, FailureClass, SeriesKey};
+
+/// Attributes naming the peer a series measures calls to.
+const PEER_KEYS: [&str; 6] = [
+    "callee",
+    "peer.service",
+    "service.peer.name",
+    "server.address",
+    "net.peer.name",
+    "db.namespace",
+];
+
+/// Weights of the signals (sum 1).
+const WEIGHTS: [(Signal, f64); 6] = [
+    (Signal::Anomaly, 0.25),
+    (Signal::Topology, 0.25),
+    (Signal::TraceBlame, 0.15),
+    (Signal::Time, 0.15),
+    (Signal::Correlation, 0.10),
+    (Signal::Change, 0.10),
+];
+
+/// Fewest windows a correlation is computed over.
+const MIN_CORRELATION_WINDOWS: usize = 5;
+
+/// One of the signals weighed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    Anomaly,
+    Topology,
+    TraceBlame,
+    Time,
+    Correlation,
+    Change,
+}
+
+/// What one signal said about a candidate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub signal: Signal,
+    /// In 0..1.
+    pub value: f64,
+    /// Whether it spoke for this candidate more than for the others.
+    pub spoke: bool,
+    pub detail: String,
+}
+
+/// A ranked candidate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RootCause {
+    pub service: String,
+    pub class: FailureClass,
+    pub score: f64,
+    pub evidence: Vec<Evidence>,
+}
+
+/// The node a series implicates, and whether it is a peer the series' own
+/// service calls: an edge's callee, or the peer a client-side metric names
+/// (a `client` segment in its name, as in OpenTelemetry's `rpc.client.duration`
+/// or `http.client.request.duration`; on server-side metrics the same
+/// attributes name the caller or the server itself).
+pub fn implicated(key: &SeriesKey) -> (&str, bool) {
+    let client_side = match key.signal.as_str() {
+        "edge" => true,
+        "metric" => key.name.split(['.', '_']).any(|s| s == "client"),
+        _ => false,
+    };
+    if !client_side {
+        return (key.service.as_str(), false);
+    }
+    for pair in key.attributes.split(',') {
+        if let Some((k, v)) = pair.split_once('=')
+            && PEER_KEYS.contains(&k)
+            && !v.is_empty()
+            && v != key.service
+        {
+            return (v, true);
+        }
+    }
+    (key.service.as_str(), false)
+}
+
+/// A candidate's anomalies.
+struct Candidate<'a> {
+    anomalies: Vec<&'a Anomaly>,
+    pointed: bool,
+}
+
+/// What every signal needs.
+pub struct Inputs<'a> {
+    pub members: &'a [&'a Anomaly],
+    pub graph: &'a ServiceGraph,
+    pub history: &'a History,
+    pub window_ms: i64,
+    pub hops: usize,
+}
+
+/// Ranks the candidates of one incident, best first.
+pub fn rank(inputs: &Inputs<'_>) -> Vec<RootCause> {
+    let mut candidates: BTreeMap<&str, Candidate<'_>> = BTreeMap::new();
+    for anomaly in inputs.members {
+        let (node, pointed) = implicated(&anomaly.key);
+        let c = candidates.entry(node).or_insert(Candidate {
+            anomalies: Vec::new(),
+            pointed: true,
+        });
+        c.anomalies.push(anomaly);
+        c.pointed &= pointed;
+    }
+    let nodes: Vec<&str> = candidates.keys().copied().collect();
+    let first = inputs.members.iter().map(|a| a.onset_ms).min().unwrap_or(0);
+    let symptoms = symptom_series(inputs, &candidates);
+    let mut ranked: Vec<RootCause> = candidates
+        .iter()
+        .map(|(node, c)| {
+            let mut evidence = vec![
+                anomaly_signal(c),
+                topology_signal(inputs, node, &nodes),
+                trace_signal(inputs.history, node, first),
+                time_signal(c, first, inputs.window_ms),
+                correlation_signal(inputs.history, node, c, &symptoms),
+                change_signal(c),
+            ];
+            let score = WEIGHTS
+                .iter()
+                .zip(&evidence)
+                .map(|((_, w), e)| w * e.value)
+                .sum::<f64>()
+                .clamp(0.0, 1.0);
+            evidence.retain(|e| e.value > 0.0 || e.signal == Signal::Anomaly);
+            RootCause {
+                service: node.to_string(),
+                class: class_of(c),
+                score,
+                evidence,
+            }
+        })
+        .collect();
+    mark_spoken(&mut ranked);
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.service.cmp(&b.service)));
+    ranked
+}
+
+/// A signal spoke for a candidate when its value beats the median of all
+/// candidates' values for it.
+fn mark_spoken(ranked: &mut [RootCause]) {
+    for (signal, _) in WEIGHTS {
+        let mut values: Vec<f64> = ranked
+            .iter()
+            .map(|r| value_of(r, signal).unwrap_or(0.0))
+            .collect();
+        values.sort_by(f64::total_cmp);
+        let median = values
+            .get(values.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or(0.0);
+        let single = ranked.len() == 1;
+        for r in ranked.iter_mut() {
+            for e in r.evidence.iter_mut().filter(|e| e.signal == signal) {
+                e.spoke = e.value > 0.0 && (single || e.value > median);
+            }
+        }
+    }
+}
+
+fn value_of(r: &RootCause, signal: Signal) -> Option<f64> {
+    r.evidence
+        .iter()
+        .find(|e| e.signal == signal)
+        .map(|e| e.value)
+}
+
+/// The class of its strongest anomaly; a deployment wins.
+fn class_of(c: &Candidate<'_>) -> FailureClass {
+    if c.anomalies
+        .iter()
+        .any(|a| a.class == FailureClass::FaultyDeployment)
+    {
+        return FailureClass::FaultyDeployment;
+    }
+    c.anomalies
+        .iter()
+        .max_by(|a, b| a.score.total_cmp(&b.score))
+        .map_or(FailureClass::Generic, |a| a.class)
+}
+
+fn evidence(signal: Signal, value: f64, detail: String) -> Evidence {
+    Evidence {
+        signal,
+        value: if value.is_finite() {
+            value.clamp(0.0, 1.0)
+        } else {
+            0.0
+        },
+        spoke: false,
+        detail,
+    }
+}
+
+fn anomaly_signal(c: &Candidate<'_>) -> Evidence {
+    let quiet: f64 = c
+        .anomalies
+        .iter()
+        .map(|a| 1.0 - a.score.clamp(0.0, 1.0))
+        .product();
+    let strongest = c
+        .anomalies
+        .iter()
+        .max_by(|a, b| a.score.total_cmp(&b.score));
+    let detail = strongest.map_or(String::new(), |a| {
+        let whose = if c.pointed {
+            "seen by its caller: "
+        } else {
+            ""
+        };
+        format!(
+            "{} anomalies; strongest {whose}{} {} (observed {:.4}, expected {:.4})",
+            c.anomalies.len(),
+            a.key,
+            a.pattern,
+            a.observed,
+            a.expected
+        )
+    });
+    evidence(Signal::Anomaly, 1.0 - quiet, detail)
+}
+
+fn topology_signal(inputs: &Inputs<'_>, node: &str, anomalous: &[&str]) -> Evidence {
+    let graph = inputs.graph;
+    if !graph.knows(node) {
+        return evidence(Signal::Topology, 0.0, String::new());
+    }
+    let callees: Vec<&str> = graph.callees(node).collect();
+    let sick: Vec<&str> = callees
+        .iter()
+        .copied()
+        .filter(|c| anomalous.contains(c))
+        .collect();
+    let healthy = if callees.is_empty() {
+        1.0
+    } else {
+        1.0 - sick.len() as f64 / callees.len() as f64
+    };
+    let others: Vec<&str> = anomalous.iter().copied().filter(|n| *n != node).collect();
+    let explained = others
+        .iter()
+        .filter(|other| graph.reaches(other, node, inputs.hops.max(1) * 2))
+        .count();
+    let explains = if others.is_empty() {
+        1.0
+    } else {
+        explained as f64 / others.len() as f64
+    };
+    let detail = format!(
+        "{}/{} of its dependencies healthy{}; explains {explained}/{} anomalous nodes that call it",
+        callees.len() - sick.len(),
+        callees.len(),
+        if sick.is_empty() {
+            String::new()
+        } else {
+            format!(" (anomalous: {})", sick.join(", "))
+        },
+        others.len()
+    );
+    evidence(Signal::Topology, 0.5 * healthy + 0.5 * explains, detail)
+}
+
+/// Mean of the finite values of `series` in `[from, to)` of the history.
+fn mean_between(history: &History, key: &SeriesKey, from: i64, to: i64) -> Option<f64> {
+    let values = history.values(key)?;
+    let picked: Vec<f64> = history
+        .starts()
+        .iter()
+        .zip(values)
+        .filter(|(t, v)| **t >= from && **t < to && v.is_finite())
+        .map(|(_, v)| *v)
+        .collect();
+    (!picked.is_empty()).then(|| picked.iter().sum::<f64>() / picked.len() as f64)
+}
+
+/// Relative rise of a derived measure from before `onset` to since it.
+fn rise(history: &History, node: &str, name: &str, onset: i64) -> Option<(f64, f64, f64)> {
+    let key = derived_key(node, name);
+    let before = mean_between(history, &key, i64::MIN, onset)?;
+    let after = mean_between(history, &key, onset, i64::MAX)?;
+    Some((before, after, (after - before) / before.abs().max(1e-9)))
+}
+
+fn trace_signal(history: &History, node: &str, onset: i64) -> Evidence {
+    let mut parts = Vec::new();
+    let mut value: f64 = 0.0;
+    if let Some((before, after, rel)) = rise(history, node, "self_ms", onset)
+        && rel > 0.0
+        && after - before > 1.0
+    {
+        value = value.max(rel / (1.0 + rel));
+        parts.push(format!("exclusive time {before:.1} -> {after:.1} ms"));
+    }
+    let own = derived_key(node, "own_error_rate");
+    if let (Some(before), Some(after)) = (
+        mean_between(history, &own, i64::MIN, onset),
+        mean_between(history, &own, onset, i64::MAX),
+    ) && after - before > 0.005
+    {
+        value = value.max(((after - before) * 10.0).min(1.0));
+        parts.push(format!(
+            "errors originating here {:.2}% -> {:.2}%",
+            before * 100.0,
+            after * 100.0
+        ));
+    }
+    evidence(Signal::TraceBlame, value, parts.join("; "))
+}
+
+fn time_signal(c: &Candidate<'_>, first: i64, window_ms: i64) -> Evidence {
+    let onset = c
+        .anomalies
+        .iter()
+        .map(|a| a.onset_ms)
+        .min()
+        .unwrap_or(first);
+    let behind = (onset - first).max(0) / window_ms.max(1);
+    let detail = if behind == 0 {
+        "its anomalies began first".to_string()
+    } else {
+        format!("began {behind} window(s) after the first")
+    };
+    evidence(Signal::Time, 1.0 / (1.0 + behind as f64), detail)
+}
+
+fn change_signal(c: &Candidate<'_>) -> Evidence {
+    match c
+        .anomalies
+        .iter()
+        .find(|a| a.class == FailureClass::FaultyDeployment)
+    {
+        Some(a) => evidence(Signal::Change, 1.0, a.detail.clone()),
+        None => evidence(Signal::Change, 0.0, String::new()),
+    }
+}
+
+/// The nodes no other anomalous node calls (the most upstream symptoms), with
+/// the keys of their anomalous series.
+fn symptom_series<'a>(
+    inputs: &Inputs<'_>,
+    candidates: &BTreeMap<&'a str, Candidate<'a>>,
+) -> Vec<(&'a str, SeriesKey)> {
+    let nodes: Vec<&str> = candidates.keys().copied().collect();
+    let front: HashSet<&str> = nodes
+        .iter()
+        .copied()
+        .filter(|n| {
+            !nodes
+                .iter()
+                .any(|o| o != n && inputs.graph.callees(o).any(|c| c == *n))
+        })
+        .collect();
+    candidates
+        .iter()
+        .filter(|(n, _)| front.contains(*n))
+        .flat_map(|(n, c)| c.anomalies.iter().map(move |a| (*n, a.key.clone())))
+        .collect()
+}
+
+/// The rows of `keys` over the windows every one of them covers, z-scored
+/// (missing values at the row mean, so they weigh nothing).
+fn standardised(history: &History, keys: &[&SeriesKey]) -> Option<Array2<f64>> {
+    let n = history.starts().len();
+    let mut m = Array2::<f64>::from_elem((keys.len(), n), f64::NAN);
+    for (i, key) in keys.iter().enumerate() {
+        let values = history.values(key)?;
+        for (j, v) in values.iter().enumerate().take(n) {
+            m[[i, j]] = *v;
+        }
+    }
+    for mut row in m.axis_iter_mut(Axis(0)) {
+        let finite: Vec<f64> = row.iter().copied().filter(|v| v.is_finite()).collect();
+        if finite.len() < MIN_CORRELATION_WINDOWS {
+            return None;
+        }
+        let mean = finite.iter().sum::<f64>() / finite.len() as f64;
+        let sd =
+            (finite.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / finite.len() as f64).sqrt();
+        row.mapv_inplace(|v| {
+            if v.is_finite() && sd > 0.0 {
+                (v - mean) / sd
+            } else {
+                0.0
+            }
+        });
+    }
+    Some(m)
+}
+
+/// Pearson's r between one standardised row and the mean symptom row, and its
+/// two-sided p-value under Student's t with n - 2 degrees of freedom.
+fn pearson(a: &Array1<f64>, b: &Array1<f64>) -> Option<(f64, f64)> {
+    let n = a.len() as f64;
+    let (sa, sb) = (a.dot(a).sqrt(), b.dot(b).sqrt());
+    if sa == 0.0 || sb == 0.0 || n < MIN_CORRELATION_WINDOWS as f64 {
+        return None;
+    }
+    let r = (a.dot(b) / (sa * sb)).clamp(-1.0, 1.0);
+    let t = r * ((n - 2.0) / (1.0 - r * r).max(1e-12)).sqrt();
+    let dist = StudentsT::new(0.0, 1.0, n - 2.0).ok()?;
+    Some((r, 2.0 * (1.0 - dist.cdf(t.abs()))))
+}
+
+fn correlation_signal(
+    history: &History,
+    node: &str,
+    c: &Candidate<'_>,
+    symptoms: &[(&str, SeriesKey)],
+) -> Evidence {
+    let others: Vec<&SeriesKey> = symptoms
+        .iter()
+        .filter(|(n, _)| *n != node)
+        .map(|(_, k)| k)
+        .collect();
+    let own: Vec<&SeriesKey> = c.anomalies.iter().map(|a| &a.key).collect();
+    if others.is_empty() {
+        return evidence(Signal::Correlation, 0.0, String::new());
+    }
+    let mut best: Option<(f64, f64, &SeriesKey)> = None;
+    for key in own {
+        let mut keys = vec![key];
+        keys.extend(others.iter().copied());
+        let Some(m) = standardised(history, &keys) else {
+            continue;
+        };
+        let symptom = m
+            .slice_axis(Axis(0), ndarray::Slice::from(1..))
+            .mean_axis(Axis(0));
+        let Some((r, p)) = symptom.and_then(|s| pearson(&m.row(0).to_owned(), &s)) else {
+            continue;
+        };
+        if best.is_none_or(|(b, _, _)| r.abs() > b.abs()) {
+            best = Some((r, p, key));
+        }
+    }
+    match best {
+        Some((r, p, key)) => evidence(
+            Signal::Correlation,
+            r.abs() * (1.0 - p),
+            format!("{key} moves with the symptoms: r = {r:.2} (p = {p:.3})"),
+        ),
+        None => evidence(Signal::Correlation, 0.0, String::new()),
+    }
+}
+
+#[cfg(test)]
+#[path = "rank_tests.rs"]
+mod tests;

@@ -1,0 +1,184 @@
+use super::*;
+use crate::incident::tests::{W, anomaly, window};
+
+/// A series of `service` with `attributes`, anomalous from window `onset_w`.
+fn on(service: &str, signal: &str, attributes: &str, onset_w: i64, score: f64) -> Anomaly {
+    let mut a = anomaly(service, onset_w);
+    a.key.signal = signal.into();
+    a.key.attributes = attributes.into();
+    a.score = score;
+    a.class = FailureClass::LatencyDegradation;
+    a
+}
+
+fn ranked(members: &[Anomaly], edges: &[(&str, &str)]) -> Vec<RootCause> {
+    let mut graph = ServiceGraph::new(3_600_000, 1000);
+    graph.on_window(&window(0, edges));
+    let history = History::new(30, 1000);
+    let members: Vec<&Anomaly> = members.iter().collect();
+    rank(&Inputs {
+        members: &members,
+        graph: &graph,
+        history: &history,
+        window_ms: W,
+        hops: 2,
+    })
+}
+
+fn names(ranked: &[RootCause]) -> Vec<&str> {
+    ranked.iter().map(|r| r.service.as_str()).collect()
+}
+
+const SHOP: [(&str, &str); 6] = [
+    ("web", "cart"),
+    ("web", "checkout"),
+    ("checkout", "payments"),
+    ("checkout", "pricing"),
+    ("pricing", "redis"),
+    ("cart", "redis"),
+];
+
+#[test]
+fn the_deepest_anomalous_node_explains_its_callers() {
+    // pricing is slow; checkout and web are slow because of it. They are
+    // noticed in the order a busy entry point shows it first.
+    let members = [
+        on("web", "service", "", 1, 0.9),
+        on("checkout", "service", "", 1, 0.9),
+        on("pricing", "service", "", 1, 0.7),
+    ];
+    let ranked = ranked(&members, &SHOP);
+    assert_eq!(names(&ranked), vec!["pricing", "checkout", "web"]);
+    let topology = ranked[0]
+        .evidence
+        .iter()
+        .find(|e| e.signal == Signal::Topology)
+        .expect("topology evidence");
+    assert!(topology.spoke, "{topology:?}");
+    assert!(ranked.iter().all(|r| (0.0..=1.0).contains(&r.score)));
+}
+
+#[test]
+fn a_silent_database_is_blamed_through_its_callers_edges() {
+    // redis sends nothing; both callers see their calls to it slow down.
+    let members = [
+        on("cart", "edge", "callee=redis,callee_kind=database", 1, 0.8),
+        on(
+            "pricing",
+            "edge",
+            "callee=redis,callee_kind=database",
+            1,
+            0.8,
+        ),
+        on("cart", "service", "", 1, 0.8),
+        on("web", "service", "", 2, 0.9),
+    ];
+    let ranked = ranked(&members, &SHOP);
+    assert_eq!(ranked[0].service, "redis", "{ranked:#?}");
+    assert!(ranked[0].evidence[0].detail.contains("seen by its caller"));
+}
+
+#[test]
+fn a_metric_naming_a_peer_implicates_the_peer() {
+    let mut a = on("web", "metric", "peer.service=cart", 1, 0.9);
+    a.key.name = "rpc.client.duration".into();
+    assert_eq!(implicated(&a.key), ("cart", true));
+    // On the server side the same attribute names the caller.
+    a.key.name = "rpc.server.duration".into();
+    assert_eq!(implicated(&a.key), ("web", false));
+    let own = on("web", "metric", "host=a", 1, 0.9);
+    assert_eq!(implicated(&own.key), ("web", false));
+}
+
+#[test]
+fn a_version_change_before_onset_speaks_for_its_service() {
+    // Two unconnected services, same strength and time: the one just deployed
+    // leads, and its class says so.
+    let mut deployed = on("payments", "service", "", 1, 0.8);
+    deployed.class = FailureClass::FaultyDeployment;
+    deployed.detail = "moved from version 1.4 to 1.5".into();
+    let members = [on("cart", "service", "", 1, 0.8), deployed];
+    let ranked = ranked(&members, &[]);
+    assert_eq!(ranked[0].service, "payments");
+    assert_eq!(ranked[0].class, FailureClass::FaultyDeployment);
+    let change = ranked[0]
+        .evidence
+        .iter()
+        .find(|e| e.signal == Signal::Change)
+        .expect("change evidence");
+    assert!(change.spoke && change.detail.contains("1.5"));
+}
+
+#[test]
+fn without_a_graph_the_first_and_strongest_leads() {
+    // Metrics only: no edges at all. Topology says nothing for anyone.
+    let members = [
+        on("cart", "metric", "", 3, 0.9),
+        on("payments", "metric", "", 1, 0.6),
+        on("web", "metric", "", 2, 0.6),
+    ];
+    let ranked = ranked(&members, &[]);
+    assert_eq!(names(&ranked)[0], "payments");
+    assert!(
+        ranked
+            .iter()
+            .all(|r| r.evidence.iter().all(|e| e.signal != Signal::Topology))
+    );
+}
+
+#[test]
+fn correlation_follows_the_series_that_moves_with_the_symptom() {
+    // web's latency follows pricing's over the last windows; cart's does not.
+    let mut history = History::new(30, 1000);
+    let series = |w: i64| -> (f64, f64) {
+        let pricing = if w >= 20 {
+            50.0 + (w - 20) as f64 * 10.0
+        } else {
+            10.0 + (w % 3) as f64
+        };
+        let cart = 10.0 + ((w * 7) % 5) as f64;
+        (pricing, cart)
+    };
+    for w in 0..30 {
+        let (pricing, cart) = series(w);
+        history.on_window(&crate::incident::tests::red_window(
+            w,
+            &[
+                ("web", pricing * 2.0 + 5.0),
+                ("pricing", pricing),
+                ("cart", cart),
+            ],
+        ));
+    }
+    let key = |s: &str| SeriesKey {
+        service: s.into(),
+        signal: "service".into(),
+        name: "p95_ms".into(),
+        attributes: String::new(),
+    };
+    let mut members = Vec::new();
+    for s in ["web", "pricing", "cart"] {
+        let mut a = on(s, "service", "", 20, 0.8);
+        a.key = key(s);
+        members.push(a);
+    }
+    let graph = ServiceGraph::new(3_600_000, 1000);
+    let refs: Vec<&Anomaly> = members.iter().collect();
+    let inputs = Inputs {
+        members: &refs,
+        graph: &graph,
+        history: &history,
+        window_ms: W,
+        hops: 2,
+    };
+    let symptoms = vec![("web", key("web"))];
+    let candidate = |i: usize| Candidate {
+        anomalies: vec![&members[i]],
+        pointed: false,
+    };
+    let pricing = correlation_signal(inputs.history, "pricing", &candidate(1), &symptoms);
+    let cart = correlation_signal(inputs.history, "cart", &candidate(2), &symptoms);
+    assert!(pricing.value > 0.9, "{pricing:?}");
+    assert!(cart.value < 0.5, "{cart:?}");
+    assert!(!rank(&inputs).is_empty());
+}
