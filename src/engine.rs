@@ -122,6 +122,7 @@ pub fn incident_params(config: &Config) -> IncidentParams {
         max_edges: i.max_edges,
         history_windows: i.history_windows,
         max_history_series: i.max_history_series,
+        min_anomalies: i.min_anomalies,
     }
 }
 

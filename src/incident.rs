@@ -64,6 +64,8 @@ pub struct IncidentParams {
     pub history_windows: usize,
     /// Most series in that history.
     pub max_history_series: usize,
+    /// Anomalies on distinct series an incident needs before it is reported.
+    pub min_anomalies: usize,
 }
 
 /// `open` or `resolved`.
@@ -95,6 +97,11 @@ pub struct Incident {
     pub resolved_ms: Option<i64>,
     pub reopened: u64,
     members: Vec<Member>,
+    /// Whether it has as many anomalies on distinct series as an incident
+    /// needs to be reported (`min_anomalies`); unconfirmed ones still gather
+    /// anomalies but are not published, and are forgotten when they resolve.
+    #[serde(default = "confirmed_default")]
+    pub confirmed: bool,
     /// Candidates, best first (ranked each window while open).
     #[serde(default)]
     pub root_causes: Vec<RootCause>,
@@ -131,6 +138,10 @@ impl Incident {
     }
 }
 
+fn confirmed_default() -> bool {
+    true
+}
+
 /// The shared `incidents` table.
 #[derive(Debug, Clone, Default)]
 pub struct IncidentLog {
@@ -143,9 +154,10 @@ impl IncidentLog {
         self.incidents.read().map(|i| i.clone()).unwrap_or_default()
     }
 
+    /// Publishes the confirmed incidents.
     fn publish(&self, incidents: &[Incident]) {
         if let Ok(mut held) = self.incidents.write() {
-            *held = incidents.to_vec();
+            *held = incidents.iter().filter(|i| i.confirmed).cloned().collect();
         }
     }
 }
@@ -257,6 +269,8 @@ impl IncidentStage {
                 info!(incident = incident.id, "incident resolved");
             }
         }
+        self.incidents
+            .retain(|i| i.confirmed || i.state == IncidentState::Open);
         let excess = self
             .incidents
             .len()
@@ -350,11 +364,21 @@ impl IncidentStage {
                 incident.active_ms = incident.active_ms.max(onset);
                 incident.last_onset_ms = incident.last_onset_ms.max(onset);
                 incident.members.push(member);
+                if !incident.confirmed {
+                    let series: BTreeSet<&crate::detect::SeriesKey> =
+                        incident.members.iter().map(|m| &m.anomaly.key).collect();
+                    incident.confirmed = series.len() >= p.min_anomalies;
+                    if incident.confirmed {
+                        info!(incident = incident.id, service = %service, "incident opened");
+                    }
+                }
             }
             None => {
                 let id = self.next_id;
                 self.next_id += 1;
-                info!(incident = id, service = %service, "incident opened");
+                if p.min_anomalies <= 1 {
+                    info!(incident = id, service = %service, "incident opened");
+                }
                 self.incidents.push(Incident {
                     id,
                     state: IncidentState::Open,
@@ -363,6 +387,7 @@ impl IncidentStage {
                     last_onset_ms: onset,
                     resolved_ms: None,
                     reopened: 0,
+                    confirmed: p.min_anomalies <= 1,
                     members: vec![member],
                     root_causes: Vec::new(),
                     entry_points: Vec::new(),

@@ -27,6 +27,8 @@ pub struct IncidentConfig {
     pub history_windows: usize,
     /// Most series held for the ranking.
     pub max_history_series: usize,
+    /// Anomalies on distinct series an incident needs before it is reported.
+    pub min_anomalies: usize,
 }
 
 impl IncidentConfig {
@@ -38,6 +40,7 @@ impl IncidentConfig {
             ("incident.max_incidents", self.max_incidents),
             ("incident.max_edges", self.max_edges),
             ("incident.max_history_series", self.max_history_series),
+            ("incident.min_anomalies", self.min_anomalies),
         ] {
             if value == 0 {
                 problems.push(format!("{key} must be positive"));

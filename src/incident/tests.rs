@@ -16,6 +16,7 @@ fn params() -> IncidentParams {
         max_edges: 1000,
         history_windows: 30,
         max_history_series: 1000,
+        min_anomalies: 1,
     }
 }
 
