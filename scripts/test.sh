@@ -33,6 +33,15 @@ if [ -z "$TANSU" ]; then
 fi
 "$TANSU" --version >/dev/null
 
+# --- 1b. a query-API client not written in Rust (Python grpcio with reflection) ---
+PYCLIENTS="$CACHE/pyclients"
+if ! "$PYCLIENTS/bin/python" -c 'import grpc, grpc_reflection, google.protobuf' 2>/dev/null; then
+  log "installing the Python gRPC client (grpcio, grpcio-reflection)"
+  python3 -m venv "$PYCLIENTS"
+  "$PYCLIENTS/bin/pip" install --quiet grpcio==1.85.3 grpcio-reflection==1.85.1 protobuf==7.36.2
+fi
+export HOMEOSTAT_TEST_PYTHON="$PYCLIENTS/bin/python"
+
 # --- 2. start it on a free port --------------------------------------------------
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PORT="$(free_port)"

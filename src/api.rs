@@ -6,6 +6,8 @@
 //! row objects, `format=table` an aligned text table. Errors answer 400 with
 //! `{"error": "..."}`.
 
+pub mod cli;
+pub mod query;
 pub mod sql;
 
 use std::net::SocketAddr;

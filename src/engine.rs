@@ -179,6 +179,7 @@ impl Engine {
                 window_stage.deployments_at(config.store.path.join("deployments.json"))?;
         }
         let mut detect = None;
+        let incidents = IncidentLog::default();
         if config.detect.enabled {
             let catalogue = Catalogue::load(&config.detect.catalogue)?;
             info!(source = %catalogue.source, patterns = catalogue.patterns.len(), "failure-pattern catalogue loaded");
@@ -188,10 +189,10 @@ impl Engine {
             );
             let (events, events_inbox) = mpsc::channel(config.pipeline.queue_capacity);
             window_stage = window_stage.with_downstream();
-            let incidents = IncidentLog::default();
             tables.register(Arc::new(incidents.clone()))?;
             let (findings, findings_inbox) = mpsc::channel(config.pipeline.queue_capacity);
-            let mut incident_stage = IncidentStage::new(incident_params(&config), incidents);
+            let mut incident_stage =
+                IncidentStage::new(incident_params(&config), incidents.clone());
             if !config.store.path.as_os_str().is_empty() {
                 incident_stage =
                     incident_stage.stored_at(config.store.path.join("incidents.json"))?;
@@ -266,12 +267,20 @@ impl Engine {
         let api_stop = CancellationToken::new();
         let api = serve(
             api_listener,
-            api::router(ApiState {
-                tables,
-                metrics: metrics.clone(),
-                ready: ready.clone(),
-                max_result_rows: config.api.max_result_rows,
-            }),
+            api::query::with_grpc(
+                api::router(ApiState {
+                    tables,
+                    metrics: metrics.clone(),
+                    ready: ready.clone(),
+                    max_result_rows: config.api.max_result_rows,
+                }),
+                api::query::QueryService {
+                    incidents,
+                    anomalies,
+                    stop: api_stop.clone(),
+                },
+            )
+            .await?,
             api_stop.clone(),
             "api",
         );

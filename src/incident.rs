@@ -136,19 +136,62 @@ impl Incident {
     pub fn anomalies(&self) -> impl Iterator<Item = &Anomaly> {
         self.members.iter().map(|m| &m.anomaly)
     }
+
+    /// Member anomalies with when each ended.
+    pub fn members(&self) -> impl Iterator<Item = (&Anomaly, Option<i64>)> {
+        self.members.iter().map(|m| (&m.anomaly, m.ended_ms))
+    }
 }
 
 fn confirmed_default() -> bool {
     true
 }
 
-/// The shared `incidents` table.
-#[derive(Debug, Clone, Default)]
+/// An edge of the service graph as published: caller, callee, and the event
+/// time it last carried traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphEdge {
+    pub caller: String,
+    pub callee: String,
+    pub last_seen_ms: i64,
+}
+
+/// The shared `incidents` table, the service graph, and a revision counter
+/// that moves each time they are published (what watchers wait on).
+#[derive(Debug, Clone)]
 pub struct IncidentLog {
     incidents: Arc<RwLock<Vec<Incident>>>,
+    edges: Arc<RwLock<Vec<GraphEdge>>>,
+    revision: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for IncidentLog {
+    fn default() -> Self {
+        Self {
+            incidents: Arc::default(),
+            edges: Arc::default(),
+            revision: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
 }
 
 impl IncidentLog {
+    /// The edges of the service graph, sorted.
+    pub fn edges(&self) -> Vec<GraphEdge> {
+        self.edges.read().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// A receiver that sees each publication.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    fn publish_edges(&self, edges: Vec<GraphEdge>) {
+        if let Ok(mut held) = self.edges.write() {
+            *held = edges;
+        }
+    }
+
     /// A copy of every incident held, oldest first.
     pub fn snapshot(&self) -> Vec<Incident> {
         self.incidents.read().map(|i| i.clone()).unwrap_or_default()
@@ -159,6 +202,7 @@ impl IncidentLog {
         if let Ok(mut held) = self.incidents.write() {
             *held = incidents.iter().filter(|i| i.confirmed).cloned().collect();
         }
+        self.revision.send_modify(|r| *r += 1);
     }
 }
 
@@ -252,6 +296,7 @@ impl IncidentStage {
     /// and publishes the table.
     pub fn on_window(&mut self, window: &crate::window::WindowTables) {
         self.graph.on_window(window);
+        self.log.publish_edges(self.graph.edges());
         self.history.on_window(window);
         self.rank_open();
         let quiet = self.params.resolve_windows * self.params.window_ms;
@@ -365,9 +410,7 @@ impl IncidentStage {
                 incident.last_onset_ms = incident.last_onset_ms.max(onset);
                 incident.members.push(member);
                 if !incident.confirmed {
-                    let series: BTreeSet<&crate::detect::SeriesKey> =
-                        incident.members.iter().map(|m| &m.anomaly.key).collect();
-                    incident.confirmed = series.len() >= p.min_anomalies;
+                    incident.confirmed = corroborated(&incident.members, p.min_anomalies);
                     if incident.confirmed {
                         info!(incident = incident.id, service = %service, "incident opened");
                     }
@@ -376,7 +419,7 @@ impl IncidentStage {
             None => {
                 let id = self.next_id;
                 self.next_id += 1;
-                if p.min_anomalies <= 1 {
+                if corroborated(std::slice::from_ref(&member), p.min_anomalies) {
                     info!(incident = id, service = %service, "incident opened");
                 }
                 self.incidents.push(Incident {
@@ -387,7 +430,7 @@ impl IncidentStage {
                     last_onset_ms: onset,
                     resolved_ms: None,
                     reopened: 0,
-                    confirmed: p.min_anomalies <= 1,
+                    confirmed: corroborated(std::slice::from_ref(&member), p.min_anomalies),
                     members: vec![member],
                     root_causes: Vec::new(),
                     entry_points: Vec::new(),
@@ -395,6 +438,20 @@ impl IncidentStage {
             }
         }
     }
+}
+
+/// Whether anomalies are enough for an incident: `min` distinct series, or one
+/// on what users feel (a service's or operation's requests) or right after a
+/// deployment. A lone resource metric, log or edge series is the commonest
+/// false alarm and waits for corroboration.
+fn corroborated(members: &[Member], min: usize) -> bool {
+    let series: BTreeSet<&crate::detect::SeriesKey> =
+        members.iter().map(|m| &m.anomaly.key).collect();
+    series.len() >= min
+        || members.iter().any(|m| {
+            matches!(m.anomaly.key.signal.as_str(), "service" | "operation")
+                || m.anomaly.class == crate::detect::FailureClass::FaultyDeployment
+        })
 }
 
 /// The operations (else services) of the members' request series on nodes

@@ -39,15 +39,32 @@ enum Command {
     Sql {
         /// The query, e.g. "SELECT * FROM service_stats".
         query: String,
-        /// API address of the engine (default: api.addr of the configuration).
-        #[arg(long)]
-        api: Option<SocketAddr>,
+        #[command(flatten)]
+        target: ApiTarget,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
-        /// Configuration file to read api.addr from.
+    },
+    /// List the engine's incidents with their ranked root causes (gRPC query API).
+    Incidents {
+        #[command(flatten)]
+        target: ApiTarget,
+        /// Keep printing incidents as they open, change and resolve.
         #[arg(long)]
-        config: Option<PathBuf>,
+        watch: bool,
+        /// Output format (json: an array; with --watch, one object per line).
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show one incident: root causes with their evidence, and its anomalies.
+    Incident {
+        /// The incident id.
+        id: u64,
+        #[command(flatten)]
+        target: ApiTarget,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
     },
     /// Send realistic OTLP load from a synthetic fleet (or measure the decode ceiling).
     Loadgen(homeostat::loadgen::Options),
@@ -77,6 +94,17 @@ enum Command {
     },
 }
 
+/// Where a running engine's API is.
+#[derive(clap::Args)]
+struct ApiTarget {
+    /// API address of the engine (default: api.addr of the configuration).
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// Configuration file to read api.addr from.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     /// An aligned text table.
@@ -91,10 +119,21 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config),
         Command::Sql {
             query,
-            api,
+            target,
             format,
-            config,
-        } => sql(query, api, format, config),
+        } => sql(query, target, format),
+        Command::Incidents {
+            target,
+            watch,
+            format,
+        } => api_addr(target).and_then(|addr| {
+            let output = output(format);
+            runtime()?.block_on(homeostat::api::cli::incidents(addr, watch, output))
+        }),
+        Command::Incident { id, target, format } => api_addr(target).and_then(|addr| {
+            let output = output(format);
+            runtime()?.block_on(homeostat::api::cli::incident(addr, id, output))
+        }),
         Command::Loadgen(options) => {
             runtime().and_then(|rt| rt.block_on(homeostat::loadgen::run(options)))
         }
@@ -119,6 +158,21 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--api`, else `api.addr` of the configuration.
+fn api_addr(target: ApiTarget) -> anyhow::Result<SocketAddr> {
+    match target.api {
+        Some(addr) => Ok(addr),
+        None => Ok(Config::load(target.config.as_deref())?.api.addr),
+    }
+}
+
+fn output(format: Format) -> homeostat::api::cli::Output {
+    match format {
+        Format::Table => homeostat::api::cli::Output::Table,
+        Format::Json => homeostat::api::cli::Output::Json,
     }
 }
 
@@ -158,16 +212,8 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn sql(
-    query: String,
-    api: Option<SocketAddr>,
-    format: Format,
-    config: Option<PathBuf>,
-) -> anyhow::Result<()> {
-    let addr = match api {
-        Some(addr) => addr,
-        None => Config::load(config.as_deref())?.api.addr,
-    };
+fn sql(query: String, target: ApiTarget, format: Format) -> anyhow::Result<()> {
+    let addr = api_addr(target)?;
     let format = match format {
         Format::Table => "table",
         Format::Json => "json",

@@ -84,6 +84,21 @@ impl ServiceGraph {
         }
     }
 
+    /// Every edge held, sorted.
+    pub fn edges(&self) -> Vec<super::GraphEdge> {
+        let mut out: Vec<super::GraphEdge> = self
+            .edges
+            .iter()
+            .map(|((caller, callee), seen)| super::GraphEdge {
+                caller: caller.clone(),
+                callee: callee.clone(),
+                last_seen_ms: *seen,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.caller, &a.callee).cmp(&(&b.caller, &b.callee)));
+        out
+    }
+
     /// Edges held.
     pub fn len(&self) -> usize {
         self.edges.len()

@@ -189,3 +189,19 @@ pub(super) fn red_window(w: i64, services: &[(&str, f64)]) -> crate::window::Win
     tables.batches[0] = service.finish().expect("service");
     tables
 }
+
+#[test]
+fn the_entry_points_are_the_anomalous_operations_nothing_calls() {
+    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    stage.on_window(&window(0, &CHAIN));
+    let mut entry = anomaly("frontend", 1);
+    entry.key.signal = "operation".into();
+    entry.key.attributes = "operation=GET /checkout".into();
+    for a in [anomaly("payments", 1), anomaly("checkout", 1), entry] {
+        stage.on_event(&AnomalyEvent::Opened(a));
+    }
+    stage.on_window(&window(1, &CHAIN));
+    let incident = &stage.incidents()[0];
+    assert_eq!(incident.entry_points, vec!["frontend GET /checkout"]);
+    assert_eq!(incident.root_causes[0].service, "payments");
+}

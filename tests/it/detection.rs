@@ -17,6 +17,7 @@ use homeostat::detect::{
 
 mod deploys;
 mod fleet;
+mod query;
 mod seasons;
 
 use fleet::{
@@ -170,6 +171,14 @@ fn a_cascading_database_failure_is_one_incident() {
     let held = incidents.incidents();
     assert_eq!(held.len(), 1, "{held:?}\n{}", describe(&anomalies));
     assert_eq!(held[0].anomalies().count(), anomalies.len());
+    // The database sends nothing of its own; its caller's failing calls to it
+    // and the healthy dependencies below it put it first.
+    let causes = &held[0].root_causes;
+    assert_eq!(
+        causes.first().map(|r| r.service.as_str()),
+        Some("postgres"),
+        "{causes:#?}"
+    );
 }
 
 #[test]

@@ -15,7 +15,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use crate::support::{self, num, text};
 
 const SECONDS: u64 = 32;
-const DEPLOY: u64 = 23;
+pub(super) const DEPLOY: u64 = 23;
 
 fn provider(grpc: &str, version: &str) -> SdkTracerProvider {
     let exporter = SpanExporter::builder()
@@ -74,7 +74,7 @@ pub(super) async fn send(grpc: String, base_ns: u64, spike: Option<u64>, deploy:
     .expect("client ran");
 }
 
-const CONFIG: &str = "[window]\nsize = \"1s\"\n[detect.baseline]\nwarmup = 20\n";
+pub(super) const CONFIG: &str = "[window]\nsize = \"1s\"\n[detect.baseline]\nwarmup = 20\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_right_after_a_version_change_are_a_faulty_deployment() {
