@@ -441,15 +441,17 @@ impl IncidentStage {
 }
 
 /// Whether anomalies are enough for an incident: `min` distinct series, or one
-/// on what users feel (a service's or operation's requests) or right after a
-/// deployment. A lone resource metric, log or edge series is the commonest
-/// false alarm and waits for corroboration.
+/// on requests (a service's, an operation's, or calls to a peer as the caller
+/// sees them) or right after a deployment. A lone resource metric or log series
+/// is the commonest false alarm and waits for corroboration.
 fn corroborated(members: &[Member], min: usize) -> bool {
     let series: BTreeSet<&crate::detect::SeriesKey> =
         members.iter().map(|m| &m.anomaly.key).collect();
     series.len() >= min
         || members.iter().any(|m| {
-            matches!(m.anomaly.key.signal.as_str(), "service" | "operation")
+            let key = &m.anomaly.key;
+            matches!(key.signal.as_str(), "service" | "operation" | "edge")
+                || rank::implicated(key).1
                 || m.anomaly.class == crate::detect::FailureClass::FaultyDeployment
         })
 }

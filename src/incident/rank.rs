@@ -115,6 +115,26 @@ pub fn implicated(key: &SeriesKey) -> (&str, bool) {
     (key.service.as_str(), false)
 }
 
+/// Callers whose calls to two or more distinct peers degraded in the
+/// incident: the common factor is the caller (its CPU, its network, its
+/// client), not every peer at once, so those anomalies count as its own.
+fn slowed_callers<'a>(members: &[&'a Anomaly]) -> HashSet<&'a str> {
+    let mut peers: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
+    for anomaly in members {
+        if let (peer, true) = implicated(&anomaly.key) {
+            peers
+                .entry(anomaly.key.service.as_str())
+                .or_default()
+                .insert(peer);
+        }
+    }
+    peers
+        .into_iter()
+        .filter(|(_, p)| p.len() >= 2)
+        .map(|(caller, _)| caller)
+        .collect()
+}
+
 /// A candidate's anomalies.
 struct Candidate<'a> {
     anomalies: Vec<&'a Anomaly>,
@@ -133,8 +153,12 @@ pub struct Inputs<'a> {
 /// Ranks the candidates of one incident, best first.
 pub fn rank(inputs: &Inputs<'_>) -> Vec<RootCause> {
     let mut candidates: BTreeMap<&str, Candidate<'_>> = BTreeMap::new();
+    let callers = slowed_callers(inputs.members);
     for anomaly in inputs.members {
-        let (node, pointed) = implicated(&anomaly.key);
+        let (mut node, mut pointed) = implicated(&anomaly.key);
+        if pointed && callers.contains(anomaly.key.service.as_str()) {
+            (node, pointed) = (anomaly.key.service.as_str(), false);
+        }
         let c = candidates.entry(node).or_insert(Candidate {
             anomalies: Vec::new(),
             pointed: true,

@@ -182,3 +182,16 @@ fn correlation_follows_the_series_that_moves_with_the_symptom() {
     assert!(cart.value < 0.5, "{cart:?}");
     assert!(!rank(&inputs).is_empty());
 }
+
+#[test]
+fn a_caller_whose_calls_to_many_peers_slow_at_once_is_the_suspect() {
+    // web's CPU is starved: every call it makes looks slow from its side,
+    // while cart and checkout serve as fast as ever.
+    let members = [
+        on("web", "edge", "callee=cart,callee_kind=service", 1, 0.9),
+        on("web", "edge", "callee=checkout,callee_kind=service", 1, 0.9),
+        on("web", "service", "", 1, 0.9),
+    ];
+    let ranked = ranked(&members, &SHOP);
+    assert_eq!(names(&ranked), vec!["web"], "{ranked:#?}");
+}
