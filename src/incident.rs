@@ -442,16 +442,19 @@ impl IncidentStage {
 
 /// Whether anomalies are enough for an incident: `min` distinct series, or one
 /// on requests (a service's, an operation's, or calls to a peer as the caller
-/// sees them) or right after a deployment. A lone resource metric or log series
-/// is the commonest false alarm and waits for corroboration.
+/// sees them), on a log template (the application itself saying something new
+/// or unusual), or right after a deployment. A lone resource metric or log
+/// count is the commonest false alarm and waits for corroboration.
 fn corroborated(members: &[Member], min: usize) -> bool {
     let series: BTreeSet<&crate::detect::SeriesKey> =
         members.iter().map(|m| &m.anomaly.key).collect();
     series.len() >= min
         || members.iter().any(|m| {
             let key = &m.anomaly.key;
-            matches!(key.signal.as_str(), "service" | "operation" | "edge")
-                || rank::implicated(key).1
+            matches!(
+                key.signal.as_str(),
+                "service" | "operation" | "edge" | "log_template"
+            ) || rank::implicated(key).1
                 || m.anomaly.class == crate::detect::FailureClass::FaultyDeployment
         })
 }

@@ -237,10 +237,15 @@ fn class_of(c: &Candidate<'_>) -> FailureClass {
     {
         return FailureClass::FaultyDeployment;
     }
-    c.anomalies
-        .iter()
-        .max_by(|a, b| a.score.total_cmp(&b.score))
-        .map_or(FailureClass::Generic, |a| a.class)
+    // Its own series say what failed better than its callers' view of it.
+    let own = c.anomalies.iter().filter(|a| !implicated(&a.key).1);
+    let pick = |set: &mut dyn Iterator<Item = &&Anomaly>| {
+        set.max_by(|a, b| a.score.total_cmp(&b.score))
+            .map(|a| a.class)
+    };
+    pick(&mut own.clone())
+        .or_else(|| pick(&mut c.anomalies.iter()))
+        .unwrap_or(FailureClass::Generic)
 }
 
 fn evidence(signal: Signal, value: f64, detail: String) -> Evidence {

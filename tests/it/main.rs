@@ -11,5 +11,6 @@ mod limits;
 mod loadgen;
 mod otlp_clients;
 mod properties;
+mod rca;
 mod replay;
 mod support;
