@@ -200,14 +200,17 @@ impl Engine {
             // Each stops when the stage before it drops its outlet, after its last
             // output.
             let never = CancellationToken::new;
+            let enabled = config.incident.enabled;
             let run_incidents = flow::run(incident_stage, findings_inbox, None, never());
-            let run_detect = flow::run(task, events_inbox, Some(findings), never());
+            let run_detect = flow::run(task, events_inbox, enabled.then_some(findings), never());
             detect = Some((
                 events,
                 tokio::spawn(async move {
-                    let incidents = tokio::spawn(run_incidents);
+                    let incidents = enabled.then(|| tokio::spawn(run_incidents));
                     drop(run_detect.await);
-                    drop(incidents.await);
+                    if let Some(incidents) = incidents {
+                        drop(incidents.await);
+                    }
                 }),
             ));
         }

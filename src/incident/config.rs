@@ -8,6 +8,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IncidentConfig {
+    /// Whether the incident stage (grouping, ranking) runs after detection.
+    pub enabled: bool,
     /// An anomaly joins an incident active this many windows before its onset.
     pub join_windows: u32,
     /// Edges on the service graph within which anomalies are one incident.
