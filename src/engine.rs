@@ -114,6 +114,7 @@ pub fn incident_params(config: &Config) -> IncidentParams {
     IncidentParams {
         window_ms: config.window.size.as_millis().max(1) as i64,
         join_windows: i64::from(i.join_windows),
+        max_join_windows: i64::from(i.max_join_windows),
         hops: i.hops as usize,
         resolve_windows: i64::from(i.resolve_windows),
         reopen_windows: i64::from(i.reopen_windows),

@@ -48,6 +48,8 @@ pub struct IncidentParams {
     pub window_ms: i64,
     /// An anomaly joins an incident active this many windows before its onset.
     pub join_windows: i64,
+    /// ... and opened at most this many windows before it.
+    pub max_join_windows: i64,
     /// Graph distance within which services belong to one incident.
     pub hops: usize,
     /// Windows after the last member ended before an incident is resolved.
@@ -381,10 +383,11 @@ impl IncidentStage {
         let service = anomaly.key.service.clone();
         let graph = &self.graph;
         let quiet = p.resolve_windows * p.window_ms;
+        let gather_from = onset - p.max_join_windows * p.window_ms;
         let found = self.incidents.iter().rposition(|incident| {
             let recent = match incident.quiet_since(quiet) {
                 Some(resolved) if resolved <= onset => resolved >= reopen_from,
-                _ => incident.last_onset_ms >= join_from,
+                _ => incident.last_onset_ms >= join_from && incident.opened_ms >= gather_from,
             };
             recent
                 && incident

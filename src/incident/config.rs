@@ -12,6 +12,8 @@ pub struct IncidentConfig {
     pub enabled: bool,
     /// An anomaly joins an incident active this many windows before its onset.
     pub join_windows: u32,
+    /// Windows after an incident opened during which anomalies may still join it.
+    pub max_join_windows: u32,
     /// Edges on the service graph within which anomalies are one incident.
     pub hops: u32,
     /// Windows after the last member anomaly ended before an incident resolves.

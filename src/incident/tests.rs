@@ -8,6 +8,7 @@ fn params() -> IncidentParams {
     IncidentParams {
         window_ms: W,
         join_windows: 5,
+        max_join_windows: 30,
         hops: 2,
         resolve_windows: 3,
         reopen_windows: 5,
@@ -204,4 +205,18 @@ fn the_entry_points_are_the_anomalous_operations_nothing_calls() {
     let incident = &stage.incidents()[0];
     assert_eq!(incident.entry_points, vec!["frontend GET /checkout"]);
     assert_eq!(incident.root_causes[0].service, "payments");
+}
+
+#[test]
+fn an_incident_stops_gathering_after_max_join_windows() {
+    // Anomalies keep beginning every 4 windows on the same chain: the first 30
+    // windows' are one incident, what begins later opens another.
+    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    stage.on_window(&window(0, &CHAIN));
+    for w in (1..=41).step_by(4) {
+        let service = CHAIN[(w as usize / 4) % 3].0;
+        stage.on_event(&AnomalyEvent::Opened(anomaly(service, w)));
+    }
+    let opened: Vec<i64> = stage.incidents().iter().map(|i| i.opened_ms / W).collect();
+    assert_eq!(opened, vec![1, 33]);
 }
