@@ -119,6 +119,7 @@ pub fn incident_params(config: &Config) -> IncidentParams {
         resolve_windows: i64::from(i.resolve_windows),
         reopen_windows: i64::from(i.reopen_windows),
         max_incidents: i.max_incidents,
+        retain_ms: i.retain.as_millis().min(i64::MAX as u128) as i64,
         edge_ttl_ms: i.edge_ttl.as_millis().min(i64::MAX as u128) as i64,
         max_edges: i.max_edges,
         history_windows: i.history_windows,
@@ -196,7 +197,7 @@ impl Engine {
                 IncidentStage::new(incident_params(&config), incidents.clone());
             if !config.store.path.as_os_str().is_empty() {
                 incident_stage =
-                    incident_stage.stored_at(config.store.path.join("incidents.json"))?;
+                    incident_stage.stored_at(&config.store.path.join("incidents.redb"))?;
             }
             // Each stops when the stage before it drops its outlet, after its last
             // output.

@@ -16,17 +16,12 @@
 pub mod config;
 pub mod graph;
 pub mod history;
+pub mod log;
 pub mod rank;
+pub mod store;
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, LazyLock, RwLock};
 
-use arrow::array::{
-    ArrayRef, Float64Builder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder,
-};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::error::ArrowError;
-use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -34,13 +29,10 @@ use crate::detect::anomaly::{Anomaly, AnomalyEvent};
 use crate::detect::task::DetectOutput;
 use crate::flow::{Emit, Stage};
 use crate::persist::StateFileError;
-use crate::read_model::TableSource;
 use graph::ServiceGraph;
 use history::History;
+pub use log::{GraphEdge, IncidentLog};
 use rank::RootCause;
-
-/// Format version of `incidents.json`.
-const STATE_VERSION: u32 = 1;
 
 /// Grouping and lifecycle parameters.
 #[derive(Debug, Clone)]
@@ -58,6 +50,8 @@ pub struct IncidentParams {
     pub reopen_windows: i64,
     /// Incidents kept for the table.
     pub max_incidents: usize,
+    /// Event time a resolved incident is kept.
+    pub retain_ms: i64,
     /// Event time an idle edge stays in the graph.
     pub edge_ttl_ms: i64,
     /// Most edges in the graph.
@@ -149,65 +143,6 @@ fn confirmed_default() -> bool {
     true
 }
 
-/// An edge of the service graph as published: caller, callee, and the event
-/// time it last carried traffic.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GraphEdge {
-    pub caller: String,
-    pub callee: String,
-    pub last_seen_ms: i64,
-}
-
-/// The shared `incidents` table, the service graph, and a revision counter
-/// that moves each time they are published (what watchers wait on).
-#[derive(Debug, Clone)]
-pub struct IncidentLog {
-    incidents: Arc<RwLock<Vec<Incident>>>,
-    edges: Arc<RwLock<Vec<GraphEdge>>>,
-    revision: Arc<tokio::sync::watch::Sender<u64>>,
-}
-
-impl Default for IncidentLog {
-    fn default() -> Self {
-        Self {
-            incidents: Arc::default(),
-            edges: Arc::default(),
-            revision: Arc::new(tokio::sync::watch::Sender::new(0)),
-        }
-    }
-}
-
-impl IncidentLog {
-    /// The edges of the service graph, sorted.
-    pub fn edges(&self) -> Vec<GraphEdge> {
-        self.edges.read().map(|e| e.clone()).unwrap_or_default()
-    }
-
-    /// A receiver that sees each publication.
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.revision.subscribe()
-    }
-
-    fn publish_edges(&self, edges: Vec<GraphEdge>) {
-        if let Ok(mut held) = self.edges.write() {
-            *held = edges;
-        }
-    }
-
-    /// A copy of every incident held, oldest first.
-    pub fn snapshot(&self) -> Vec<Incident> {
-        self.incidents.read().map(|i| i.clone()).unwrap_or_default()
-    }
-
-    /// Publishes the confirmed incidents.
-    fn publish(&self, incidents: &[Incident]) {
-        if let Ok(mut held) = self.incidents.write() {
-            *held = incidents.iter().filter(|i| i.confirmed).cloned().collect();
-        }
-        self.revision.send_modify(|r| *r += 1);
-    }
-}
-
 /// The incident stage.
 pub struct IncidentStage {
     params: IncidentParams,
@@ -218,8 +153,10 @@ pub struct IncidentStage {
     log: IncidentLog,
     /// Where the incidents are kept across restarts, and whether they changed
     /// since they were last written.
-    store: Option<std::path::PathBuf>,
-    dirty: bool,
+    store: Option<store::IncidentStore>,
+    /// Incidents changed, and dropped, since they were last written.
+    changed: BTreeSet<u64>,
+    removed: Vec<u64>,
 }
 
 impl IncidentStage {
@@ -232,29 +169,57 @@ impl IncidentStage {
             next_id: 1,
             log,
             store: None,
-            dirty: false,
+            changed: BTreeSet::new(),
+            removed: Vec::new(),
         }
     }
 
-    /// Keeps the incidents in `path` across restarts, loading what is there.
-    pub fn stored_at(mut self, path: std::path::PathBuf) -> Result<Self, StateFileError> {
-        let (next_id, incidents): (u64, Vec<Incident>) =
-            crate::persist::load(&path, STATE_VERSION)?.unwrap_or((1, Vec::new()));
+    /// Keeps the incidents in the database at `path` across restarts, loading
+    /// what it holds.
+    pub fn stored_at(mut self, path: &std::path::Path) -> Result<Self, StateFileError> {
+        let legacy = path.with_extension("json");
+        let import = !path.exists() && legacy.exists();
+        let (store, mut next_id, mut incidents) = store::IncidentStore::open(path)?;
+        if import {
+            // Earlier versions kept `incidents.json`: carry it over once.
+            (next_id, incidents) = crate::persist::load(&legacy, 1)?.unwrap_or((1, Vec::new()));
+            let all: Vec<&Incident> = incidents.iter().collect();
+            if !store.write(next_id, &all, &[]) {
+                return Err(StateFileError {
+                    path: path.to_path_buf(),
+                    reason: "cannot write the incidents imported from incidents.json".into(),
+                });
+            }
+            let _ = std::fs::rename(&legacy, legacy.with_extension("json.imported"));
+        }
         if !incidents.is_empty() {
             info!(incidents = incidents.len(), path = %path.display(), "restored incidents");
         }
         self.incidents = incidents;
         self.next_id = next_id.max(1);
         self.log.publish(&self.incidents);
-        self.store = Some(path);
+        self.store = Some(store);
         Ok(self)
     }
 
-    /// Writes the incidents if they changed.
+    /// Writes what changed since the last write.
     fn persist(&mut self) {
-        if let (true, Some(path)) = (self.dirty, &self.store) {
-            let state = (self.next_id, &self.incidents);
-            self.dirty = !crate::persist::save(path, STATE_VERSION, &state);
+        let Some(store) = &self.store else {
+            self.changed.clear();
+            self.removed.clear();
+            return;
+        };
+        if self.changed.is_empty() && self.removed.is_empty() {
+            return;
+        }
+        let changed: Vec<&Incident> = self
+            .incidents
+            .iter()
+            .filter(|i| self.changed.contains(&i.id))
+            .collect();
+        if store.write(self.next_id, &changed, &self.removed) {
+            self.changed.clear();
+            self.removed.clear();
         }
     }
 
@@ -265,9 +230,11 @@ impl IncidentStage {
 
     /// Applies one anomaly event.
     pub fn on_event(&mut self, event: &AnomalyEvent) {
-        self.dirty = true;
         match event {
-            AnomalyEvent::Opened(anomaly) => self.join(anomaly.clone()),
+            AnomalyEvent::Opened(anomaly) => {
+                let id = self.join(anomaly.clone());
+                self.changed.insert(id);
+            }
             AnomalyEvent::Updated {
                 key,
                 pattern,
@@ -277,6 +244,8 @@ impl IncidentStage {
             } => {
                 if let Some((incident, _)) = self.member(key, pattern, *onset_ms) {
                     incident.active_ms = incident.active_ms.max(*at_ms);
+                    let id = incident.id;
+                    self.changed.insert(id);
                 }
             }
             AnomalyEvent::Ended {
@@ -288,6 +257,8 @@ impl IncidentStage {
                 if let Some((incident, member)) = self.member(key, pattern, *onset_ms) {
                     incident.members[member].ended_ms = Some(*ended_ms);
                     incident.active_ms = incident.active_ms.max(*ended_ms);
+                    let id = incident.id;
+                    self.changed.insert(id);
                 }
             }
         }
@@ -312,26 +283,35 @@ impl IncidentStage {
                 // In event time: when it had been quiet long enough (windows
                 // without data may close later, or never).
                 incident.resolved_ms = Some(incident.active_ms + quiet);
-                self.dirty = true;
+                self.changed.insert(incident.id);
                 info!(incident = incident.id, "incident resolved");
             }
         }
-        self.incidents
-            .retain(|i| i.confirmed || i.state == IncidentState::Open);
+        self.drop_old(window.end_ms);
+        self.log.publish(&self.incidents);
+        self.persist();
+    }
+
+    /// Forgets unconfirmed incidents that resolved, resolved incidents older
+    /// than `retain_ms`, and the oldest resolved beyond `max_incidents`.
+    fn drop_old(&mut self, now_ms: i64) {
+        let horizon = now_ms.saturating_sub(self.params.retain_ms);
         let excess = self
             .incidents
             .len()
             .saturating_sub(self.params.max_incidents);
-        if excess > 0 {
-            let mut dropped = 0;
-            self.incidents.retain(|i| {
-                let drop = dropped < excess && i.state == IncidentState::Resolved;
-                dropped += usize::from(drop);
-                !drop
-            });
-        }
-        self.log.publish(&self.incidents);
-        self.persist();
+        let mut dropped = 0;
+        let removed = &mut self.removed;
+        self.incidents.retain(|i| {
+            let resolved = i.state == IncidentState::Resolved;
+            let old = i.resolved_ms.is_some_and(|r| r < horizon);
+            let drop = resolved && (!i.confirmed || old || dropped < excess);
+            if drop {
+                dropped += 1;
+                removed.push(i.id);
+            }
+            !drop
+        });
     }
 
     /// Ranks every open incident's candidates and lists its entry points.
@@ -353,7 +333,7 @@ impl IncidentStage {
             if ranked != incident.root_causes || entry_points != incident.entry_points {
                 incident.root_causes = ranked;
                 incident.entry_points = entry_points;
-                self.dirty = true;
+                self.changed.insert(incident.id);
             }
         }
     }
@@ -375,7 +355,7 @@ impl IncidentStage {
     }
 
     /// Adds a new anomaly to the incident it belongs to, or opens one.
-    fn join(&mut self, anomaly: Anomaly) {
+    fn join(&mut self, anomaly: Anomaly) -> u64 {
         let p = &self.params;
         let onset = anomaly.onset_ms;
         let join_from = onset - p.join_windows * p.window_ms;
@@ -418,6 +398,7 @@ impl IncidentStage {
                         info!(incident = incident.id, service = %service, "incident opened");
                     }
                 }
+                incident.id
             }
             None => {
                 let id = self.next_id;
@@ -438,6 +419,7 @@ impl IncidentStage {
                     root_causes: Vec::new(),
                     entry_points: Vec::new(),
                 });
+                id
             }
         }
     }
@@ -503,100 +485,6 @@ impl Stage for IncidentStage {
 
     fn on_stop(&mut self, _out: &mut Emit<()>) {
         self.persist();
-    }
-}
-
-fn schema() -> SchemaRef {
-    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-        let ts = crate::read_model::timestamp_field;
-        Arc::new(Schema::new(vec![
-            Field::new("id", DataType::UInt64, false),
-            Field::new("state", DataType::Utf8, false),
-            ts("opened", false),
-            ts("resolved", true),
-            Field::new("services", DataType::Utf8, false),
-            Field::new("classes", DataType::Utf8, false),
-            Field::new("anomalies", DataType::UInt64, false),
-            Field::new("reopened", DataType::UInt64, false),
-            Field::new("root_cause", DataType::Utf8, true),
-            Field::new("root_cause_class", DataType::Utf8, true),
-            Field::new("root_cause_score", DataType::Float64, true),
-            Field::new("entry_points", DataType::Utf8, false),
-            Field::new("root_causes", DataType::Utf8, false),
-        ]))
-    });
-    SCHEMA.clone()
-}
-
-impl TableSource for IncidentLog {
-    fn name(&self) -> &str {
-        "incidents"
-    }
-
-    fn schema(&self) -> SchemaRef {
-        schema()
-    }
-
-    fn batches(&self) -> Result<Vec<RecordBatch>, ArrowError> {
-        let incidents = self.snapshot();
-        let (mut id, mut anomalies, mut reopened) = (
-            UInt64Builder::new(),
-            UInt64Builder::new(),
-            UInt64Builder::new(),
-        );
-        let (mut state, mut services, mut classes) = (
-            StringBuilder::new(),
-            StringBuilder::new(),
-            StringBuilder::new(),
-        );
-        let (mut top, mut top_class, mut entry, mut ranked) = (
-            StringBuilder::new(),
-            StringBuilder::new(),
-            StringBuilder::new(),
-            StringBuilder::new(),
-        );
-        let mut top_score = Float64Builder::new();
-        let mut opened = TimestampMillisecondBuilder::new().with_timezone("UTC");
-        let mut resolved = TimestampMillisecondBuilder::new().with_timezone("UTC");
-        for incident in &incidents {
-            id.append_value(incident.id);
-            state.append_value(match incident.state {
-                IncidentState::Open => "open",
-                IncidentState::Resolved => "resolved",
-            });
-            opened.append_value(incident.opened_ms);
-            resolved.append_option(incident.resolved_ms);
-            let names: Vec<&str> = incident.services().into_iter().collect();
-            services.append_value(names.join(","));
-            let kinds: BTreeSet<&str> = incident.anomalies().map(|a| a.class.as_str()).collect();
-            classes.append_value(kinds.into_iter().collect::<Vec<_>>().join(","));
-            anomalies.append_value(incident.members.len() as u64);
-            reopened.append_value(incident.reopened);
-            let best = incident.root_causes.first();
-            top.append_option(best.map(|r| r.service.as_str()));
-            top_class.append_option(best.map(|r| r.class.as_str()));
-            top_score.append_option(best.map(|r| r.score));
-            entry.append_value(incident.entry_points.join(","));
-            ranked.append_value(
-                serde_json::to_string(&incident.root_causes).unwrap_or_else(|_| "[]".into()),
-            );
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(id.finish()),
-            Arc::new(state.finish()),
-            Arc::new(opened.finish()),
-            Arc::new(resolved.finish()),
-            Arc::new(services.finish()),
-            Arc::new(classes.finish()),
-            Arc::new(anomalies.finish()),
-            Arc::new(reopened.finish()),
-            Arc::new(top.finish()),
-            Arc::new(top_class.finish()),
-            Arc::new(top_score.finish()),
-            Arc::new(entry.finish()),
-            Arc::new(ranked.finish()),
-        ];
-        Ok(vec![RecordBatch::try_new(schema(), columns)?])
     }
 }
 

@@ -22,6 +22,9 @@ pub struct IncidentConfig {
     pub reopen_windows: u32,
     /// Incidents kept for the `incidents` table (oldest resolved dropped first).
     pub max_incidents: usize,
+    /// Event time a resolved incident is kept.
+    #[serde(with = "humantime_serde")]
+    pub retain: Duration,
     /// Event time an edge without traffic stays in the service graph.
     #[serde(with = "humantime_serde")]
     pub edge_ttl: Duration,

@@ -1,5 +1,6 @@
 use super::*;
 use crate::detect::{FailureClass, SeriesKey};
+use crate::read_model::TableSource;
 use crate::window::tables::{Cell, TableBuilder};
 
 pub(super) const W: i64 = 10_000;
@@ -13,6 +14,7 @@ fn params() -> IncidentParams {
         resolve_windows: 3,
         reopen_windows: 5,
         max_incidents: 100,
+        retain_ms: i64::MAX,
         edge_ttl_ms: 3_600_000,
         max_edges: 1000,
         history_windows: 30,
@@ -219,4 +221,74 @@ fn an_incident_stops_gathering_after_max_join_windows() {
     }
     let opened: Vec<i64> = stage.incidents().iter().map(|i| i.opened_ms / W).collect();
     assert_eq!(opened, vec![1, 33]);
+}
+
+#[test]
+fn the_store_keeps_incidents_and_drops_what_retention_drops() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("incidents.redb");
+    let mut short = params();
+    short.retain_ms = 20 * W;
+    let mut stage = IncidentStage::new(short.clone(), IncidentLog::default())
+        .stored_at(&path)
+        .expect("new store");
+    stage.on_window(&window(0, &CHAIN));
+    let a = anomaly("payments", 1);
+    stage.on_event(&AnomalyEvent::Opened(a.clone()));
+    stage.on_event(&AnomalyEvent::Opened(anomaly("search", 2)));
+    stage.on_event(&ended(&a, 3));
+    for w in 3..8 {
+        stage.on_window(&window(w, &CHAIN));
+    }
+    let before: Vec<(u64, IncidentState)> =
+        stage.incidents().iter().map(|i| (i.id, i.state)).collect();
+    assert_eq!(
+        before,
+        vec![(1, IncidentState::Resolved), (2, IncidentState::Open)]
+    );
+    drop(stage);
+
+    let mut again = IncidentStage::new(short, IncidentLog::default())
+        .stored_at(&path)
+        .expect("reopen");
+    let after: Vec<(u64, IncidentState)> =
+        again.incidents().iter().map(|i| (i.id, i.state)).collect();
+    assert_eq!(after, before);
+    assert_eq!(again.incidents()[1].anomalies().count(), 1);
+    // Resolved at window 6; 20 windows later it is gone, from the store too.
+    again.on_window(&window(30, &CHAIN));
+    assert_eq!(again.incidents().len(), 1);
+    drop(again);
+    let (_, next_id, held) = store::IncidentStore::open(&path).expect("open");
+    assert_eq!((next_id, held.len()), (3, 1));
+}
+
+#[test]
+fn a_damaged_store_stops_the_start_naming_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("incidents.redb");
+    std::fs::write(&path, b"not a database at all, just text").expect("write");
+    let Err(error) = IncidentStage::new(params(), IncidentLog::default()).stored_at(&path) else {
+        panic!("a damaged store is refused");
+    };
+    assert!(error.to_string().contains("incidents.redb"), "{error}");
+}
+
+#[test]
+fn incidents_json_of_earlier_versions_is_imported_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    stage.on_window(&window(0, &CHAIN));
+    stage.on_event(&AnomalyEvent::Opened(anomaly("payments", 1)));
+    let legacy = dir.path().join("incidents.json");
+    assert!(crate::persist::save(&legacy, 1, &(2u64, stage.incidents())));
+    let path = dir.path().join("incidents.redb");
+    let imported = IncidentStage::new(params(), IncidentLog::default())
+        .stored_at(&path)
+        .expect("import");
+    assert_eq!(imported.incidents().len(), 1);
+    assert!(!legacy.exists(), "renamed once imported");
+    drop(imported);
+    let (_, next_id, held) = store::IncidentStore::open(&path).expect("open");
+    assert_eq!((next_id, held.len()), (2, 1));
 }

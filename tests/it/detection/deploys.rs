@@ -182,7 +182,7 @@ async fn incidents_survive_a_restart_and_a_damaged_file_stops_the_start() {
     assert_eq!(support::sql(engine.api_addr, deploys).await, changes);
     engine.shutdown().await;
 
-    for file in ["incidents.json", "deployments.json"] {
+    for file in ["incidents.redb", "deployments.json"] {
         let path = dir.path().join(file);
         let good = std::fs::read(&path).expect("state file");
         std::fs::write(&path, b"{ not json").expect("damage");
