@@ -269,7 +269,7 @@ impl IncidentStage {
     /// and publishes the table.
     pub fn on_window(&mut self, window: &crate::window::WindowTables) {
         self.graph.on_window(window);
-        self.log.publish_edges(self.graph.edges());
+        self.log.publish_graph(&self.graph);
         self.history.on_window(window);
         self.rank_open();
         let quiet = self.params.resolve_windows * self.params.window_ms;

@@ -213,9 +213,21 @@ impl pb::query_server::Query for QueryService {
                 caller: e.caller,
                 callee: e.callee,
                 last_seen_unix_ms: e.last_seen_ms,
+                first_seen_unix_ms: e.first_seen_ms,
             })
             .collect();
-        Ok(Response::new(pb::ServiceGraph { edges }))
+        let changes = self
+            .incidents
+            .changes()
+            .into_iter()
+            .map(|c| pb::TopologyChange {
+                kind: if c.new { "new" } else { "gone" }.to_string(),
+                caller: c.caller,
+                callee: c.callee,
+                at_unix_ms: c.at_ms,
+            })
+            .collect();
+        Ok(Response::new(pb::ServiceGraph { edges, changes }))
     }
 
     async fn list_anomalies(

@@ -1,7 +1,9 @@
 //! The service graph the incident stage groups anomalies on: caller -> callee
-//! edges from the closed windows' `edge_stats`, each with the event time it last
-//! carried traffic. Edges idle for `ttl_ms` age out; at most `max_edges` are held
-//! (new edges beyond are not added, counted).
+//! edges from the closed windows' `edge_stats`, each with the event time it first
+//! and last carried traffic. Edges idle for `ttl_ms` age out; at most `max_edges`
+//! are held (new edges beyond are not added, counted). Topology changes (an edge
+//! new once the graph has learned `LEARNING_WINDOWS` windows, an edge gone) are
+//! recorded, the last `MAX_CHANGES` of them, as evidence for the ranking.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -12,10 +14,36 @@ use crate::window::WindowTables;
 /// Index of `edge_stats` in [`WindowTables::batches`].
 const EDGE_TABLE: usize = 2;
 
+/// Windows before a new edge counts as a change rather than the graph learning.
+const LEARNING_WINDOWS: u64 = 10;
+/// Topology changes kept.
+const MAX_CHANGES: usize = 1000;
+
+/// When an edge first and last carried traffic.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    first_ms: i64,
+    last_ms: i64,
+}
+
+/// An edge that appeared or went away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopologyChange {
+    /// `true` for a new edge, `false` for one gone.
+    pub new: bool,
+    pub caller: String,
+    pub callee: String,
+    /// Start of the window of its first traffic (new), or end of the window in
+    /// which it aged out (gone).
+    pub at_ms: i64,
+}
+
 /// Undirected adjacency of services (and databases, external endpoints).
 #[derive(Debug)]
 pub struct ServiceGraph {
-    edges: HashMap<(String, String), i64>,
+    edges: HashMap<(String, String), Seen>,
+    changes: VecDeque<TopologyChange>,
+    windows: u64,
     /// Neighbours of each node (either direction), rebuilt as windows close.
     adjacent: HashMap<String, HashSet<String>>,
     /// What each node calls, rebuilt as windows close.
@@ -31,6 +59,8 @@ impl ServiceGraph {
     pub fn new(ttl_ms: i64, max_edges: usize) -> Self {
         Self {
             edges: HashMap::new(),
+            changes: VecDeque::new(),
+            windows: 0,
             adjacent: HashMap::new(),
             callees: HashMap::new(),
             called: HashSet::new(),
@@ -58,12 +88,28 @@ impl ServiceGraph {
                     self.refused += 1;
                     continue;
                 }
-                let seen = self.edges.entry(key).or_insert(window.end_ms);
-                *seen = (*seen).max(window.end_ms);
+                if !self.edges.contains_key(&key) && self.windows >= LEARNING_WINDOWS {
+                    self.record(true, &key, window.start_ms);
+                }
+                let seen = self.edges.entry(key).or_insert(Seen {
+                    first_ms: window.start_ms,
+                    last_ms: window.end_ms,
+                });
+                seen.last_ms = seen.last_ms.max(window.end_ms);
             }
         }
+        self.windows += 1;
         let horizon = window.end_ms - self.ttl_ms;
-        self.edges.retain(|_, seen| *seen > horizon);
+        let gone: Vec<(String, String)> = self
+            .edges
+            .iter()
+            .filter(|(_, seen)| seen.last_ms <= horizon)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in gone {
+            self.edges.remove(&key);
+            self.record(false, &key, window.end_ms);
+        }
         self.adjacent.clear();
         self.callees.clear();
         self.called.clear();
@@ -84,6 +130,23 @@ impl ServiceGraph {
         }
     }
 
+    fn record(&mut self, new: bool, (caller, callee): &(String, String), at_ms: i64) {
+        if self.changes.len() >= MAX_CHANGES {
+            self.changes.pop_front();
+        }
+        self.changes.push_back(TopologyChange {
+            new,
+            caller: caller.clone(),
+            callee: callee.clone(),
+            at_ms,
+        });
+    }
+
+    /// The topology changes recorded, oldest first.
+    pub fn changes(&self) -> &VecDeque<TopologyChange> {
+        &self.changes
+    }
+
     /// Every edge held, sorted.
     pub fn edges(&self) -> Vec<super::GraphEdge> {
         let mut out: Vec<super::GraphEdge> = self
@@ -92,7 +155,8 @@ impl ServiceGraph {
             .map(|((caller, callee), seen)| super::GraphEdge {
                 caller: caller.clone(),
                 callee: callee.clone(),
-                last_seen_ms: *seen,
+                first_seen_ms: seen.first_ms,
+                last_seen_ms: seen.last_ms,
             })
             .collect();
         out.sort_by(|a, b| (&a.caller, &a.callee).cmp(&(&b.caller, &b.callee)));

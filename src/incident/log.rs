@@ -20,6 +20,7 @@ use crate::read_model::TableSource;
 pub struct GraphEdge {
     pub caller: String,
     pub callee: String,
+    pub first_seen_ms: i64,
     pub last_seen_ms: i64,
 }
 
@@ -29,6 +30,7 @@ pub struct GraphEdge {
 pub struct IncidentLog {
     incidents: Arc<RwLock<Vec<Incident>>>,
     edges: Arc<RwLock<Vec<GraphEdge>>>,
+    changes: Arc<RwLock<Vec<super::graph::TopologyChange>>>,
     revision: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
@@ -37,6 +39,7 @@ impl Default for IncidentLog {
         Self {
             incidents: Arc::default(),
             edges: Arc::default(),
+            changes: Arc::default(),
             revision: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
@@ -53,9 +56,19 @@ impl IncidentLog {
         self.revision.subscribe()
     }
 
-    pub(super) fn publish_edges(&self, edges: Vec<GraphEdge>) {
+    /// The topology changes recorded, oldest first.
+    pub fn changes(&self) -> Vec<super::graph::TopologyChange> {
+        self.changes.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    pub(super) fn publish_graph(&self, graph: &super::graph::ServiceGraph) {
         if let Ok(mut held) = self.edges.write() {
-            *held = edges;
+            *held = graph.edges();
+        }
+        if let Ok(mut held) = self.changes.write()
+            && held.last() != graph.changes().back()
+        {
+            *held = graph.changes().iter().cloned().collect();
         }
     }
 

@@ -17,7 +17,9 @@
 //! - `correlation`: its anomalous series move with the symptoms (the series of
 //!   the incident's most upstream anomalous nodes), Pearson's r over the
 //!   recent windows, discounted by its significance (Student's t);
-//! - `change`: its version changed just before (a `faulty_deployment` anomaly).
+//! - `change`: its version changed just before (a `faulty_deployment` anomaly),
+//!   or, weighing half, an edge to or from it appeared in the graph shortly
+//!   before onset (a new dependency).
 //!
 //! A signal with nothing to say for any candidate (no traces, no graph) takes
 //! the same value for all and so does not reorder them: the ranking degrades
@@ -53,6 +55,9 @@ const WEIGHTS: [(Signal, f64); 6] = [
     (Signal::Correlation, 0.10),
     (Signal::Change, 0.10),
 ];
+
+/// Windows before onset in which a new edge is evidence of a change.
+const CHANGE_WINDOWS: i64 = 10;
 
 /// Fewest windows a correlation is computed over.
 const MIN_CORRELATION_WINDOWS: usize = 5;
@@ -178,7 +183,7 @@ pub fn rank(inputs: &Inputs<'_>) -> Vec<RootCause> {
                 trace_signal(inputs.history, node, first),
                 time_signal(c, first, inputs.window_ms),
                 correlation_signal(inputs.history, node, c, &symptoms),
-                change_signal(c),
+                change_signal(c, inputs, node, first),
             ];
             let score = WEIGHTS
                 .iter()
@@ -392,15 +397,29 @@ fn time_signal(c: &Candidate<'_>, first: i64, window_ms: i64) -> Evidence {
     evidence(Signal::Time, 1.0 / (1.0 + behind as f64), detail)
 }
 
-fn change_signal(c: &Candidate<'_>) -> Evidence {
-    match c
+fn change_signal(c: &Candidate<'_>, inputs: &Inputs<'_>, node: &str, onset: i64) -> Evidence {
+    if let Some(a) = c
         .anomalies
         .iter()
         .find(|a| a.class == FailureClass::FaultyDeployment)
     {
-        Some(a) => evidence(Signal::Change, 1.0, a.detail.clone()),
-        None => evidence(Signal::Change, 0.0, String::new()),
+        return evidence(Signal::Change, 1.0, a.detail.clone());
     }
+    // A dependency that appeared shortly before the failure, to or from it.
+    let from = onset - CHANGE_WINDOWS * inputs.window_ms;
+    let new: Vec<String> = inputs
+        .graph
+        .changes()
+        .iter()
+        .filter(|t| t.new && (t.caller == node || t.callee == node))
+        .filter(|t| t.at_ms >= from && t.at_ms <= onset + inputs.window_ms)
+        .map(|t| format!("{} -> {}", t.caller, t.callee))
+        .collect();
+    if new.is_empty() {
+        return evidence(Signal::Change, 0.0, String::new());
+    }
+    let detail = format!("new edge(s) shortly before onset: {}", new.join(", "));
+    evidence(Signal::Change, 0.5, detail)
 }
 
 /// The nodes no other anomalous node calls (the most upstream symptoms), with

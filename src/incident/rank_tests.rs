@@ -195,3 +195,41 @@ fn a_caller_whose_calls_to_many_peers_slow_at_once_is_the_suspect() {
     let ranked = ranked(&members, &SHOP);
     assert_eq!(names(&ranked), vec!["web"], "{ranked:#?}");
 }
+
+#[test]
+fn a_dependency_new_just_before_onset_speaks_as_a_change() {
+    let mut graph = ServiceGraph::new(3_600_000, 1000);
+    for w in 0..20 {
+        graph.on_window(&window(w, &SHOP));
+    }
+    let mut edges = SHOP.to_vec();
+    edges.push(("checkout", "fraud-check"));
+    graph.on_window(&window(20, &edges));
+    let members = [
+        on("checkout", "service", "", 21, 0.8),
+        on("shipping", "service", "", 21, 0.8),
+    ];
+    let members: Vec<&Anomaly> = members.iter().collect();
+    let history = History::new(30, 1000);
+    let ranked = rank(&Inputs {
+        members: &members,
+        graph: &graph,
+        history: &history,
+        window_ms: W,
+        hops: 2,
+    });
+    let checkout = ranked
+        .iter()
+        .find(|r| r.service == "checkout")
+        .expect("ranked");
+    let change = checkout
+        .evidence
+        .iter()
+        .find(|e| e.signal == Signal::Change)
+        .expect("change evidence");
+    assert!(
+        change.spoke && change.detail.contains("fraud-check"),
+        "{change:?}"
+    );
+    assert_eq!(ranked[0].service, "checkout");
+}

@@ -292,3 +292,28 @@ fn incidents_json_of_earlier_versions_is_imported_once() {
     let (_, next_id, held) = store::IncidentStore::open(&path).expect("open");
     assert_eq!((next_id, held.len()), (2, 1));
 }
+
+#[test]
+fn the_graph_records_new_and_gone_edges_once_learned() {
+    let mut graph = ServiceGraph::new(30 * W, 100);
+    for w in 0..12 {
+        graph.on_window(&window(w, &CHAIN));
+    }
+    assert!(graph.changes().is_empty(), "learning is not change");
+    let mut edges = CHAIN.to_vec();
+    edges.push(("checkout", "fraud"));
+    graph.on_window(&window(12, &edges));
+    let new = graph.changes().back().cloned().expect("a change");
+    assert!(new.new && new.caller == "checkout" && new.callee == "fraud");
+    assert_eq!(new.at_ms, 12 * W);
+    // payments -> postgres stops; 30 windows later it is gone.
+    for w in 13..45 {
+        graph.on_window(&window(w, &CHAIN[..2]));
+    }
+    let gone: Vec<_> = graph.changes().iter().filter(|c| !c.new).collect();
+    assert!(
+        gone.iter()
+            .any(|c| c.caller == "payments" && c.callee == "postgres"),
+        "{gone:?}"
+    );
+}

@@ -116,7 +116,7 @@ async fn run(
     fault: Fault,
     seed: u64,
     base: std::time::SystemTime,
-) -> Vec<pb::Incident> {
+) -> (Vec<pb::Incident>, Vec<(String, String)>) {
     let engine = support::engine(CONFIG).await;
     let grpc = format!("http://{}", engine.grpc_addr);
     tokio::task::spawn_blocking(move || {
@@ -149,8 +149,18 @@ async fn run(
             .expect("get")
             .into_inner();
     }
+    let graph = client
+        .get_service_graph(pb::GetServiceGraphRequest {})
+        .await
+        .expect("graph")
+        .into_inner();
     engine.shutdown().await;
-    incidents
+    let edges = graph
+        .edges
+        .into_iter()
+        .map(|e| (e.caller, e.callee))
+        .collect();
+    (incidents, edges)
 }
 
 /// One line of the table, and whether the case passed: (top 1, top 3).
@@ -211,7 +221,14 @@ fn judge(fault: Fault, base_ms: i64, incidents: &[pb::Incident]) -> Outcome {
     }
 }
 
-async fn scenarios(name: &str, topology: fn() -> Topology, faults: &[Fault]) {
+/// Runs each fault on `topology`; every run's service graph must hold `edges`
+/// (synchronous calls, databases, external endpoints, producer -> consumer).
+async fn scenarios(
+    name: &str,
+    topology: fn() -> Topology,
+    edges: &[(&str, &str)],
+    faults: &[Fault],
+) {
     let mut lines = vec![
         format!("{name}:"),
         "| fault | node | incidents | ranked (top 3) | found |".to_string(),
@@ -224,7 +241,13 @@ async fn scenarios(name: &str, topology: fn() -> Topology, faults: &[Fault]) {
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")
             .as_millis() as i64;
-        let incidents = run(topology, *fault, seed as u64 + 1, base).await;
+        let (incidents, graph) = run(topology, *fault, seed as u64 + 1, base).await;
+        for (caller, callee) in edges {
+            assert!(
+                graph.iter().any(|(a, b)| a == caller && b == callee),
+                "{name}: no edge {caller} -> {callee} in {graph:?}"
+            );
+        }
         let outcome = judge(*fault, base_ms, &incidents);
         all_ok &= outcome.ok;
         top1 += usize::from(outcome.top1);
@@ -246,6 +269,12 @@ async fn the_shop_root_causes_are_ranked_first() {
         "shop",
         shop,
         &[
+            ("web", "checkout"),
+            ("cart", "redis"),
+            ("payments", "api.stripe.example"),
+            ("checkout", "fulfillment"),
+        ],
+        &[
             Fault::Latency("payments", 8.0),
             Fault::Errors("redis", 0.3),
             Fault::Latency("postgres", 6.0),
@@ -263,6 +292,12 @@ async fn the_feed_root_causes_are_ranked_first() {
     scenarios(
         "feed",
         feed,
+        &[
+            ("gateway", "feed"),
+            ("posts", "posts-db"),
+            ("media", "s3.example"),
+            ("timeline", "analytics"),
+        ],
         &[
             Fault::Latency("model", 6.0),
             Fault::Errors("posts-db", 0.3),
