@@ -1,7 +1,8 @@
 //! Root cause on two topologies of different shape (a shop with fan-out, a
 //! cache, a database, a payment provider and an order queue; a social feed with
 //! a deep chain, two databases, an object store and an analytics topic), with
-//! telemetry sent by the real OpenTelemetry SDK over OTLP/gRPC. Each failure is
+//! spans and logs sent by the real OpenTelemetry SDK over OTLP/gRPC (per-pod CPU
+//! gauges by the generated OTLP/gRPC client). Each failure is
 //! injected into one node after 30 healthy seconds (1 s windows): the engine
 //! must open exactly one incident within 3 windows of onset and rank the faulty
 //! node first; a deploy that changes nothing opens none. The table of what was
@@ -281,6 +282,7 @@ async fn the_shop_root_causes_are_ranked_first() {
             Fault::Errors("api.stripe.example", 0.4),
             Fault::Errors("email", 0.5),
             Fault::ErrorLogs("shipping"),
+            Fault::CpuStarved("catalog"),
             Fault::Deploy("catalog"),
         ],
     )
@@ -305,6 +307,7 @@ async fn the_feed_root_causes_are_ranked_first() {
             Fault::Errors("auth", 0.3),
             Fault::Latency("warehouse", 5.0),
             Fault::ErrorLogs("ranker"),
+            Fault::CpuStarved("posts"),
             Fault::Deploy("timeline"),
         ],
     )

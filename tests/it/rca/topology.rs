@@ -60,14 +60,18 @@ pub enum Fault {
     ErrorLogs(&'static str),
     /// The service's version changes and nothing else does.
     Deploy(&'static str),
+    /// The service's pod is starved of CPU: only its CPU metrics show it.
+    CpuStarved(&'static str),
 }
 
 impl Fault {
     pub fn node(self) -> &'static str {
         match self {
-            Fault::Latency(n, _) | Fault::Errors(n, _) | Fault::ErrorLogs(n) | Fault::Deploy(n) => {
-                n
-            }
+            Fault::Latency(n, _)
+            | Fault::Errors(n, _)
+            | Fault::ErrorLogs(n)
+            | Fault::Deploy(n)
+            | Fault::CpuStarved(n) => n,
         }
     }
 }
@@ -299,6 +303,77 @@ impl Walk<'_> {
         (end, failed)
     }
 
+    /// Every service's pod CPU gauges for the second at `at`, sent with the
+    /// generated OTLP/gRPC metrics client (the SDK stamps metric points with the
+    /// wall clock, which an event-time replay cannot use).
+    fn metrics(&mut self, at: SystemTime, client: &mut MetricsClient) {
+        use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+        use opentelemetry_proto::tonic::common::v1::{AnyValue as Value, KeyValue, any_value};
+        use opentelemetry_proto::tonic::metrics::v1::{
+            Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric,
+            number_data_point,
+        };
+        use opentelemetry_proto::tonic::resource::v1::Resource as OtlpResource;
+        let text = |k: &str, v: &str| KeyValue {
+            key: k.into(),
+            value: Some(Value {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+            ..Default::default()
+        };
+        let time = at.duration_since(UNIX_EPOCH).expect("clock").as_nanos() as u64;
+        let starved = self.active(|f| matches!(f, Fault::CpuStarved(_)).then_some(1.0));
+        let mut resource_metrics = Vec::new();
+        let services: Vec<&'static str> = self.traffic.topology.services().collect();
+        for service in services {
+            let hit =
+                starved.is_some() && self.traffic.fault.is_some_and(|(f, _)| f.node() == service);
+            let mut gauge = |name: &str, base: f64| {
+                let value = if hit {
+                    0.97
+                } else {
+                    base + 0.02 * self.rng.normal()
+                };
+                Metric {
+                    name: name.into(),
+                    unit: "1".into(),
+                    data: Some(metric::Data::Gauge(Gauge {
+                        data_points: vec![NumberDataPoint {
+                            time_unix_nano: time,
+                            value: Some(number_data_point::Value::AsDouble(value)),
+                            ..Default::default()
+                        }],
+                    })),
+                    ..Default::default()
+                }
+            };
+            let metrics = vec![
+                gauge("container.cpu.utilization", 0.35),
+                gauge("k8s.pod.cpu.limit_utilization", 0.4),
+            ];
+            resource_metrics.push(ResourceMetrics {
+                resource: Some(OtlpResource {
+                    attributes: vec![
+                        text("service.name", service),
+                        text("service.namespace", "golden"),
+                        text("k8s.pod.name", &format!("{service}-7d9f8-x2x4q")),
+                    ],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+        let request = ExportMetricsServiceRequest { resource_metrics };
+        client
+            .handle
+            .block_on(client.client.export(request))
+            .expect("metrics accepted");
+    }
+
     fn logs(&mut self, at: SystemTime) {
         let logs = self.active(|f| matches!(f, Fault::ErrorLogs(_)).then_some(1.0));
         for service in self.traffic.topology.services() {
@@ -334,9 +409,23 @@ fn ms(value: f64) -> Duration {
     Duration::from_micros((value.max(0.0) * 1000.0) as u64)
 }
 
+/// The generated OTLP/gRPC metrics client, driven from a blocking thread.
+struct MetricsClient {
+    handle: tokio::runtime::Handle,
+    client: opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient<
+        tonic::transport::Channel,
+    >,
+}
+
 /// Sends the traffic to `grpc` (blocking: call from `spawn_blocking`).
 pub fn send(traffic: &Traffic<'_>, grpc: &str, seed: u64) {
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
     let providers = Providers::new(traffic.topology, grpc);
+    let handle = tokio::runtime::Handle::current();
+    let client = handle
+        .block_on(MetricsServiceClient::connect(grpc.to_string()))
+        .expect("metrics client");
+    let mut metrics = MetricsClient { handle, client };
     let mut walk = Walk {
         traffic,
         providers: &providers,
@@ -348,6 +437,7 @@ pub fn send(traffic: &Traffic<'_>, grpc: &str, seed: u64) {
         walk.second = second;
         let at = traffic.base + Duration::from_secs(second);
         walk.logs(at);
+        walk.metrics(at, &mut metrics);
         for i in 0..traffic.per_second {
             for entry in &traffic.topology.entries {
                 let node = traffic.topology.node(entry);
