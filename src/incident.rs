@@ -274,15 +274,14 @@ impl IncidentStage {
         self.rank_open();
         let quiet = self.params.resolve_windows * self.params.window_ms;
         for incident in &mut self.incidents {
-            let ended = incident.members.iter().all(|m| m.ended_ms.is_some());
+            // In event time: when it had been quiet long enough (windows
+            // without data may close later, or never).
+            let quiet_since = incident.quiet_since(quiet);
             if incident.state == IncidentState::Open
-                && ended
-                && window.end_ms - incident.active_ms >= quiet
+                && quiet_since.is_some_and(|at| at <= window.end_ms)
             {
                 incident.state = IncidentState::Resolved;
-                // In event time: when it had been quiet long enough (windows
-                // without data may close later, or never).
-                incident.resolved_ms = Some(incident.active_ms + quiet);
+                incident.resolved_ms = quiet_since;
                 self.changed.insert(incident.id);
                 info!(incident = incident.id, "incident resolved");
             }
@@ -403,7 +402,8 @@ impl IncidentStage {
             None => {
                 let id = self.next_id;
                 self.next_id += 1;
-                if corroborated(std::slice::from_ref(&member), p.min_anomalies) {
+                let confirmed = corroborated(std::slice::from_ref(&member), p.min_anomalies);
+                if confirmed {
                     info!(incident = id, service = %service, "incident opened");
                 }
                 self.incidents.push(Incident {
@@ -414,7 +414,7 @@ impl IncidentStage {
                     last_onset_ms: onset,
                     resolved_ms: None,
                     reopened: 0,
-                    confirmed: corroborated(std::slice::from_ref(&member), p.min_anomalies),
+                    confirmed,
                     members: vec![member],
                     root_causes: Vec::new(),
                     entry_points: Vec::new(),

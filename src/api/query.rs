@@ -35,6 +35,15 @@ pub struct QueryService {
     pub stop: tokio_util::sync::CancellationToken,
 }
 
+/// A request's `limit`: 0 means no limit.
+fn limit(requested: u32) -> usize {
+    if requested == 0 {
+        usize::MAX
+    } else {
+        requested as usize
+    }
+}
+
 fn state_name(state: IncidentState) -> &'static str {
     match state {
         IncidentState::Open => "open",
@@ -71,10 +80,7 @@ fn root_causes(incident: &Incident) -> Vec<pb::RootCause> {
                 .evidence
                 .iter()
                 .map(|e| pb::Evidence {
-                    signal: serde_json::to_value(e.signal)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
+                    signal: e.signal.as_str().to_string(),
                     value: e.value,
                     spoke: e.spoke,
                     detail: e.detail.clone(),
@@ -129,11 +135,7 @@ impl pb::query_server::Query for QueryService {
                 r.state
             )));
         }
-        let limit = if r.limit == 0 {
-            usize::MAX
-        } else {
-            r.limit as usize
-        };
+        let limit = limit(r.limit);
         let incidents = self
             .incidents
             .snapshot()
@@ -238,11 +240,7 @@ impl pb::query_server::Query for QueryService {
         if r.to_unix_ms != 0 && r.from_unix_ms > r.to_unix_ms {
             return Err(Status::invalid_argument("from_unix_ms is after to_unix_ms"));
         }
-        let limit = if r.limit == 0 {
-            usize::MAX
-        } else {
-            r.limit as usize
-        };
+        let limit = limit(r.limit);
         let anomalies = self
             .anomalies
             .snapshot()
@@ -264,15 +262,9 @@ where
     F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::Incident, Status>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(body(tx));
-    Box::pin(tokio_stream_from(rx))
-}
-
-fn tokio_stream_from(
-    mut rx: tokio::sync::mpsc::Receiver<Result<pb::Incident, Status>>,
-) -> impl Stream<Item = Result<pb::Incident, Status>> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    Box::pin(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
 /// The query service with health and reflection, as routes beside `http`.

@@ -194,46 +194,38 @@ impl ServiceGraph {
 
     /// Whether `to` is reachable from `from` following calls (at most `hops`).
     pub fn reaches(&self, from: &str, to: &str, hops: usize) -> bool {
-        let mut seen: HashSet<&str> = HashSet::from([from]);
-        let mut frontier: VecDeque<(&str, usize)> = VecDeque::from([(from, 0)]);
-        while let Some((node, depth)) = frontier.pop_front() {
-            if depth == hops {
-                continue;
-            }
-            for next in self.callees(node) {
-                if next == to {
-                    return true;
-                }
-                if seen.insert(next) {
-                    frontier.push_back((next, depth + 1));
-                }
-            }
-        }
-        false
+        within(from, to, hops, |node| self.callees.get(node))
     }
 
     /// Whether `a` and `b` are the same node or at most `hops` edges apart
     /// (either direction).
     pub fn near(&self, a: &str, b: &str, hops: usize) -> bool {
-        if a == b {
-            return true;
-        }
-        let mut seen: HashSet<&str> = HashSet::from([a]);
-        let mut frontier: VecDeque<(&str, usize)> = VecDeque::from([(a, 0)]);
-        while let Some((node, depth)) = frontier.pop_front() {
-            if depth == hops {
-                continue;
-            }
-            for next in self.adjacent.get(node).into_iter().flatten() {
-                let next = next.as_str();
-                if next == b {
-                    return true;
-                }
-                if seen.insert(next) {
-                    frontier.push_back((next, depth + 1));
-                }
-            }
-        }
-        false
+        a == b || within(a, b, hops, |node| self.adjacent.get(node))
     }
+}
+
+/// Breadth-first search from `from` for `to`, at most `hops` steps along `next`.
+fn within<'a>(
+    from: &'a str,
+    to: &str,
+    hops: usize,
+    next: impl Fn(&str) -> Option<&'a HashSet<String>>,
+) -> bool {
+    let mut seen: HashSet<&str> = HashSet::from([from]);
+    let mut frontier: VecDeque<(&str, usize)> = VecDeque::from([(from, 0)]);
+    while let Some((node, depth)) = frontier.pop_front() {
+        if depth == hops {
+            continue;
+        }
+        for step in next(node).into_iter().flatten() {
+            let step = step.as_str();
+            if step == to {
+                return true;
+            }
+            if seen.insert(step) {
+                frontier.push_back((step, depth + 1));
+            }
+        }
+    }
+    false
 }

@@ -74,6 +74,20 @@ pub enum Signal {
     Change,
 }
 
+impl Signal {
+    /// The snake_case name used in the evidence.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Anomaly => "anomaly",
+            Signal::Topology => "topology",
+            Signal::TraceBlame => "trace_blame",
+            Signal::Time => "time",
+            Signal::Correlation => "correlation",
+            Signal::Change => "change",
+        }
+    }
+}
+
 /// What one signal said about a candidate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
