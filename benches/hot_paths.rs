@@ -129,13 +129,14 @@ fn pair_span(
         trace,
         span,
         parent,
-        service,
+        service: ["shop", service, "prod"],
         kind,
         end_ns,
         duration_ms: 3.0,
         error: false,
         database: None,
         peer: None,
+        destination: None,
         entry: None,
     }
 }

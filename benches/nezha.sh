@@ -17,7 +17,7 @@ if ! "$VENV/bin/python" -c 'import opentelemetry.proto' 2>/dev/null; then
 fi
 rm -rf "$OUT"; mkdir -p "$OUT/store"
 HOMEOSTAT__OTLP__GRPC_ADDR=127.0.0.1:14317 HOMEOSTAT__OTLP__HTTP_ADDR=127.0.0.1:14318 \
-HOMEOSTAT__API__ADDR=127.0.0.1:17070 HOMEOSTAT__WINDOW__RETAIN=48h \
+HOMEOSTAT__API__ADDR=127.0.0.1:17070 HOMEOSTAT__API__MAX_RESULT_ROWS=1000000 HOMEOSTAT__WINDOW__RETAIN=48h \
 HOMEOSTAT__STORE__PATH="$OUT/store" HOMEOSTAT__WINDOW__IDLE_TIMEOUT=5s \
   "$BIN" run >"$OUT/engine.log" 2>&1 &
 ENGINE=$!
@@ -30,5 +30,7 @@ done
   --days 2022-08-22,2022-08-23 --slice-seconds 10 --truth "$OUT/truth.json" >"$OUT/replay.log"
 sleep 10   # the idle timeout closes the last windows
 "$BIN" incidents --api 127.0.0.1:17070 --format json >"$OUT/incidents.json"
+curl -sf -d 'SELECT * FROM anomalies ORDER BY onset' \
+  'http://127.0.0.1:17070/sql?format=json' >"$OUT/anomalies.json" || true
 python3 "$CORPUS/score.py" --truth "$OUT/truth.json" --incidents "$OUT/incidents.json" \
   --json "$OUT/score.json" | tee "$OUT/score.txt"

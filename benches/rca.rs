@@ -69,7 +69,7 @@ fn window(n: usize, w: i64, faulty: usize, fault_from: i64) -> WindowTables {
         }
         for (callee, kind) in &callees {
             edges.row(
-                &[&service, callee, kind],
+                &["", &service, "", "", callee, "", kind, ""],
                 &[
                     Cell::U64(Some(20)),
                     Cell::U64(Some(0)),

@@ -216,6 +216,8 @@ impl pb::query_server::Query for QueryService {
                 callee: e.callee,
                 last_seen_unix_ms: e.last_seen_ms,
                 first_seen_unix_ms: e.first_seen_ms,
+                callee_kind: e.callee_kind,
+                exemplar_trace_id: e.exemplar_trace_id,
             })
             .collect();
         let changes = self

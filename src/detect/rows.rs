@@ -81,7 +81,13 @@ fn read(batch: &RecordBatch, kind: SeriesKind, out: &mut Vec<Row>) {
     } else {
         text("service_name")
     };
-    let (namespace, environment) = (text("service_namespace"), text("deployment_environment"));
+    let (namespace, environment) = if kind == SeriesKind::Edge {
+        (text("caller_namespace"), text("caller_environment"))
+    } else {
+        (text("service_namespace"), text("deployment_environment"))
+    };
+    let (callee_namespace, callee_environment) =
+        (text("callee_namespace"), text("callee_environment"));
     let (operation, callee, callee_kind) = (text("operation"), text("callee"), text("callee_kind"));
     let (metric, metric_type, unit, attrs, severity) = (
         text("metric_name"),
@@ -115,6 +121,14 @@ fn read(batch: &RecordBatch, kind: SeriesKind, out: &mut Vec<Row>) {
                 let k = get(callee_kind, i);
                 attributes.push(format!("callee={}", get(callee, i)));
                 attributes.push(format!("callee_kind={k}"));
+                // Named only when the callee lives elsewhere than its caller.
+                let (cns, cenv) = (get(callee_namespace, i), get(callee_environment, i));
+                if cns != ns {
+                    attributes.push(format!("callee_namespace={cns}"));
+                }
+                if cenv != env {
+                    attributes.push(format!("callee_environment={cenv}"));
+                }
                 k
             }
             SeriesKind::Metric => {

@@ -19,11 +19,21 @@ const LEARNING_WINDOWS: u64 = 10;
 /// Topology changes kept.
 const MAX_CHANGES: usize = 1000;
 
-/// When an edge first and last carried traffic.
-#[derive(Debug, Clone, Copy)]
+/// Row `i` of a text column, empty when absent or null.
+fn value(col: Option<&StringArray>, i: usize) -> &str {
+    col.filter(|c| c.is_valid(i))
+        .map(|c| c.value(i))
+        .unwrap_or("")
+}
+
+/// When an edge first and last carried traffic, what its callee is, and the
+/// trace id of its latest exemplar call.
+#[derive(Debug, Clone)]
 struct Seen {
     first_ms: i64,
     last_ms: i64,
+    callee_kind: String,
+    exemplar: String,
 }
 
 /// An edge that appeared or went away.
@@ -78,6 +88,7 @@ impl ServiceGraph {
                 .column_by_name(name)
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>())
         };
+        let (kinds, exemplars) = (text("callee_kind"), text("exemplar_trace_id"));
         if let (Some(caller), Some(callee)) = (text("caller"), text("callee")) {
             for i in 0..batch.num_rows() {
                 if caller.is_null(i) || callee.is_null(i) {
@@ -94,8 +105,14 @@ impl ServiceGraph {
                 let seen = self.edges.entry(key).or_insert(Seen {
                     first_ms: window.start_ms,
                     last_ms: window.end_ms,
+                    callee_kind: value(kinds, i).to_string(),
+                    exemplar: String::new(),
                 });
                 seen.last_ms = seen.last_ms.max(window.end_ms);
+                let exemplar = value(exemplars, i);
+                if !exemplar.is_empty() && seen.exemplar != exemplar {
+                    seen.exemplar = exemplar.to_string();
+                }
             }
         }
         self.windows += 1;
@@ -157,6 +174,8 @@ impl ServiceGraph {
                 callee: callee.clone(),
                 first_seen_ms: seen.first_ms,
                 last_seen_ms: seen.last_ms,
+                callee_kind: seen.callee_kind.clone(),
+                exemplar_trace_id: seen.exemplar.clone(),
             })
             .collect();
         out.sort_by(|a, b| (&a.caller, &a.callee).cmp(&(&b.caller, &b.callee)));

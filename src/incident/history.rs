@@ -191,7 +191,7 @@ mod tests {
         service.red_row(&["", "front", ""], &red);
         let mut edge = TableBuilder::new(2, start, end);
         edge.row(
-            &["front", "back", "service"],
+            &["", "front", "", "", "back", "", "service", ""],
             &[
                 Cell::U64(Some(100)),
                 Cell::U64(Some(0)),

@@ -14,14 +14,18 @@ use arrow::record_batch::RecordBatch;
 use super::{Incident, IncidentState};
 use crate::read_model::TableSource;
 
-/// An edge of the service graph as published: caller, callee, and the event
-/// time it last carried traffic.
+/// An edge of the service graph as published: caller, callee, when it first and
+/// last carried traffic, what the callee is, and a trace id to look at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GraphEdge {
     pub caller: String,
     pub callee: String,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
+    /// `service`, `database`, `external` or `messaging`.
+    pub callee_kind: String,
+    /// The latest exemplar call's trace id (32 hex digits), empty when unknown.
+    pub exemplar_trace_id: String,
 }
 
 /// The shared `incidents` table, the service graph, and a revision counter

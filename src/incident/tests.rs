@@ -29,7 +29,7 @@ pub(super) fn window(w: i64, edges: &[(&str, &str)]) -> crate::window::WindowTab
     let mut edge = TableBuilder::new(2, start, end);
     for (caller, callee) in edges {
         edge.row(
-            &[caller, callee, "service"],
+            &["", caller, "", "", callee, "", "service", ""],
             &[
                 Cell::U64(Some(10)),
                 Cell::U64(Some(0)),

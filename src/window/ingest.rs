@@ -158,6 +158,7 @@ impl Windows {
         let db_namespace: &StringArray = column(batch, "db_namespace")?;
         let server_address: &StringArray = column(batch, "server_address")?;
         let peer_service: &StringArray = column(batch, "peer_service")?;
+        let destination: &StringArray = column(batch, "messaging_destination")?;
         let ttl_ms = (self.ttl_ns / NANOS_PER_MS as u64) as i64;
         let mut release: Option<i64> = None;
 
@@ -238,13 +239,16 @@ impl Windows {
                 trace,
                 span,
                 parent: has_parent.then(|| id_u64(parent.value(i))),
-                service: service_row[1],
+                service: service_row,
                 kind,
                 end_ns,
                 duration_ms,
                 error,
                 database,
                 peer,
+                destination: (kind == kind::PRODUCER)
+                    .then(|| opt(destination, i))
+                    .flatten(),
             };
             let mut edges = std::mem::take(&mut self.edges);
             self.pairing.offer(span, &mut edges);

@@ -3,7 +3,7 @@
 use arrow::error::ArrowError;
 
 use super::metric_series::{CumulativeState, MetricType, PointValue, SeriesAccumulator};
-use super::pairing::{CalleeKind, EdgeObservation};
+use super::pairing::{CalleeKind, EdgeObservation, node_parts};
 use super::tables::{Red, TableBuilder, WindowTables};
 use super::{FastMap, FastSet};
 
@@ -35,6 +35,42 @@ impl Interner {
 
 type SeriesId = (ServiceKey, u32, u32, u8);
 
+/// The call an edge row points to as its example: the first failed call, else the
+/// slowest (ties to the lower trace id, so equal input gives equal tables).
+#[derive(Debug, Default, Clone, Copy)]
+struct Exemplar {
+    trace: u128,
+    duration_ms: f64,
+    error: bool,
+}
+
+impl Exemplar {
+    fn offer(&mut self, trace: u128, duration_ms: f64, error: bool) {
+        if trace == 0 {
+            return;
+        }
+        let better = self.trace == 0
+            || (error, duration_ms, std::cmp::Reverse(trace))
+                > (self.error, self.duration_ms, std::cmp::Reverse(self.trace));
+        if better {
+            *self = Exemplar {
+                trace,
+                duration_ms,
+                error,
+            };
+        }
+    }
+
+    /// The trace id as 32 hex digits (W3C form), empty when none is known.
+    fn hex(&self) -> String {
+        if self.trace == 0 {
+            String::new()
+        } else {
+            format!("{:032x}", self.trace)
+        }
+    }
+}
+
 /// Identities a window holds before it is given room for a whole window's worth.
 const PRESIZE_AFTER: usize = 1024;
 
@@ -44,7 +80,7 @@ pub(crate) struct OpenWindow {
     seen: FastSet<u64>,
     services: FastMap<ServiceKey, Red>,
     operations: FastMap<(ServiceKey, u32), Red>,
-    edges: FastMap<(u32, u32, CalleeKind), Red>,
+    edges: FastMap<(u32, u32, CalleeKind), (Red, Exemplar)>,
     series: FastMap<SeriesId, (u32, SeriesAccumulator)>,
     logs: FastMap<(ServiceKey, u32), u64>,
 }
@@ -149,10 +185,9 @@ impl OpenWindow {
         if !room(&self.edges, &key, max_series) {
             return false;
         }
-        self.edges
-            .entry(key)
-            .or_default()
-            .add(edge.duration_ms, edge.error);
+        let (red, exemplar) = self.edges.entry(key).or_default();
+        red.add(edge.duration_ms, edge.error);
+        exemplar.offer(edge.trace, edge.duration_ms, edge.error);
         true
     }
 
@@ -239,12 +274,16 @@ impl OpenWindow {
         let mut edges: Vec<_> = self
             .edges
             .iter()
-            .map(|((caller, callee, kind), v)| ([s.get(*caller), s.get(*callee), kind.as_str()], v))
+            .map(|((caller, callee, kind), (red, exemplar))| {
+                let [a, b, c] = node_parts(s.get(*caller));
+                let [d, e, f] = node_parts(s.get(*callee));
+                ([a, b, c, d, e, f, kind.as_str()], red, exemplar.hex())
+            })
             .collect();
         edges.sort_by(|a, b| a.0.cmp(&b.0));
         let mut table = TableBuilder::new(2, start_ms, end_ms);
-        for (keys, red) in edges {
-            table.edge_row(&keys, red);
+        for (keys, red, exemplar) in edges {
+            table.edge_row(&keys, &exemplar, red);
         }
         let edge_stats = table.finish()?;
 

@@ -8,8 +8,16 @@
 //! - a CLIENT span with `db.system` is an edge to that database at once;
 //! - a CLIENT span still unpaired when its window closes, and naming a peer
 //!   (`service.peer.name`/`peer.service`, `server.address`), is an edge to that external node;
+//! - a PRODUCER span naming `messaging.destination.name` is an edge to that destination
+//!   at once, and still pairs with its consumers (a producer -> consumer edge);
 //! - CLIENT, SERVER and CONSUMER callers leave the store when their window closes;
 //!   PRODUCER and UNSPECIFIED callers and all waiting callees stay `pair_ttl` past their end.
+//!
+//! Nodes are named by their identity, (service.namespace, name, deployment.environment)
+//! joined by [`SEP`] (see [`node_id`]); a database, external peer or destination takes
+//! the namespace and environment of the service that calls it, so `orders-db` of
+//! staging and of production stay two nodes. Every edge carries the trace id of the
+//! call it came from, as an exemplar.
 
 use super::FastMap;
 use std::sync::Arc;
@@ -25,6 +33,36 @@ pub enum CalleeKind {
     Database,
     /// An uninstrumented peer named by `peer.service` / `server.address`.
     External,
+    /// A messaging destination (topic, queue) named by `messaging.destination.name`.
+    Messaging,
+}
+
+/// Separates the parts of a node identity.
+pub const SEP: char = '\u{1f}';
+
+/// The identity of a node: namespace, name and environment joined by [`SEP`].
+pub fn node_id(parts: [&str; 3]) -> String {
+    let mut id = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    push_node_id(&mut id, parts);
+    id
+}
+
+fn push_node_id(out: &mut String, [namespace, name, environment]: [&str; 3]) {
+    out.push_str(namespace);
+    out.push(SEP);
+    out.push_str(name);
+    out.push(SEP);
+    out.push_str(environment);
+}
+
+/// The (namespace, name, environment) of a node identity; a plain name has empty
+/// namespace and environment.
+pub fn node_parts(id: &str) -> [&str; 3] {
+    let mut parts = id.splitn(3, SEP);
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(namespace), Some(name), Some(environment)) => [namespace, name, environment],
+        _ => ["", id, ""],
+    }
 }
 
 impl CalleeKind {
@@ -34,6 +72,7 @@ impl CalleeKind {
             CalleeKind::Service => "service",
             CalleeKind::Database => "database",
             CalleeKind::External => "external",
+            CalleeKind::Messaging => "messaging",
         }
     }
 }
@@ -64,9 +103,9 @@ pub struct EntryObservation {
 /// One observed call, to be counted in the window of `at_ns`.
 #[derive(Debug, Clone)]
 pub struct EdgeObservation {
-    /// Calling service.
+    /// Calling service ([`node_id`]).
     pub caller: Arc<str>,
-    /// Called service or leaf node.
+    /// Called service or leaf node ([`node_id`]).
     pub callee: Arc<str>,
     /// What the callee is.
     pub callee_kind: CalleeKind,
@@ -76,6 +115,8 @@ pub struct EdgeObservation {
     pub duration_ms: f64,
     /// Either side failed.
     pub error: bool,
+    /// Trace id of the call (0 when unknown).
+    pub trace: u128,
     /// The callee had no kind and is now known to be an entry span.
     pub entry: Option<EntryObservation>,
 }
@@ -89,8 +130,8 @@ pub struct PairSpan<'a> {
     pub span: u64,
     /// Parent span id, if any.
     pub parent: Option<u64>,
-    /// Service of the span.
-    pub service: &'a str,
+    /// (service.namespace, service.name, deployment.environment) of the span.
+    pub service: [&'a str; 3],
     /// OTLP span kind.
     pub kind: i32,
     /// End time.
@@ -103,6 +144,8 @@ pub struct PairSpan<'a> {
     pub database: Option<&'a str>,
     /// External peer this CLIENT span calls, if any.
     pub peer: Option<&'a str>,
+    /// Messaging destination this PRODUCER span sends to, if any.
+    pub destination: Option<&'a str>,
     /// Set for kind-less spans with a parent: counted as a request when paired.
     pub entry: Option<Arc<EntryKey>>,
 }
@@ -195,37 +238,78 @@ fn kind_u8(kind: i32) -> u8 {
     u8::try_from(kind).unwrap_or(u8::MAX)
 }
 
-/// Names held by waiting spans, as dense ids (0 is "none"). Compacted on expiry
+/// A node identity as the symbol table holds it. It hashes by its name alone: one
+/// name in several namespaces or environments is rare, and equality still tells
+/// them apart, so a lookup costs one short hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Node([Arc<str>; 3]);
+
+impl std::hash::Hash for Node {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (*self.0[1]).hash(state);
+    }
+}
+
+/// A borrowed node identity to look a [`Node`] up without building one.
+struct NodeRef<'a>([&'a str; 3]);
+
+impl std::hash::Hash for NodeRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0[1].hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<Node> for NodeRef<'_> {
+    fn equivalent(&self, key: &Node) -> bool {
+        // The name first: it is what tells most nodes apart.
+        self.0[1] == &*key.0[1] && self.0[0] == &*key.0[0] && self.0[2] == &*key.0[2]
+    }
+}
+
+/// Nodes held by waiting spans, as dense ids (0 is "none"). Compacted on expiry
 /// once it has grown well past what the waiting spans use.
+///
+/// Looked up by the three parts (hashbrown's `Equivalent`), so a span costs one
+/// hash of its parts and no joined string; the joined [`node_id`] is built once
+/// per node, for the edges that leave the store.
 #[derive(Debug)]
 struct Symbols {
+    nodes: Vec<Node>,
     names: Vec<Arc<str>>,
-    ids: FastMap<Arc<str>, u32>,
+    ids: hashbrown::HashMap<Node, u32, foldhash::fast::RandomState>,
     last: u32,
 }
 
 impl Default for Symbols {
     fn default() -> Self {
+        let empty: Arc<str> = Arc::from("");
         Symbols {
-            names: vec![Arc::from("")],
-            ids: FastMap::default(),
+            nodes: vec![Node([empty.clone(), empty.clone(), empty.clone()])],
+            names: vec![empty],
+            ids: hashbrown::HashMap::default(),
             last: 0,
         }
     }
 }
 
 impl Symbols {
-    fn id(&mut self, name: &str) -> u32 {
-        if self.last != 0 && *self.names[self.last as usize] == *name {
+    /// The id of a node identity; spans of one resource come in a row, so the
+    /// last id is checked first.
+    fn node(&mut self, parts: [&str; 3]) -> u32 {
+        let probe = NodeRef(parts);
+        if self.last != 0
+            && hashbrown::Equivalent::equivalent(&probe, &self.nodes[self.last as usize])
+        {
             return self.last;
         }
-        let id = match self.ids.get(name) {
+        let id = match self.ids.get(&probe) {
             Some(&id) => id,
             None => {
-                let id = self.names.len() as u32;
-                let arc: Arc<str> = Arc::from(name);
-                self.names.push(arc.clone());
-                self.ids.insert(arc, id);
+                let id = self.nodes.len() as u32;
+                let node = Node(parts.map(Arc::from));
+                self.names.push(Arc::from(node_id(parts)));
+                self.nodes.push(node.clone());
+                self.ids.insert(node, id);
                 id
             }
         };
@@ -233,12 +317,19 @@ impl Symbols {
         id
     }
 
+    /// The joined identity of `id`.
     fn name(&self, id: u32) -> &Arc<str> {
         &self.names[id as usize]
     }
 
+    /// The parts of `id`.
+    fn parts(&self, id: u32) -> [&str; 3] {
+        let [a, b, c] = &self.nodes[id as usize].0;
+        [a, b, c]
+    }
+
     fn len(&self) -> usize {
-        self.names.len()
+        self.nodes.len()
     }
 }
 
@@ -272,6 +363,8 @@ pub struct PairingStore {
     window_ns: u64,
     capacity: usize,
     callers: FastMap<u64, Record>,
+    /// Trace ids of the CLIENT callers naming a peer (external edge exemplars).
+    peer_traces: FastMap<u64, u128>,
     recent: Recent,
     /// Every window ending at or before this has been expired.
     closed_ns: u64,
@@ -330,6 +423,7 @@ impl PairingStore {
             window_ns: window_ns.max(1),
             capacity,
             callers: FastMap::default(),
+            peer_traces: FastMap::default(),
             recent: Recent::new(capacity / 2),
             closed_ns: 0,
             callees: FastMap::default(),
@@ -369,23 +463,18 @@ impl PairingStore {
         if let Some(database) = span.database
             && matches!(span.kind, kind::CLIENT | kind::UNSPECIFIED)
         {
-            let caller = self.symbols.id(span.service);
-            let callee = self.symbols.id(database);
-            out.push(EdgeObservation {
-                caller: self.symbols.name(caller).clone(),
-                callee: self.symbols.name(callee).clone(),
-                callee_kind: CalleeKind::Database,
-                at_ns: span.end_ns,
-                duration_ms: span.duration_ms,
-                error: span.error,
-                entry: None,
-            });
+            out.push(self.leaf_edge(&span, database, CalleeKind::Database));
             return;
+        }
+        if let Some(destination) = span.destination
+            && span.kind == kind::PRODUCER
+        {
+            out.push(self.leaf_edge(&span, destination, CalleeKind::Messaging));
         }
         let may_be_callee = matches!(span.kind, kind::SERVER | kind::CONSUMER | kind::UNSPECIFIED)
             && span.parent.is_some();
         let may_be_caller = span.kind != kind::INTERNAL;
-        let service = self.symbols.id(span.service);
+        let service = self.symbols.node(span.service);
         let this = Record {
             end_ns: span.end_ns,
             duration_ms: span.duration_ms as f32,
@@ -405,10 +494,11 @@ impl PairingStore {
             match caller {
                 Some(caller) => {
                     if caller.service != service {
-                        out.push(self.edge(&caller, &this, span.entry.as_ref()));
+                        out.push(self.edge(&caller, &this, span.trace, span.entry.as_ref()));
                     }
                     if caller.kind == kind::CLIENT as u8 {
                         self.callers.remove(&parent_key);
+                        self.peer_traces.remove(&parent_key);
                         self.len -= 1;
                     }
                 }
@@ -424,7 +514,7 @@ impl PairingStore {
                 for callee in std::iter::once(first).chain(more) {
                     let entry = self.take_entry(callee.extra);
                     if callee.service != service {
-                        out.push(self.edge(&this, &callee, entry.as_ref()));
+                        out.push(self.edge(&this, &callee, span.trace, entry.as_ref()));
                     }
                 }
                 paired_client = span.kind == kind::CLIENT;
@@ -440,7 +530,10 @@ impl PairingStore {
                 }
             } else if !paired_client {
                 let peer = match span.peer {
-                    Some(peer) if span.kind == kind::CLIENT => self.symbols.id(peer),
+                    Some(peer) if span.kind == kind::CLIENT => {
+                        let [namespace, _, environment] = span.service;
+                        self.symbols.node([namespace, peer, environment])
+                    }
                     _ => 0,
                 };
                 let record = Record {
@@ -448,15 +541,22 @@ impl PairingStore {
                     ..this
                 };
                 let expire_ns = caller_expiry(&record, self.window_ns, self.ttl_ns);
-                if let Some(old) = self.callers.get_mut(&own_key) {
+                let stored = if let Some(old) = self.callers.get_mut(&own_key) {
                     *old = record;
-                    self.next_expiry = self.next_expiry.min(expire_ns);
+                    true
                 } else if self.has_room() {
                     self.callers.insert(own_key, record);
                     self.len += 1;
-                    self.next_expiry = self.next_expiry.min(expire_ns);
+                    true
                 } else {
                     self.counts.overflow += 1;
+                    false
+                };
+                if stored {
+                    self.next_expiry = self.next_expiry.min(expire_ns);
+                    if peer != 0 {
+                        self.peer_traces.insert(own_key, span.trace);
+                    }
                 }
             }
         }
@@ -505,10 +605,28 @@ impl PairingStore {
         self.entries.remove(&id)
     }
 
+    /// An edge to a node that sends no spans of its own (database, destination).
+    fn leaf_edge(&mut self, span: &PairSpan<'_>, name: &str, kind: CalleeKind) -> EdgeObservation {
+        let [namespace, _, environment] = span.service;
+        let caller = self.symbols.node(span.service);
+        let callee = self.symbols.node([namespace, name, environment]);
+        EdgeObservation {
+            caller: self.symbols.name(caller).clone(),
+            callee: self.symbols.name(callee).clone(),
+            callee_kind: kind,
+            at_ns: span.end_ns,
+            duration_ms: span.duration_ms,
+            error: span.error,
+            trace: span.trace,
+            entry: None,
+        }
+    }
+
     fn edge(
         &self,
         caller: &Record,
         callee: &Record,
+        trace: u128,
         entry: Option<&Arc<EntryKey>>,
     ) -> EdgeObservation {
         let duration_ms = if caller.kind == kind::CLIENT as u8 {
@@ -523,6 +641,7 @@ impl PairingStore {
             at_ns: caller.end_ns.max(callee.end_ns),
             duration_ms: duration_ms as f64,
             error: caller.error || callee.error,
+            trace,
             entry: entry.map(|key| EntryObservation {
                 key: key.clone(),
                 end_ns: callee.end_ns,
@@ -542,13 +661,19 @@ impl PairingStore {
         let mut next = u64::MAX;
         let mut removed = 0usize;
         let (symbols, ttl_ns, window_ns) = (&self.symbols, self.ttl_ns, self.window_ns);
-        self.callers.retain(|_, r| {
+        let peer_traces = &mut self.peer_traces;
+        self.callers.retain(|key, r| {
             let expire_ns = caller_expiry(r, window_ns, ttl_ns);
             if expire_ns > up_to_ns {
                 next = next.min(expire_ns);
                 return true;
             }
             removed += 1;
+            let trace = if peer_traces.is_empty() {
+                0
+            } else {
+                peer_traces.remove(key).unwrap_or(0)
+            };
             if r.kind == kind::CLIENT as u8 && r.extra != 0 {
                 out.push(EdgeObservation {
                     caller: symbols.name(r.service).clone(),
@@ -557,6 +682,7 @@ impl PairingStore {
                     at_ns: r.end_ns,
                     duration_ms: r.duration_ms as f64,
                     error: r.error,
+                    trace,
                     entry: None,
                 });
             }
@@ -616,7 +742,13 @@ impl PairingStore {
     fn compact_symbols(&mut self) {
         let old = std::mem::take(&mut self.symbols);
         let symbols = &mut self.symbols;
-        let mut remap = |id: u32| if id == 0 { 0 } else { symbols.id(old.name(id)) };
+        let mut remap = |id: u32| {
+            if id == 0 {
+                0
+            } else {
+                symbols.node(old.parts(id))
+            }
+        };
         for r in self.callers.values_mut() {
             r.service = remap(r.service);
             r.extra = remap(r.extra);
@@ -649,15 +781,20 @@ mod tests {
             trace: 7,
             span,
             parent,
-            service,
+            service: ["", service, ""],
             kind,
             end_ns,
             duration_ms: 5.0,
             error: false,
             database: None,
             peer: None,
+            destination: None,
             entry: None,
         }
+    }
+
+    fn name(id: &Arc<str>) -> &str {
+        node_parts(id)[1]
     }
 
     #[test]
@@ -675,7 +812,7 @@ mod tests {
                 store.offer(client, &mut out);
             }
             assert_eq!(out.len(), 1);
-            assert_eq!((&*out[0].caller, &*out[0].callee), ("a", "b"));
+            assert_eq!((name(&out[0].caller), name(&out[0].callee)), ("a", "b"));
             store.expire(u64::MAX, &mut out);
             assert_eq!(out.len(), 1, "no leaf edge after pairing");
             assert!(store.is_empty());
@@ -720,10 +857,10 @@ mod tests {
         store.expire(2_000, &mut out);
         assert_eq!((store.len(), store.counts().unpaired), (2, 1));
         store.offer(span(1, None, "a", kind::PRODUCER, 50), &mut out);
-        let mut callees: Vec<&str> = out.iter().map(|e| &*e.callee).collect();
+        let mut callees: Vec<&str> = out.iter().map(|e| name(&e.callee)).collect();
         callees.sort();
         assert_eq!(callees, ["c", "d"]);
-        assert!(out.iter().all(|e| &*e.caller == "a"));
+        assert!(out.iter().all(|e| name(&e.caller) == "a"));
         assert_eq!(store.len(), 1, "the producer waits for later consumers");
     }
 
@@ -737,7 +874,10 @@ mod tests {
         assert_eq!(store.len(), 0, "entry spans do not take the bounded store");
         store.offer(span(2, Some(1), "backend", kind::SERVER, 90), &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!((&*out[0].caller, &*out[0].callee), ("proxy", "backend"));
+        assert_eq!(
+            (name(&out[0].caller), name(&out[0].callee)),
+            ("proxy", "backend")
+        );
         // Once the parent's window has closed, a late callee waits and expires unpaired.
         store.expire(window, &mut out);
         store.offer(span(3, Some(1), "late", kind::SERVER, 95), &mut out);
@@ -796,8 +936,81 @@ mod tests {
         store.offer(span(2, None, "caller", kind::CLIENT, 60_000), &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(
-            (&*out[0].caller, &*out[0].callee),
+            (name(&out[0].caller), name(&out[0].callee)),
             ("caller", "late-callee")
         );
+    }
+
+    #[test]
+    fn nodes_keep_namespace_and_environment_and_leaves_take_the_callers() {
+        let mut store = PairingStore::new(1_000, 10_000_000_000, 100);
+        let mut out = Vec::new();
+        let mut client = span(1, None, "", kind::CLIENT, 100);
+        client.service = ["shop", "web", "prod"];
+        client.trace = 42;
+        let mut server = span(2, Some(1), "", kind::SERVER, 90);
+        server.service = ["shop", "cart", "prod"];
+        server.trace = 42;
+        store.offer(client, &mut out);
+        store.offer(server, &mut out);
+        let mut db = span(3, Some(2), "", kind::CLIENT, 80);
+        db.service = ["shop", "cart", "staging"];
+        db.database = Some("orders");
+        db.trace = 43;
+        store.offer(db, &mut out);
+        let ids: Vec<_> = out
+            .iter()
+            .map(|e| (node_parts(&e.caller), node_parts(&e.callee), e.trace))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                (["shop", "web", "prod"], ["shop", "cart", "prod"], 42),
+                (
+                    ["shop", "cart", "staging"],
+                    ["shop", "orders", "staging"],
+                    43
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_producer_is_an_edge_to_its_destination_and_still_pairs_with_consumers() {
+        let mut store = PairingStore::new(1_000, 10_000_000_000, 100);
+        let mut out = Vec::new();
+        let mut producer = span(1, None, "orders", kind::PRODUCER, 100);
+        producer.destination = Some("order-events");
+        store.offer(producer, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].callee_kind, CalleeKind::Messaging);
+        assert_eq!(name(&out[0].callee), "order-events");
+        store.offer(span(2, Some(1), "billing", kind::CONSUMER, 900), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            (
+                name(&out[1].caller),
+                name(&out[1].callee),
+                out[1].callee_kind
+            ),
+            ("orders", "billing", CalleeKind::Service)
+        );
+    }
+
+    #[test]
+    fn an_external_edge_made_at_expiry_keeps_its_trace_id() {
+        let mut store = PairingStore::new(1_000, 10_000_000_000, 100);
+        let mut out = Vec::new();
+        let mut client = span(1, None, "a", kind::CLIENT, 100);
+        client.peer = Some("api.example.com");
+        client.trace = 0xabc;
+        store.offer(client, &mut out);
+        store.expire(10_000_000_000, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (name(&out[0].callee), out[0].trace),
+            ("api.example.com", 0xabc)
+        );
+        assert!(store.peer_traces.is_empty());
     }
 }

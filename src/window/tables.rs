@@ -89,7 +89,16 @@ pub fn schemas() -> [SchemaRef; 5] {
                 red_fields(),
             ),
             schema_with(
-                vec![utf8("caller"), utf8("callee"), utf8("callee_kind")],
+                vec![
+                    utf8("caller_namespace"),
+                    utf8("caller"),
+                    utf8("caller_environment"),
+                    utf8("callee_namespace"),
+                    utf8("callee"),
+                    utf8("callee_environment"),
+                    utf8("callee_kind"),
+                    utf8("exemplar_trace_id"),
+                ],
                 vec![
                     u64f("calls"),
                     u64f("errors"),
@@ -249,12 +258,13 @@ impl TableBuilder {
         );
     }
 
-    /// Appends an edge row.
-    pub fn edge_row(&mut self, keys: &[&str], red: &Red) {
+    /// Appends an edge row: its identity keys, then its exemplar trace id.
+    pub fn edge_row(&mut self, identity: &[&str], exemplar: &str, red: &Red) {
+        let keys: Vec<&str> = identity.iter().copied().chain([exemplar]).collect();
         let [p50, p99] = red.latency.quantiles([0.5, 0.99]);
         let n = red.requests.max(1) as f64;
         self.row(
-            keys,
+            &keys,
             &[
                 Cell::U64(Some(red.requests)),
                 Cell::U64(Some(red.errors)),

@@ -115,7 +115,7 @@ async fn loadgen_over_grpc_and_http_is_accepted_counted_and_aggregated() {
         .iter()
         .map(|r| r["callee_kind"].as_str().expect("kind"))
         .collect();
-    assert_eq!(kinds, ["database", "service"], "{edges:?}");
+    assert_eq!(kinds, ["database", "messaging", "service"], "{edges:?}");
     assert!(edges.iter().all(|r| num(r, "calls") > 100.0), "{edges:?}");
     let metrics = support::sql(
         engine.api_addr,

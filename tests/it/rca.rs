@@ -117,7 +117,7 @@ async fn run(
     fault: Fault,
     seed: u64,
     base: std::time::SystemTime,
-) -> (Vec<pb::Incident>, Vec<(String, String)>) {
+) -> (Vec<pb::Incident>, Vec<(String, String, String)>) {
     let engine = support::engine(CONFIG).await;
     let grpc = format!("http://{}", engine.grpc_addr);
     tokio::task::spawn_blocking(move || {
@@ -156,10 +156,19 @@ async fn run(
         .expect("graph")
         .into_inner();
     engine.shutdown().await;
+    for e in &graph.edges {
+        assert!(
+            e.exemplar_trace_id.len() == 32
+                && e.exemplar_trace_id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "edge {} -> {} has no exemplar trace id: {e:?}",
+            e.caller,
+            e.callee
+        );
+    }
     let edges = graph
         .edges
         .into_iter()
-        .map(|e| (e.caller, e.callee))
+        .map(|e| (e.caller, e.callee, e.callee_kind))
         .collect();
     (incidents, edges)
 }
@@ -223,11 +232,12 @@ fn judge(fault: Fault, base_ms: i64, incidents: &[pb::Incident]) -> Outcome {
 }
 
 /// Runs each fault on `topology`; every run's service graph must hold `edges`
-/// (synchronous calls, databases, external endpoints, producer -> consumer).
+/// (synchronous calls, databases, external endpoints, producer -> destination,
+/// producer -> consumer), each (caller, callee, callee kind).
 async fn scenarios(
     name: &str,
     topology: fn() -> Topology,
-    edges: &[(&str, &str)],
+    edges: &[(&str, &str, &str)],
     faults: &[Fault],
 ) {
     let mut lines = vec![
@@ -243,10 +253,12 @@ async fn scenarios(
             .expect("clock")
             .as_millis() as i64;
         let (incidents, graph) = run(topology, *fault, seed as u64 + 1, base).await;
-        for (caller, callee) in edges {
+        for (caller, callee, kind) in edges {
             assert!(
-                graph.iter().any(|(a, b)| a == caller && b == callee),
-                "{name}: no edge {caller} -> {callee} in {graph:?}"
+                graph
+                    .iter()
+                    .any(|(a, b, k)| a == caller && b == callee && k == kind),
+                "{name}: no {kind} edge {caller} -> {callee} in {graph:?}"
             );
         }
         let outcome = judge(*fault, base_ms, &incidents);
@@ -270,10 +282,11 @@ async fn the_shop_root_causes_are_ranked_first() {
         "shop",
         shop,
         &[
-            ("web", "checkout"),
-            ("cart", "redis"),
-            ("payments", "api.stripe.example"),
-            ("checkout", "fulfillment"),
+            ("web", "checkout", "service"),
+            ("cart", "redis", "database"),
+            ("payments", "api.stripe.example", "external"),
+            ("checkout", "orders", "messaging"),
+            ("checkout", "fulfillment", "service"),
         ],
         &[
             Fault::Latency("payments", 8.0),
@@ -295,10 +308,11 @@ async fn the_feed_root_causes_are_ranked_first() {
         "feed",
         feed,
         &[
-            ("gateway", "feed"),
-            ("posts", "posts-db"),
-            ("media", "s3.example"),
-            ("timeline", "analytics"),
+            ("gateway", "feed", "service"),
+            ("posts", "posts-db", "database"),
+            ("media", "s3.example", "external"),
+            ("timeline", "views", "messaging"),
+            ("timeline", "analytics", "service"),
         ],
         &[
             Fault::Latency("model", 6.0),

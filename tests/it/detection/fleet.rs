@@ -274,7 +274,7 @@ pub fn window_at(
             .round()
             .clamp(0.0, calls as f64);
         edge.row(
-            &[&svc, &callee, kind],
+            &["", &svc, "", "", &callee, "", kind, ""],
             &[
                 Cell::U64(Some(calls)),
                 Cell::U64(Some(edge_errors as u64)),
