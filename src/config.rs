@@ -17,6 +17,7 @@ pub use crate::detect::config::DetectConfig;
 pub use crate::incident::config::IncidentConfig;
 pub use crate::ingest::config::{KafkaConfig, KafkaEncoding, OtlpConfig};
 pub use crate::pipeline::PipelineConfig;
+pub use crate::remediate::config::RemediationConfig;
 pub use crate::store::StoreConfig;
 pub use crate::window::config::WindowConfig;
 
@@ -43,6 +44,8 @@ pub struct Config {
     pub detect: DetectConfig,
     /// Incidents.
     pub incident: IncidentConfig,
+    /// Remediation.
+    pub remediation: RemediationConfig,
 }
 
 /// A configuration that could not be loaded; lists every problem found.
@@ -116,6 +119,7 @@ impl Config {
         let api = section(&figment, "api", &mut problems);
         let detect = section(&figment, "detect", &mut problems);
         let incident = section(&figment, "incident", &mut problems);
+        let remediation = section(&figment, "remediation", &mut problems);
         let (
             Some(otlp),
             Some(kafka),
@@ -125,7 +129,18 @@ impl Config {
             Some(api),
             Some(detect),
             Some(incident),
-        ) = (otlp, kafka, window, pipeline, store, api, detect, incident)
+            Some(remediation),
+        ) = (
+            otlp,
+            kafka,
+            window,
+            pipeline,
+            store,
+            api,
+            detect,
+            incident,
+            remediation,
+        )
         else {
             return Err(ConfigError { problems });
         };
@@ -138,6 +153,7 @@ impl Config {
             api,
             detect,
             incident,
+            remediation,
         };
         if let Err(error) = config.validate() {
             problems.extend(error.problems);
@@ -160,6 +176,7 @@ impl Config {
         problems.extend(self.api.problems());
         problems.extend(self.detect.problems());
         problems.extend(self.incident.problems());
+        problems.extend(self.remediation.problems());
         if problems.is_empty() {
             Ok(())
         } else {

@@ -64,6 +64,21 @@ pub struct IncidentParams {
     pub min_anomalies: usize,
 }
 
+/// What the incident stage tells the stages after it.
+#[derive(Debug, Clone)]
+pub enum IncidentEvent {
+    /// A window closed at `end_ms` (event time, the clock of everything
+    /// downstream); `incidents` are the reported incidents that are open or
+    /// changed in it, `services` the nodes the service graph holds.
+    Window {
+        end_ms: i64,
+        services: usize,
+        incidents: Vec<Incident>,
+    },
+    /// A service's version changed.
+    Deployment(crate::window::deployments::VersionChange),
+}
+
 /// `open` or `resolved`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -266,8 +281,8 @@ impl IncidentStage {
 
     /// Learns the window's edges and series, ranks the open incidents' root
     /// causes, resolves incidents whose members all ended `resolve_windows` ago,
-    /// and publishes the table.
-    pub fn on_window(&mut self, window: &crate::window::WindowTables) {
+    /// publishes the table, and tells what changed.
+    pub fn on_window(&mut self, window: &crate::window::WindowTables) -> IncidentEvent {
         self.graph.on_window(window);
         self.log.publish_graph(&self.graph);
         self.history.on_window(window);
@@ -286,9 +301,22 @@ impl IncidentStage {
                 info!(incident = incident.id, "incident resolved");
             }
         }
+        let incidents = self
+            .incidents
+            .iter()
+            .filter(|i| {
+                i.confirmed && (i.state == IncidentState::Open || self.changed.contains(&i.id))
+            })
+            .cloned()
+            .collect();
         self.drop_old(window.end_ms);
         self.log.publish(&self.incidents);
         self.persist();
+        IncidentEvent::Window {
+            end_ms: window.end_ms,
+            services: self.graph.nodes(),
+            incidents,
+        }
     }
 
     /// Forgets unconfirmed incidents that resolved, resolved incidents older
@@ -470,23 +498,26 @@ fn entry_points(members: &[&Anomaly], graph: &ServiceGraph) -> Vec<String> {
 
 impl Stage for IncidentStage {
     type In = DetectOutput;
-    type Out = ();
+    type Out = IncidentEvent;
 
     fn name(&self) -> &'static str {
         "incidents"
     }
 
-    fn on_data(&mut self, input: DetectOutput, _out: &mut Emit<()>) {
+    fn on_data(&mut self, input: DetectOutput, out: &mut Emit<IncidentEvent>) {
         match input {
             DetectOutput::Event(event) => self.on_event(&event),
-            DetectOutput::Closed(window) => self.on_window(&window),
+            DetectOutput::Closed(window) => out.push(self.on_window(&window)),
+            DetectOutput::Deployment(change) => out.push(IncidentEvent::Deployment(change)),
         }
     }
 
-    fn on_stop(&mut self, _out: &mut Emit<()>) {
+    fn on_stop(&mut self, _out: &mut Emit<IncidentEvent>) {
         self.persist();
     }
 }
 
+#[cfg(test)]
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;

@@ -18,7 +18,7 @@
 //!
 //! The detector kinds and their fields are [`Detector`]'s variants.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Deserialize;
 
@@ -227,36 +227,19 @@ impl Catalogue {
     /// name order. An empty path, or the default path when it does not exist, gives
     /// the built-in catalogue.
     pub fn load(path: &Path) -> Result<Self, CatalogueError> {
-        if path.as_os_str().is_empty() || (path == Path::new(DEFAULT_PATH) && !path.exists()) {
+        let documents =
+            crate::models::read_toml_documents(path, DEFAULT_PATH).map_err(|problem| {
+                CatalogueError {
+                    source_name: path.display().to_string(),
+                    problems: vec![problem],
+                }
+            })?;
+        let Some(documents) = documents else {
             return Self::built_in();
-        }
-        let error = |problem: String| CatalogueError {
-            source_name: path.display().to_string(),
-            problems: vec![problem],
         };
-        let files: Vec<PathBuf> = if path.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| error(format!("cannot read directory: {e}")))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-                .collect();
-            files.sort();
-            if files.is_empty() {
-                return Err(error("no .toml files in the directory".to_string()));
-            }
-            files
-        } else {
-            vec![path.to_path_buf()]
-        };
-        let mut documents = Vec::new();
-        for file in files {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| error(format!("{}: {e}", file.display())))?;
-            documents.push((file.display().to_string(), text));
-        }
-        let mut catalogue = Self::from_documents(&documents)?;
-        catalogue.source = path.display().to_string();
-        Ok(catalogue)
+        let mut loaded = Self::from_documents(&documents)?;
+        loaded.source = path.display().to_string();
+        Ok(loaded)
     }
 
     /// Parses and validates TOML documents `(name, text)`, reporting every problem.

@@ -20,6 +20,8 @@ pub enum DetectOutput {
     Event(Box<AnomalyEvent>),
     /// A closed window, after its events.
     Closed(Arc<WindowTables>),
+    /// A service's version changed (passed on for remediation's rollbacks).
+    Deployment(crate::window::deployments::VersionChange),
 }
 
 /// The detection stage in the pipeline.
@@ -46,7 +48,10 @@ impl Stage for DetectTask {
     fn on_data(&mut self, event: WindowEvent, out: &mut Emit<DetectOutput>) {
         match event {
             WindowEvent::Logs(batch) => self.stage.on_logs(&batch),
-            WindowEvent::Deployment(change) => self.stage.on_deployment(change),
+            WindowEvent::Deployment(change) => {
+                self.stage.on_deployment(change.clone());
+                out.push(DetectOutput::Deployment(change));
+            }
             WindowEvent::Closed(window) => {
                 let events = self.stage.on_window(&window);
                 let opened: Vec<_> = events

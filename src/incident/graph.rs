@@ -182,6 +182,11 @@ impl ServiceGraph {
         out
     }
 
+    /// Nodes on the edges held.
+    pub fn nodes(&self) -> usize {
+        self.adjacent.len()
+    }
+
     /// Edges held.
     pub fn len(&self) -> usize {
         self.edges.len()

@@ -1,5 +1,5 @@
 use super::*;
-use crate::incident::tests::{W, anomaly, window};
+use crate::incident::testing::{W, anomaly, window};
 
 /// A series of `service` with `attributes`, anomalous from window `onset_w`.
 fn on(service: &str, signal: &str, attributes: &str, onset_w: i64, score: f64) -> Anomaly {

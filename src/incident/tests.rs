@@ -1,80 +1,8 @@
 use super::*;
-use crate::detect::{FailureClass, SeriesKey};
 use crate::read_model::TableSource;
-use crate::window::tables::{Cell, TableBuilder};
 
-pub(super) const W: i64 = 10_000;
-
-fn params() -> IncidentParams {
-    IncidentParams {
-        window_ms: W,
-        join_windows: 5,
-        max_join_windows: 30,
-        hops: 2,
-        resolve_windows: 3,
-        reopen_windows: 5,
-        max_incidents: 100,
-        retain_ms: i64::MAX,
-        edge_ttl_ms: 3_600_000,
-        max_edges: 1000,
-        history_windows: 30,
-        max_history_series: 1000,
-        min_anomalies: 1,
-    }
-}
-
-/// A closed window `w` whose edges are `edges` (caller, callee).
-pub(super) fn window(w: i64, edges: &[(&str, &str)]) -> crate::window::WindowTables {
-    let (start, end) = (w * W, (w + 1) * W);
-    let mut edge = TableBuilder::new(2, start, end);
-    for (caller, callee) in edges {
-        edge.row(
-            &["", caller, "", "", callee, "", "service", ""],
-            &[
-                Cell::U64(Some(10)),
-                Cell::U64(Some(0)),
-                Cell::F64(Some(0.0)),
-                Cell::F64(Some(1.0)),
-                Cell::F64(Some(2.0)),
-                Cell::F64(Some(1.0)),
-            ],
-        );
-    }
-    crate::window::WindowTables {
-        start_ms: start,
-        end_ms: end,
-        batches: [
-            TableBuilder::new(0, start, end).finish().expect("service"),
-            TableBuilder::new(1, start, end)
-                .finish()
-                .expect("operation"),
-            edge.finish().expect("edge"),
-            TableBuilder::new(3, start, end).finish().expect("metric"),
-            TableBuilder::new(4, start, end).finish().expect("log"),
-        ],
-    }
-}
-
-pub(super) fn anomaly(service: &str, onset_w: i64) -> Anomaly {
-    Anomaly {
-        key: SeriesKey {
-            service: service.into(),
-            signal: "service".into(),
-            name: "error_rate".into(),
-            attributes: String::new(),
-        },
-        class: FailureClass::ErrorSpike,
-        pattern: "service_errors".into(),
-        onset_ms: onset_w * W,
-        detected_ms: (onset_w + 1) * W,
-        ended_ms: None,
-        observed: 0.5,
-        expected: 0.01,
-        score: 1.0,
-        windows: 2,
-        detail: String::new(),
-    }
-}
+use super::testing::{W, anomaly, params, window};
+use crate::window::tables::TableBuilder;
 
 fn ended(a: &Anomaly, w: i64) -> AnomalyEvent {
     AnomalyEvent::Ended {

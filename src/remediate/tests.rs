@@ -1,0 +1,281 @@
+use super::*;
+use crate::detect::FailureClass;
+use crate::detect::anomaly::AnomalyEvent;
+use crate::incident::testing::{W, anomaly, params, window};
+use crate::incident::{IncidentLog, IncidentStage};
+use governor::Limits;
+use tokio::sync::oneshot;
+
+const SOURCE: &str = "homeostat://test";
+
+fn limits() -> Limits {
+    Limits {
+        dry_run: false,
+        min_score: 0.0,
+        max_per_service: 10,
+        max_global: 100,
+        rate_window_ms: 3_600_000,
+        cooldown_ms: 0,
+        max_concurrent: 10,
+        max_share: 1.0,
+        breaker_failures: 10,
+        rollback_depth: 2,
+    }
+}
+
+/// An incident stage and a remediation stage in a row, on event time.
+struct Loop {
+    incidents: IncidentStage,
+    remediate: RemediateStage,
+    w: i64,
+    sent: Vec<Command>,
+}
+
+impl Loop {
+    fn new(limits: Limits) -> Self {
+        let params = RemediateParams {
+            source: SOURCE.into(),
+            window_ms: W,
+            settle_windows: 1,
+            command_ttl_ms: 300_000,
+            outcome_timeout_ms: 3 * W,
+            verify_windows: 4,
+        };
+        let playbooks = Playbooks::built_in().expect("playbooks");
+        let mut incidents = IncidentStage::new(params_for_incidents(), IncidentLog::default());
+        incidents.on_window(&window(0, &[("web", "cart")]));
+        Loop {
+            incidents,
+            remediate: RemediateStage::new(
+                params,
+                playbooks,
+                Governor::new(limits),
+                RemediationLog::new(100),
+            ),
+            w: 1,
+            sent: Vec::new(),
+        }
+    }
+
+    fn open(&mut self, service: &str, class: FailureClass) -> crate::detect::Anomaly {
+        let mut a = anomaly(service, self.w);
+        a.class = class;
+        self.incidents.on_event(&AnomalyEvent::Opened(a.clone()));
+        a
+    }
+
+    fn end(&mut self, a: &crate::detect::Anomaly) {
+        self.incidents.on_event(&AnomalyEvent::Ended {
+            key: a.key.clone(),
+            pattern: a.pattern.clone(),
+            onset_ms: a.onset_ms,
+            ended_ms: self.w * W,
+        });
+    }
+
+    /// Closes a window; returns the commands it sent.
+    fn tick(&mut self) -> Vec<Command> {
+        let event = self
+            .incidents
+            .on_window(&window(self.w, &[("web", "cart")]));
+        self.w += 1;
+        let mut out = Vec::new();
+        self.remediate
+            .on_data(RemediateInput::Incident(event), &mut out);
+        self.sent.extend(out.clone());
+        out
+    }
+
+    fn report(&mut self, command: &Command, status: Status) -> Vec<Command> {
+        let mut out = Vec::new();
+        let o = command::outcome("executor://test", command, status, "done");
+        self.remediate
+            .on_data(RemediateInput::Outcome(Box::new(o)), &mut out);
+        self.sent.extend(out.clone());
+        out
+    }
+
+    fn control(&mut self, request: ControlRequest) -> (ControlReply, Vec<Command>) {
+        let (tx, mut rx) = oneshot::channel();
+        let mut out = Vec::new();
+        self.remediate.on_data(
+            RemediateInput::Control(Control { request, reply: tx }),
+            &mut out,
+        );
+        (rx.try_recv().expect("reply"), out)
+    }
+
+    fn state(&self) -> State {
+        self.remediate.cases().next().expect("a case").state
+    }
+}
+
+fn params_for_incidents() -> crate::incident::IncidentParams {
+    params()
+}
+
+fn actions(commands: &[Command]) -> Vec<&str> {
+    commands.iter().map(|c| c.data.action.as_str()).collect()
+}
+
+#[test]
+fn a_leak_is_restarted_verified_and_learned() {
+    let mut l = Loop::new(limits());
+    let leak = l.open("cart", FailureClass::MemoryLeak);
+    assert!(
+        l.tick().is_empty(),
+        "the root cause settles for a window first"
+    );
+    let sent = l.tick();
+    assert_eq!(actions(&sent), ["restart"]);
+    let c = &sent[0];
+    assert_eq!((c.subject.as_str(), c.data.attempt), ("cart", 1));
+    assert_eq!(c.data.root_cause.class, "memory_leak");
+    assert!(!c.data.evidence.is_empty());
+    assert!(l.report(c, Status::Succeeded).is_empty());
+    assert_eq!(l.state(), State::Verifying);
+    l.tick();
+    l.end(&leak);
+    assert!(l.tick().is_empty());
+    assert_eq!(l.state(), State::Recovered);
+    let learned =
+        l.remediate
+            .learning()
+            .get(&("memory_leak".into(), "cart".into(), Action::Restart));
+    assert_eq!(learned.map(|r| (r.attempts, r.successes)), Some((1, 1)));
+}
+
+#[test]
+fn failed_steps_move_on_and_an_exhausted_playbook_escalates() {
+    let mut l = Loop::new(limits());
+    l.open("cart", FailureClass::MemoryLeak);
+    l.tick();
+    let restart = l.tick();
+    let scale = l.report(&restart[0], Status::Failed);
+    assert_eq!(actions(&scale), ["scale"]);
+    assert_eq!(
+        scale[0].data.params.get("direction").map(String::as_str),
+        Some("out")
+    );
+    assert_eq!(scale[0].data.attempt, 2);
+    // The executor succeeds but the leak goes on: verification fails, and the
+    // playbook (restart, scale) is exhausted.
+    l.report(&scale[0], Status::Succeeded);
+    let mut escalation = Vec::new();
+    for _ in 0..6 {
+        escalation.extend(l.tick());
+    }
+    assert_eq!(actions(&escalation), ["notify"]);
+    assert!(
+        escalation[0].data.params["message"].contains("escalated"),
+        "{:?}",
+        escalation[0].data.params
+    );
+    assert_eq!(l.state(), State::Escalated);
+    let decisions = l.remediate.log.decisions();
+    assert!(
+        decisions
+            .iter()
+            .any(|d| d.reason.contains("not recovered within 4 windows")),
+        "{decisions:?}"
+    );
+}
+
+#[test]
+fn a_command_without_an_outcome_times_out_and_the_next_step_follows() {
+    let mut l = Loop::new(limits());
+    l.open("cart", FailureClass::MemoryLeak);
+    l.tick();
+    assert_eq!(actions(&l.tick()), ["restart"]);
+    let mut next = Vec::new();
+    for _ in 0..5 {
+        next.extend(l.tick());
+    }
+    assert_eq!(actions(&next), ["scale"]);
+}
+
+#[test]
+fn a_held_command_waits_for_approval_and_goes_out_once_approved() {
+    let mut l = Loop::new(Limits {
+        min_score: 1.01,
+        ..limits()
+    });
+    l.open("cart", FailureClass::MemoryLeak);
+    l.tick();
+    assert!(l.tick().is_empty());
+    assert_eq!(l.state(), State::WaitingApproval);
+    let (reply, _) = l.control(ControlRequest::Pending);
+    let ControlReply::Pending(held) = reply else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(actions(&held), ["restart"]);
+    let (reply, out) = l.control(ControlRequest::Decide {
+        command: held[0].id.clone(),
+        approve: true,
+        by: "sre".into(),
+    });
+    assert!(matches!(reply, ControlReply::Done(_)), "{reply:?}");
+    assert_eq!(actions(&out), ["restart"]);
+    assert_eq!(out[0].id, held[0].id, "the same idempotency key");
+    let (reply, _) = l.control(ControlRequest::Decide {
+        command: "nope".into(),
+        approve: true,
+        by: "sre".into(),
+    });
+    assert!(matches!(reply, ControlReply::Refused(_)));
+}
+
+#[test]
+fn the_kill_switch_holds_every_command_until_released() {
+    let mut l = Loop::new(limits());
+    l.control(ControlRequest::Kill(true));
+    l.open("cart", FailureClass::MemoryLeak);
+    for _ in 0..4 {
+        assert!(l.tick().is_empty());
+    }
+    l.control(ControlRequest::Kill(false));
+    assert_eq!(actions(&l.tick()), ["restart"]);
+    let waits = l
+        .remediate
+        .log
+        .decisions()
+        .iter()
+        .filter(|d| d.verdict == "wait")
+        .count();
+    assert_eq!(waits, 1, "a wait is recorded once, not every window");
+}
+
+#[test]
+fn outcomes_of_another_engine_are_ignored() {
+    let mut l = Loop::new(limits());
+    l.open("cart", FailureClass::MemoryLeak);
+    l.tick();
+    let mut restart = l.tick().remove(0);
+    restart.source = "homeostat://other".into();
+    l.report(&restart, Status::Failed);
+    assert_eq!(l.state(), State::Mitigating);
+    assert!(l.remediate.log.outcomes().is_empty());
+}
+
+#[test]
+fn a_faulty_deploy_is_rolled_back_to_the_previous_version() {
+    let mut l = Loop::new(limits());
+    let change = crate::window::deployments::VersionChange {
+        namespace: String::new(),
+        service: "cart".into(),
+        environment: String::new(),
+        from: "1.4".into(),
+        to: "1.5".into(),
+        at_ms: W,
+    };
+    l.remediate.on_data(
+        RemediateInput::Incident(IncidentEvent::Deployment(change)),
+        &mut Vec::new(),
+    );
+    l.open("cart", FailureClass::FaultyDeployment);
+    l.tick();
+    let sent = l.tick();
+    assert_eq!(actions(&sent), ["rollback"]);
+    assert_eq!(sent[0].data.params["to_version"], "1.4");
+    assert_eq!(sent[0].data.target.version, "1.5");
+}
