@@ -33,12 +33,14 @@ if [ -z "$TANSU" ]; then
 fi
 "$TANSU" --version >/dev/null
 
-# --- 1b. a query-API client not written in Rust (Python grpcio with reflection) ---
+# --- 1b. clients not written in Rust: a query-API client (Python grpcio with
+# reflection) and a command consumer (confluent-kafka, jsonschema) ---------------
 PYCLIENTS="$CACHE/pyclients"
-if ! "$PYCLIENTS/bin/python" -c 'import grpc, grpc_reflection, google.protobuf' 2>/dev/null; then
-  log "installing the Python gRPC client (grpcio, grpcio-reflection)"
+if ! "$PYCLIENTS/bin/python" -c 'import grpc, grpc_reflection, google.protobuf, confluent_kafka, jsonschema' 2>/dev/null; then
+  log "installing the Python clients (grpcio, grpcio-reflection, confluent-kafka, jsonschema)"
   python3 -m venv "$PYCLIENTS"
-  "$PYCLIENTS/bin/pip" install --quiet grpcio==1.85.3 grpcio-reflection==1.85.1 protobuf==7.36.2
+  "$PYCLIENTS/bin/pip" install --quiet grpcio==1.85.3 grpcio-reflection==1.85.1 protobuf==7.36.2 \
+    confluent-kafka==2.12.0 jsonschema==4.26.0
 fi
 export HOMEOSTAT_TEST_PYTHON="$PYCLIENTS/bin/python"
 

@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 pub use crate::api::ApiConfig;
 pub use crate::detect::config::DetectConfig;
+pub use crate::executor::config::ExecutorConfig;
 pub use crate::incident::config::IncidentConfig;
 pub use crate::ingest::config::{KafkaConfig, KafkaEncoding, OtlpConfig};
 pub use crate::pipeline::PipelineConfig;
@@ -46,6 +47,8 @@ pub struct Config {
     pub incident: IncidentConfig,
     /// Remediation.
     pub remediation: RemediationConfig,
+    /// The reference executor.
+    pub executor: ExecutorConfig,
 }
 
 /// A configuration that could not be loaded; lists every problem found.
@@ -120,6 +123,7 @@ impl Config {
         let detect = section(&figment, "detect", &mut problems);
         let incident = section(&figment, "incident", &mut problems);
         let remediation = section(&figment, "remediation", &mut problems);
+        let executor = section(&figment, "executor", &mut problems);
         let (
             Some(otlp),
             Some(kafka),
@@ -130,6 +134,7 @@ impl Config {
             Some(detect),
             Some(incident),
             Some(remediation),
+            Some(executor),
         ) = (
             otlp,
             kafka,
@@ -140,6 +145,7 @@ impl Config {
             detect,
             incident,
             remediation,
+            executor,
         )
         else {
             return Err(ConfigError { problems });
@@ -154,6 +160,7 @@ impl Config {
             detect,
             incident,
             remediation,
+            executor,
         };
         if let Err(error) = config.validate() {
             problems.extend(error.problems);
@@ -177,6 +184,7 @@ impl Config {
         problems.extend(self.detect.problems());
         problems.extend(self.incident.problems());
         problems.extend(self.remediation.problems());
+        problems.extend(self.executor.problems());
         if problems.is_empty() {
             Ok(())
         } else {

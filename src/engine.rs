@@ -4,6 +4,8 @@
 //! finish), the window stage drains its queue and persists what closed, then the
 //! last durable Kafka offsets are committed, and the API stops last.
 
+mod remediation;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,6 +55,12 @@ pub enum EngineError {
     /// Two stages published a table of the same name (a wiring defect).
     #[error(transparent)]
     Tables(#[from] crate::read_model::DuplicateTable),
+    /// The playbooks are invalid.
+    #[error(transparent)]
+    Playbooks(#[from] crate::remediate::playbook::PlaybookError),
+    /// The action bus could not be set up.
+    #[error("action bus: {0}")]
+    Bus(#[from] crate::bus::BusError),
     /// The embedded gRPC descriptors for reflection did not load (a build defect).
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] otlp_grpc::ReflectionError),
@@ -78,6 +86,8 @@ pub struct Engine {
     stage: JoinHandle<()>,
     /// The detection stage, when on; it stops after the window stage.
     detect: Option<JoinHandle<()>>,
+    /// Remediation, when on; it stops after the incident stage.
+    remediation: Option<remediation::Remediation>,
     api: JoinHandle<()>,
     kafka: Option<Arc<KafkaIngest>>,
 }
@@ -181,6 +191,7 @@ impl Engine {
                 window_stage.deployments_at(config.store.path.join("deployments.json"))?;
         }
         let mut detect = None;
+        let mut remediation = None;
         let incidents = IncidentLog::default();
         if config.detect.enabled {
             let catalogue = Catalogue::load(&config.detect.catalogue)?;
@@ -203,7 +214,11 @@ impl Engine {
             // output.
             let never = CancellationToken::new;
             let enabled = config.incident.enabled;
-            let run_incidents = flow::run(incident_stage, findings_inbox, None, never());
+            if enabled && config.remediation.enabled {
+                remediation = Some(remediation::Remediation::start(&config, &tables).await?);
+            }
+            let outlet = remediation.as_ref().map(|r| r.incidents.clone());
+            let run_incidents = flow::run(incident_stage, findings_inbox, outlet, never());
             let run_detect = flow::run(task, events_inbox, enabled.then_some(findings), never());
             detect = Some((
                 events,
@@ -304,6 +319,7 @@ impl Engine {
             receivers,
             stage,
             detect,
+            remediation,
             api,
             kafka,
         })
@@ -328,6 +344,9 @@ impl Engine {
         let _ = self.stage.await;
         if let Some(detect) = self.detect {
             let _ = detect.await;
+        }
+        if let Some(remediation) = self.remediation {
+            remediation.stopped().await;
         }
         if let Some(kafka) = &self.kafka {
             kafka.commit().await;

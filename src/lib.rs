@@ -38,10 +38,12 @@
 //! - [`loadgen`]: a synthetic fleet's OTLP traffic, for benchmarks.
 
 pub mod api;
+pub mod bus;
 pub mod columnar;
 pub mod config;
 pub mod detect;
 pub mod engine;
+pub mod executor;
 pub mod flow;
 pub mod incident;
 pub mod ingest;

@@ -35,6 +35,14 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run the reference executor: consume remediation commands from the Kafka
+    /// action topic, carry them out with the configured drivers, publish outcomes.
+    Executor {
+        /// TOML configuration file (`[kafka]` brokers, `[remediation]` topics,
+        /// `[executor]` drivers).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run a SQL query against a running engine and print the result.
     Sql {
         /// The query, e.g. "SELECT * FROM service_stats".
@@ -117,6 +125,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(config),
+        Command::Executor { config } => executor(config),
         Command::Sql {
             query,
             target,
@@ -183,7 +192,36 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+fn executor(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    logging();
+    let config = Config::load(config_path.as_deref())?;
+    let rc = &config.remediation;
+    let Some(kafka) = rc.bus(&config.kafka) else {
+        anyhow::bail!(
+            "the executor reads commands from Kafka: set remediation.brokers or kafka.brokers (without Kafka the engine runs its executor itself)"
+        );
+    };
+    runtime()?.block_on(async move {
+        let bus = homeostat::bus::kafka::KafkaBus::new(&kafka)?;
+        bus.ensure_topics(&[&rc.actions_topic, &rc.outcomes_topic])
+            .await;
+        let executor = homeostat::executor::Executor::new(
+            config.executor.clone(),
+            std::sync::Arc::new(bus),
+            &rc.actions_topic,
+            &rc.outcomes_topic,
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let run = tokio::spawn(executor.run(stop.clone()));
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        stop.cancel();
+        run.await??;
+        Ok(())
+    })
+}
+
+fn logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -192,6 +230,10 @@ fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    logging();
     let config = Config::load(config_path.as_deref())?;
     runtime()?.block_on(async move {
         let engine = Engine::start(config).await?;

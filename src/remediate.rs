@@ -1,8 +1,8 @@
 //! Remediation: incidents become commands through playbooks and the safety
 //! governor; outcomes come back, recovery is verified, and what worked is learned.
 //!
-//! For each reported incident whose top root cause has stayed the same for
-//! `settle_windows` windows, the first playbook that fits the cause
+//! For each reported incident whose top root cause (service and class) has
+//! stayed the same for `settle_windows` windows, the first playbook that fits the cause
 //! ([`playbook`]) gives the steps, tried one at a time in the order learning
 //! prefers ([`learn`]). Each step's command passes the governor ([`governor`]),
 //! which sends it, holds it (a limit that time lifts, or a human's approval) or
@@ -73,8 +73,9 @@ pub struct RemediateStage {
     governor: Governor,
     learning: Learning,
     cases: BTreeMap<u64, Case>,
-    /// Per incident: its top root cause and for how many windows in a row.
-    tops: HashMap<u64, (String, u32)>,
+    /// Per incident: its top root cause (service and class) and for how many
+    /// windows in a row.
+    tops: HashMap<u64, (String, crate::detect::FailureClass, u32)>,
     /// Per service: (version, previous version).
     versions: BTreeMap<String, (String, String)>,
     now_ms: i64,
@@ -130,10 +131,13 @@ impl RemediateStage {
                 continue;
             };
             let streak = match self.tops.get(&incident.id) {
-                Some((service, n)) if *service == top.service => n + 1,
+                Some((service, class, n)) if *service == top.service && *class == top.class => {
+                    n + 1
+                }
                 _ => 1,
             };
-            self.tops.insert(incident.id, (top.service.clone(), streak));
+            self.tops
+                .insert(incident.id, (top.service.clone(), top.class, streak));
             if incident.state == IncidentState::Open
                 && !back
                 && streak > self.params.settle_windows
@@ -223,13 +227,18 @@ impl RemediateStage {
                         "not recovered within {} windows",
                         self.params.verify_windows
                     );
-                    self.fail(&mut case, &why, out);
+                    self.fail(&mut case, &why, true, out);
                 }
             }
             State::Mitigating => match &case.current {
                 Some(a) if a.sent => {
                     if now - a.since_ms > self.params.outcome_timeout_ms {
-                        self.fail(&mut case, "no final outcome from an executor in time", out);
+                        self.fail(
+                            &mut case,
+                            "no final outcome from an executor in time",
+                            true,
+                            out,
+                        );
                     }
                 }
                 Some(_) => self.decide(&mut case, out),
@@ -375,6 +384,7 @@ impl RemediateStage {
 
     fn record(&self, case: &Case, command: &Command, verdict: Verdict, reason: &str) {
         self.log.decision(DecisionRow {
+            seq: 0,
             at: self.now_ms,
             incident: case.incident,
             command: command.id.clone(),
@@ -402,6 +412,8 @@ impl RemediateStage {
                 let recovery = self.now_ms - case.opened_ms;
                 self.learning
                     .record(Self::learn_key(case, data.action), Some(recovery));
+            } else {
+                self.governor.conclude_untried(&a.command.id);
             }
             info!(
                 incident = case.incident,
@@ -413,7 +425,10 @@ impl RemediateStage {
         case.updated_ms = self.now_ms;
     }
 
-    fn fail(&mut self, case: &mut Case, why: &str, out: &mut Emit<Command>) {
+    /// Concludes the current step as failed and moves on. `tried`: the remedy
+    /// was carried out (or may have been); a command no executor could run
+    /// (rejected) teaches nothing and counts for no breaker.
+    fn fail(&mut self, case: &mut Case, why: &str, tried: bool, out: &mut Emit<Command>) {
         let Some(a) = case.current.take() else {
             return;
         };
@@ -426,12 +441,14 @@ impl RemediateStage {
         );
         self.record(case, &a.command, Verdict::Deny, &format!("failed: {why}"));
         let mut opened = false;
-        if !data.dry_run {
+        if tried && !data.dry_run {
             opened = self
                 .governor
                 .conclude(&a.command.id, &data.target.service, false);
             self.learning
                 .record(Self::learn_key(case, data.action), None);
+        } else {
+            self.governor.conclude_untried(&a.command.id);
         }
         case.state = State::Mitigating;
         if opened {
@@ -487,6 +504,7 @@ impl RemediateStage {
             return; // another engine's command on a shared topic
         }
         self.log.outcome(OutcomeRow {
+            seq: 0,
             at: self.now_ms,
             incident: data.incident,
             command: data.command.clone(),
@@ -514,7 +532,8 @@ impl RemediateStage {
                 }
                 Status::Failed | Status::Rejected => {
                     let why = format!("executor {}: {}", data.status.as_str(), data.detail);
-                    self.fail(&mut case, &why, out);
+                    let tried = data.status == Status::Failed;
+                    self.fail(&mut case, &why, tried, out);
                 }
                 Status::Accepted | Status::Started => {}
             }

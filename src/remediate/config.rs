@@ -17,7 +17,10 @@ pub struct RemediationConfig {
     /// Shadow mode: decide and record as usual, send every command marked
     /// `dry_run` (executors change nothing).
     pub dry_run: bool,
-    /// Kafka topic of the commands (when `kafka.brokers` is set).
+    /// Kafka brokers of the action bus; empty: `kafka.brokers`; both empty:
+    /// commands and outcomes travel in process.
+    pub brokers: String,
+    /// Kafka topic of the commands.
     pub actions_topic: String,
     /// Kafka topic of the outcomes.
     pub outcomes_topic: String,
@@ -132,6 +135,18 @@ impl RemediationConfig {
             breaker_failures: self.breaker_failures,
             rollback_depth: self.rollback_depth,
         }
+    }
+
+    /// The Kafka settings of the action bus, or `None` for the in-process bus.
+    pub fn bus(
+        &self,
+        kafka: &crate::ingest::config::KafkaConfig,
+    ) -> Option<crate::ingest::config::KafkaConfig> {
+        let mut kafka = kafka.clone();
+        if !self.brokers.is_empty() {
+            kafka.brokers = self.brokers.clone();
+        }
+        (!kafka.brokers.is_empty()).then_some(kafka)
     }
 
     /// The CloudEvents source.

@@ -362,6 +362,11 @@ impl Governor {
         false
     }
 
+    /// Concludes an in-flight command that was never carried out.
+    pub fn conclude_untried(&mut self, id: &str) {
+        self.in_flight.remove(id);
+    }
+
     /// Drops what the rate window and cooldowns no longer need.
     fn forget(&mut self, now_ms: i64) {
         let horizon = now_ms - self.limits.rate_window_ms.max(self.limits.cooldown_ms);

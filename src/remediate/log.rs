@@ -20,6 +20,8 @@ use crate::read_model::{TableSource, timestamp_field};
 /// One governor decision.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DecisionRow {
+    /// Order of recording (several decisions share a window's time).
+    pub seq: u64,
     pub at: i64,
     pub incident: u64,
     pub command: String,
@@ -32,6 +34,7 @@ pub struct DecisionRow {
 /// One outcome an executor reported.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct OutcomeRow {
+    pub seq: u64,
     pub at: i64,
     pub incident: u64,
     pub command: String,
@@ -72,6 +75,7 @@ pub struct StatsRow {
 
 #[derive(Debug, Default)]
 struct Inner {
+    seq: u64,
     decisions: VecDeque<DecisionRow>,
     outcomes: VecDeque<OutcomeRow>,
     remediations: Vec<RemediationRow>,
@@ -101,14 +105,20 @@ impl RemediationLog {
         }
     }
 
-    pub fn decision(&self, row: DecisionRow) {
+    /// Records a decision (its `seq` is assigned here).
+    pub fn decision(&self, mut row: DecisionRow) {
         if let Ok(mut inner) = self.inner.write() {
+            inner.seq += 1;
+            row.seq = inner.seq;
             push(&mut inner.decisions, row, self.capacity);
         }
     }
 
-    pub fn outcome(&self, row: OutcomeRow) {
+    /// Records an outcome (its `seq` is assigned here).
+    pub fn outcome(&self, mut row: OutcomeRow) {
         if let Ok(mut inner) = self.inner.write() {
+            inner.seq += 1;
+            row.seq = inner.seq;
             push(&mut inner.outcomes, row, self.capacity);
         }
     }
@@ -188,6 +198,7 @@ fn uint(name: &str) -> Field {
 fn schema(table: Table) -> SchemaRef {
     static SCHEMAS: LazyLock<[SchemaRef; 4]> = LazyLock::new(|| {
         let decisions = vec![
+            uint("seq"),
             timestamp_field("at", false),
             uint("incident"),
             text("command"),
@@ -197,6 +208,7 @@ fn schema(table: Table) -> SchemaRef {
             text("reason"),
         ];
         let outcomes = vec![
+            uint("seq"),
             timestamp_field("at", false),
             uint("incident"),
             text("command"),
@@ -275,6 +287,7 @@ mod tests {
         let log = RemediationLog::new(2);
         for i in 0..3 {
             log.decision(DecisionRow {
+                seq: 0,
                 at: 1_700_000_000_000 + i,
                 incident: 4,
                 command: format!("inc4-a{i}-restart"),

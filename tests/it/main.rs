@@ -12,5 +12,6 @@ mod loadgen;
 mod otlp_clients;
 mod properties;
 mod rca;
+mod remediation;
 mod replay;
 mod support;

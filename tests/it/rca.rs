@@ -8,7 +8,7 @@
 //! node first; a deploy that changes nothing opens none. The table of what was
 //! injected and what was ranked is printed (`cargo test rca -- --nocapture`).
 
-mod topology;
+pub(crate) mod topology;
 
 use homeostat::api::query::pb;
 use homeostat::api::query::pb::query_client::QueryClient;
@@ -20,14 +20,14 @@ const CONFIG: &str = "[window]\nsize = \"1s\"\n[detect.baseline]\nwarmup = 20\n"
 const SECONDS: u64 = 45;
 const ONSET: u64 = 30;
 
-fn node(name: &'static str, kind: Kind, own_ms: f64) -> Node {
+pub(crate) fn node(name: &'static str, kind: Kind, own_ms: f64) -> Node {
     Node { name, kind, own_ms }
 }
 
 /// web -> cart, catalog, checkout; checkout -> payments, shipping, currency,
 /// the `orders` queue (consumed by fulfillment); payments -> stripe; cart ->
 /// redis; catalog and recommendation -> postgres; fulfillment -> email.
-fn shop() -> Topology {
+pub(crate) fn shop() -> Topology {
     use Kind::*;
     Topology {
         nodes: vec![
@@ -128,6 +128,8 @@ async fn run(
             seconds: SECONDS,
             per_second: 8,
             fault: Some((fault, ONSET)),
+            healed: None,
+            pace: None,
         };
         topology::send(&traffic, &grpc, seed);
     })

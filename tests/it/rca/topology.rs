@@ -147,6 +147,16 @@ impl Providers {
         Self { tracers, loggers }
     }
 
+    /// Exports what is batched now.
+    fn flush(&self) {
+        for provider in self.tracers.values() {
+            let _ = provider.force_flush();
+        }
+        for provider in self.loggers.values() {
+            let _ = provider.force_flush();
+        }
+    }
+
     fn shutdown(self) {
         for provider in self.tracers.into_values() {
             provider.force_flush().expect("flush spans");
@@ -166,6 +176,10 @@ pub struct Traffic<'a> {
     pub seconds: u64,
     pub per_second: u64,
     pub fault: Option<(Fault, u64)>,
+    /// Once this says so, the fault is gone (a remedy took effect).
+    pub healed: Option<&'a (dyn Fn() -> bool + Sync)>,
+    /// Live pacing: after each second of traffic, export it and wait this long.
+    pub pace: Option<Duration>,
 }
 
 struct Walk<'a> {
@@ -178,7 +192,7 @@ struct Walk<'a> {
 impl Walk<'_> {
     fn active(&self, fault: impl Fn(Fault) -> Option<f64>) -> Option<f64> {
         let (f, from) = self.traffic.fault?;
-        if self.second < from {
+        if self.second < from || self.traffic.healed.is_some_and(|healed| healed()) {
             return None;
         }
         fault(f)
@@ -448,6 +462,10 @@ pub fn send(traffic: &Traffic<'_>, grpc: &str, seed: u64) {
                     &Context::new(),
                 );
             }
+        }
+        if let Some(pace) = traffic.pace {
+            providers.flush();
+            std::thread::sleep(pace);
         }
     }
     providers.shutdown();

@@ -1,0 +1,213 @@
+//! The closed loop, over both transports of the action bus with one test body:
+//! the shop topology (real OpenTelemetry SDK over OTLP/gRPC, paced live) gets
+//! errors injected into `cart`; the engine must find it, send one command that
+//! passed the governor (the playbook's first step for the class it found), the
+//! executor must carry it out (its `exec` driver touches a marker file, which
+//! ends the fault), report the outcome, and the engine must verify the
+//! recovery and learn that the remedy worked. No command may target another
+//! service.
+//!
+//! In process: the executor runs inside the engine. On Kafka (the test broker):
+//! the executor is `homeostat executor` (the binary, a consumer group on the
+//! action topic), and a consumer not written in Rust (Python confluent-kafka)
+//! reads the commands and validates each against `schemas/command.schema.json`
+//! and `schemas/asyncapi.json`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::kafka::{Topics, broker};
+use crate::rca::shop;
+use crate::rca::topology::{self, Fault, Traffic};
+use crate::support::{self, num, text};
+
+const WINDOWS: &str = "[window]\nsize = \"1s\"\n[detect.baseline]\nwarmup = 20\n";
+const SECONDS: u64 = 70;
+const ONSET: u64 = 30;
+
+/// The engine's (and the executor's) configuration: 1 s windows, remediation
+/// on `topics` (actions, outcomes) when given, the `exec` driver touching a
+/// marker file in `dir`, the executors' consumer `group` when given.
+fn remediation(dir: &Path, topics: Option<(&str, &str)>, group: Option<&str>) -> String {
+    let topics = topics.map_or(String::new(), |(a, o)| {
+        format!("actions_topic = \"{a}\"\noutcomes_topic = \"{o}\"\n")
+    });
+    let group = group.map_or(String::new(), |g| format!("group = \"{g}\"\n"));
+    // Every action that changes something ends the fault (touches the marker).
+    let exec: String = [
+        "restart",
+        "rollback",
+        "scale",
+        "reroute",
+        "clear_cache",
+        "replay_jobs",
+    ]
+    .iter()
+    .map(|a| format!("{a} = \"touch {}/healed-{{{{service}}}}\"\n", dir.display()))
+    .collect();
+    format!(
+        "{WINDOWS}[remediation]\nsettle_windows = 1\nverify_windows = 15\ncooldown = \"1m\"\n{topics}[executor]\n{group}drivers = [\"exec\"]\n[executor.exec]\n{exec}"
+    )
+}
+
+/// Runs the loop on an engine configured by `config` and checks it closed;
+/// returns the governor's decisions (the engine is shut down).
+/// `pace`: wall time per second of traffic (event time runs that much faster
+/// than the wall clock; Kafka's consumer groups need a slower pace).
+async fn closed_loop(config: &str, dir: &Path, pace: Duration) -> Vec<serde_json::Value> {
+    let engine = support::engine(config).await;
+    let grpc = format!("http://{}", engine.grpc_addr);
+    let marker = dir.join("healed-cart");
+    let sent = tokio::task::spawn_blocking(move || {
+        let topology = shop();
+        let healed = || marker.exists();
+        let traffic = Traffic {
+            topology: &topology,
+            base: topology::past(SECONDS + 5),
+            seconds: SECONDS,
+            per_second: 8,
+            fault: Some((Fault::Errors("cart", 0.5), ONSET)),
+            healed: Some(&healed),
+            pace: Some(pace),
+        };
+        topology::send(&traffic, &grpc, 7);
+    });
+    sent.await.expect("the SDK sent");
+    engine.flush().await;
+    let api = engine.api_addr;
+    let states = support::sql_until(
+        api,
+        "SELECT state, service, attempts FROM remediations",
+        Duration::from_secs(30),
+        |rows| rows.iter().any(|r| text(r, "state") == "recovered"),
+    )
+    .await;
+    let decisions = support::sql(
+        api,
+        "SELECT command, service, action, verdict, reason FROM remediation_decisions ORDER BY seq",
+    )
+    .await;
+    let outcomes = support::sql(
+        api,
+        "SELECT command, status, detail FROM remediation_outcomes ORDER BY seq",
+    )
+    .await;
+    let stats = support::sql(
+        api,
+        "SELECT class, service, action, attempts, successes FROM remediation_stats",
+    )
+    .await;
+    engine.shutdown().await;
+    assert!(
+        states
+            .iter()
+            .any(|r| text(r, "state") == "recovered" && text(r, "service") == "cart"),
+        "no recovered remediation of cart: {states:?}\ndecisions: {decisions:?}\noutcomes: {outcomes:?}"
+    );
+    let sent: Vec<&serde_json::Value> = decisions
+        .iter()
+        .filter(|d| text(d, "verdict") == "allow")
+        .collect();
+    assert!(
+        sent.iter().all(|d| text(d, "service") == "cart"),
+        "a command against a healthy service: {decisions:?}"
+    );
+    // One command healed it: the first the playbook offers for the class found.
+    assert_eq!(sent.len(), 1, "{decisions:?}");
+    let (remedy, action) = (text(sent[0], "command"), text(sent[0], "action"));
+    let statuses: Vec<&str> = outcomes
+        .iter()
+        .filter(|o| text(o, "command") == remedy)
+        .map(|o| text(o, "status"))
+        .collect();
+    assert_eq!(
+        statuses,
+        ["accepted", "started", "succeeded"],
+        "{outcomes:?}"
+    );
+    assert!(
+        stats.iter().any(|s| text(s, "action") == action
+            && text(s, "service") == "cart"
+            && num(s, "attempts") == 1.0
+            && num(s, "successes") == 1.0),
+        "{stats:?}"
+    );
+    decisions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_closes_in_process() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = remediation(dir.path(), None, None);
+    closed_loop(&config, dir.path(), Duration::from_millis(250)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_closes_over_kafka_with_the_executor_binary() {
+    let brokers = broker();
+    let dir = tempfile::tempdir().expect("dir");
+    let id = Topics::new("remediation")
+        .spans
+        .trim_end_matches("-spans")
+        .to_string();
+    let (actions, outcomes) = (format!("{id}-actions"), format!("{id}-outcomes"));
+    // The bus on Kafka; telemetry still over OTLP/gRPC (no Kafka ingestion).
+    let config = remediation(
+        dir.path(),
+        Some((&actions, &outcomes)),
+        Some(&format!("{id}-executors")),
+    )
+    .replace(
+        "[remediation]\n",
+        &format!("[remediation]\nbrokers = \"{brokers}\"\n"),
+    )
+    .replace(
+        "[executor]\n",
+        &format!("[kafka]\ngroup_id = \"{id}-engine\"\nsession_timeout = \"6s\"\n[executor]\n"),
+    );
+    let config_file = dir.path().join("homeostat.toml");
+    std::fs::write(&config_file, &config).expect("config file");
+    let mut executor = tokio::process::Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .arg("executor")
+        .arg("--config")
+        .arg(&config_file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("homeostat executor");
+    let decisions = closed_loop(&config, dir.path(), Duration::from_millis(500)).await;
+    let _ = executor.kill().await;
+    let sent = decisions
+        .iter()
+        .filter(|d| text(d, "verdict") == "allow")
+        .count();
+    validate_with_python(&brokers, &actions, sent).await;
+}
+
+/// The commands on the topic, read and validated by Python confluent-kafka.
+async fn validate_with_python(brokers: &str, topic: &str, count: usize) {
+    let python = std::env::var("HOMEOSTAT_TEST_PYTHON").expect(
+        "HOMEOSTAT_TEST_PYTHON is not set: run the suite with scripts/test.sh, which installs confluent-kafka",
+    );
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/command_consumer.py"
+    );
+    let schemas = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas");
+    let output = tokio::process::Command::new(python)
+        .args([script, brokers, topic, schemas, &count.to_string(), "60"])
+        .output()
+        .await
+        .expect("run python");
+    assert!(output.status.success(), "{output:?}");
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    let commands = seen["commands"].as_array().expect("commands");
+    assert_eq!(commands.len(), count, "{seen}");
+    assert!(
+        commands
+            .iter()
+            .all(|c| c["subject"] == "cart" && c["key"] == "cart"),
+        "{seen}"
+    );
+    let kind = commands[0]["type"].as_str().unwrap_or_default();
+    assert!(kind.starts_with("dev.homeostat.remediation."), "{seen}");
+}
