@@ -8,6 +8,8 @@
 
 pub mod cli;
 pub mod query;
+pub mod remediation;
+pub mod remediation_cli;
 pub mod sql;
 
 use std::net::SocketAddr;
@@ -167,6 +169,9 @@ pub struct ApiConfig {
     pub addr: SocketAddr,
     /// Most rows a SQL answer returns.
     pub max_result_rows: usize,
+    /// Bearer token the remediation control methods require; empty: they are
+    /// refused. `HOMEOSTAT__API__CONTROL_TOKEN` sets it without a file.
+    pub control_token: String,
 }
 
 impl ApiConfig {

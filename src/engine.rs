@@ -299,6 +299,14 @@ impl Engine {
                     anomalies,
                     stop: api_stop.clone(),
                 },
+                api::remediation::RemediationService {
+                    log: remediation.as_ref().map_or_else(
+                        || crate::remediate::log::RemediationLog::new(1),
+                        |r| r.log.clone(),
+                    ),
+                    control: remediation.as_ref().map(|r| r.inbox.clone()),
+                    token: config.api.control_token.clone(),
+                },
             )
             .await?,
             api_stop.clone(),

@@ -74,6 +74,24 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Remediation: what was decided and learned, and human override (gRPC).
+    Remediation {
+        #[command(subcommand)]
+        command: homeostat::api::remediation_cli::RemediationCommand,
+        #[command(flatten)]
+        target: ApiTarget,
+        /// Bearer token of the control methods (default: api.control_token).
+        #[arg(
+            long,
+            global = true,
+            env = "HOMEOSTAT_CONTROL_TOKEN",
+            hide_env_values = true
+        )]
+        token: Option<String>,
+        /// Output format of the read commands.
+        #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Send realistic OTLP load from a synthetic fleet (or measure the decode ceiling).
     Loadgen(homeostat::loadgen::Options),
     /// Score `timestamp,value` CSV files with the univariate detector, row by row
@@ -106,10 +124,10 @@ enum Command {
 #[derive(clap::Args)]
 struct ApiTarget {
     /// API address of the engine (default: api.addr of the configuration).
-    #[arg(long)]
+    #[arg(long, global = true)]
     api: Option<SocketAddr>,
     /// Configuration file to read api.addr from.
-    #[arg(long)]
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
 }
 
@@ -126,6 +144,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(config),
         Command::Executor { config } => executor(config),
+        Command::Remediation {
+            command,
+            target,
+            token,
+            format,
+        } => remediation(command, target, token, format),
         Command::Sql {
             query,
             target,
@@ -176,6 +200,23 @@ fn api_addr(target: ApiTarget) -> anyhow::Result<SocketAddr> {
         Some(addr) => Ok(addr),
         None => Ok(Config::load(target.config.as_deref())?.api.addr),
     }
+}
+
+fn remediation(
+    command: homeostat::api::remediation_cli::RemediationCommand,
+    target: ApiTarget,
+    token: Option<String>,
+    format: Format,
+) -> anyhow::Result<()> {
+    let config = Config::load(target.config.as_deref())?;
+    let addr = target.api.unwrap_or(config.api.addr);
+    let token = token.unwrap_or(config.api.control_token);
+    runtime()?.block_on(homeostat::api::remediation_cli::run(
+        addr,
+        command,
+        &token,
+        output(format),
+    ))
 }
 
 fn output(format: Format) -> homeostat::api::cli::Output {

@@ -45,7 +45,7 @@ use playbook::{Action, Playbooks, render};
 /// Cases kept after they concluded (recovered or escalated), oldest dropped.
 const MAX_CONCLUDED: usize = 1000;
 
-pub use control::{Control, ControlReply, ControlRequest};
+pub use control::{Control, ControlReply, ControlRequest, HumanVerdict};
 
 /// What the stage consumes.
 #[derive(Debug)]
@@ -78,6 +78,8 @@ pub struct RemediateStage {
     tops: HashMap<u64, (String, crate::detect::FailureClass, u32)>,
     /// Per service: (version, previous version).
     versions: BTreeMap<String, (String, String)>,
+    /// Incidents a human stopped remediating.
+    stopped: std::collections::HashSet<u64>,
     now_ms: i64,
     services: usize,
     log: RemediationLog,
@@ -98,6 +100,7 @@ impl RemediateStage {
             cases: BTreeMap::new(),
             tops: HashMap::new(),
             versions: BTreeMap::new(),
+            stopped: std::collections::HashSet::new(),
             now_ms: 0,
             services: 0,
             log,
@@ -142,6 +145,7 @@ impl RemediateStage {
                 && !back
                 && streak > self.params.settle_windows
                 && !self.cases.contains_key(&incident.id)
+                && !self.stopped.contains(&incident.id)
             {
                 self.open_case(incident);
             }
@@ -205,7 +209,7 @@ impl RemediateStage {
                 case.next = 0;
                 self.next_step(&mut case, out);
             }
-            State::Recovered | State::Escalated => {}
+            State::Recovered | State::Escalated | State::Stopped => {}
             State::WaitingApproval if back => {
                 if let Some(a) = case.current.take() {
                     self.record(
@@ -549,7 +553,12 @@ impl RemediateStage {
         let concluded: Vec<u64> = self
             .cases
             .values()
-            .filter(|c| matches!(c.state, State::Recovered | State::Escalated))
+            .filter(|c| {
+                matches!(
+                    c.state,
+                    State::Recovered | State::Escalated | State::Stopped
+                )
+            })
             .map(|c| c.incident)
             .collect();
         let excess = concluded.len().saturating_sub(MAX_CONCLUDED);

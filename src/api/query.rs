@@ -273,20 +273,27 @@ where
 pub async fn with_grpc(
     http: axum::Router,
     service: QueryService,
+    remediation: super::remediation::RemediationService,
 ) -> Result<axum::Router, tonic_reflection::server::Error> {
+    use pb::remediation_server::RemediationServer;
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<pb::query_server::QueryServer<QueryService>>()
+        .await;
+    reporter
+        .set_serving::<RemediationServer<super::remediation::RemediationService>>()
         .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(DESCRIPTORS)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name(SERVICE)
+            .with_service_name(super::remediation::SERVICE)
             .with_service_name(tonic_health::pb::health_server::SERVICE_NAME)
     };
     Ok(tonic::service::Routes::from(http)
         .add_service(pb::query_server::QueryServer::new(service))
+        .add_service(RemediationServer::new(remediation))
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)

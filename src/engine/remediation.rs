@@ -39,6 +39,7 @@ pub(super) struct Remediation {
     pub(super) incidents: mpsc::Sender<Message<IncidentEvent>>,
     /// The stage's inbox, for control requests.
     pub(super) inbox: mpsc::Sender<Message<RemediateInput>>,
+    pub(super) log: RemediationLog,
     done: JoinHandle<()>,
     bus_stop: CancellationToken,
 }
@@ -115,6 +116,7 @@ impl Remediation {
         Ok(Self {
             incidents,
             inbox,
+            log,
             done,
             bus_stop,
         })

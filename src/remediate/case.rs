@@ -22,6 +22,8 @@ pub enum State {
     Recovered,
     /// The playbook is exhausted, the breaker opened, or a human was notified.
     Escalated,
+    /// A human marked the incident a false positive or its root cause wrong.
+    Stopped,
 }
 
 impl State {
@@ -32,6 +34,7 @@ impl State {
             State::Verifying => "verifying",
             State::Recovered => "recovered",
             State::Escalated => "escalated",
+            State::Stopped => "stopped",
         }
     }
 }

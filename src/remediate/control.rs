@@ -32,6 +32,38 @@ pub enum ControlRequest {
     },
     /// The commands waiting for a human.
     Pending,
+    /// A human's verdict on an incident: its remediation stops.
+    Mark {
+        incident: u64,
+        verdict: HumanVerdict,
+        root_cause: String,
+        comment: String,
+        by: String,
+    },
+}
+
+/// What a human says of an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HumanVerdict {
+    FalsePositive,
+    WrongRootCause,
+}
+
+impl HumanVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HumanVerdict::FalsePositive => "false_positive",
+            HumanVerdict::WrongRootCause => "wrong_root_cause",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "false_positive" => Some(HumanVerdict::FalsePositive),
+            "wrong_root_cause" => Some(HumanVerdict::WrongRootCause),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -71,9 +103,57 @@ impl RemediateStage {
                 approve,
                 by,
             } => self.decide_held(&command, approve, &by, out),
+            ControlRequest::Mark {
+                incident,
+                verdict,
+                root_cause,
+                comment,
+                by,
+            } => self.mark(incident, verdict, &root_cause, &comment, &by),
         };
         self.publish();
         reply
+    }
+
+    /// Stops an incident's remediation on a human's verdict and keeps the
+    /// verdict (for learning and audit).
+    fn mark(
+        &mut self,
+        incident: u64,
+        verdict: HumanVerdict,
+        root_cause: &str,
+        comment: &str,
+        by: &str,
+    ) -> ControlReply {
+        self.stopped.insert(incident);
+        let mut ranked = String::new();
+        if let Some(mut case) = self.cases.remove(&incident) {
+            ranked = case.context.service.clone();
+            if let Some(a) = case.current.take() {
+                if a.sent {
+                    self.governor.conclude_untried(&a.command.id);
+                }
+                let why = format!("withdrawn: {} per {by}", verdict.as_str());
+                self.record(&case, &a.command, Verdict::Deny, &why);
+            }
+            case.state = State::Stopped;
+            case.updated_ms = self.now_ms;
+            self.cases.insert(incident, case);
+        }
+        self.log.feedback(super::log::FeedbackRow {
+            at: self.now_ms,
+            incident,
+            verdict: verdict.as_str().to_string(),
+            ranked,
+            root_cause: root_cause.to_string(),
+            comment: comment.to_string(),
+            by: by.to_string(),
+        });
+        warn!(incident, verdict = verdict.as_str(), by, "incident marked");
+        ControlReply::Done(format!(
+            "incident {incident} marked {}; its remediation stopped",
+            verdict.as_str()
+        ))
     }
 
     pub(super) fn decide_held(

@@ -1,9 +1,10 @@
 //! What remediation publishes for SQL and the API: every governor decision,
 //! every outcome, each incident's remediation state, and what was learned.
 //!
-//! Tables: `remediation_decisions`, `remediation_outcomes` (the last
-//! `capacity` of each), `remediations` (one row per incident remediated) and
-//! `remediation_stats` (per failure class, service and action). Rows are
+//! Tables: `remediation_decisions`, `remediation_outcomes`,
+//! `remediation_feedback` (humans' verdicts; the last `capacity` of each),
+//! `remediations` (one row per incident remediated) and `remediation_stats`
+//! (per failure class, service and action). Rows are
 //! serialised with serde and decoded into Arrow by `arrow::json`, so a row type
 //! and its schema are the whole definition of a table.
 
@@ -60,6 +61,21 @@ pub struct RemediationRow {
     pub updated: i64,
 }
 
+/// A human's verdict on an incident.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FeedbackRow {
+    pub at: i64,
+    pub incident: u64,
+    /// `false_positive` or `wrong_root_cause`.
+    pub verdict: String,
+    /// The root cause the engine had ranked first.
+    pub ranked: String,
+    /// The root cause the human named, if any.
+    pub root_cause: String,
+    pub comment: String,
+    pub by: String,
+}
+
 /// What one remedy did for one class on one service.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StatsRow {
@@ -80,6 +96,7 @@ struct Inner {
     outcomes: VecDeque<OutcomeRow>,
     remediations: Vec<RemediationRow>,
     stats: Vec<StatsRow>,
+    feedback: VecDeque<FeedbackRow>,
 }
 
 /// The shared tables.
@@ -121,6 +138,17 @@ impl RemediationLog {
             row.seq = inner.seq;
             push(&mut inner.outcomes, row, self.capacity);
         }
+    }
+
+    /// Keeps a human's verdict.
+    pub fn feedback(&self, row: FeedbackRow) {
+        if let Ok(mut inner) = self.inner.write() {
+            push(&mut inner.feedback, row, self.capacity);
+        }
+    }
+
+    pub fn feedbacks(&self) -> Vec<FeedbackRow> {
+        self.read(|i| i.feedback.iter().cloned().collect())
     }
 
     /// Replaces the remediation states and the learned stats.
@@ -171,14 +199,16 @@ enum Table {
     Outcomes,
     Remediations,
     Stats,
+    Feedback,
 }
 
 impl Table {
-    const ALL: [Table; 4] = [
+    const ALL: [Table; 5] = [
         Table::Decisions,
         Table::Outcomes,
         Table::Remediations,
         Table::Stats,
+        Table::Feedback,
     ];
 }
 
@@ -196,7 +226,7 @@ fn uint(name: &str) -> Field {
 }
 
 fn schema(table: Table) -> SchemaRef {
-    static SCHEMAS: LazyLock<[SchemaRef; 4]> = LazyLock::new(|| {
+    static SCHEMAS: LazyLock<[SchemaRef; 5]> = LazyLock::new(|| {
         let decisions = vec![
             uint("seq"),
             timestamp_field("at", false),
@@ -239,7 +269,16 @@ fn schema(table: Table) -> SchemaRef {
             Field::new("median_recovery_ms", DataType::Float64, true),
             Field::new("demoted", DataType::Boolean, false),
         ];
-        [decisions, outcomes, remediations, stats].map(|f| Arc::new(Schema::new(f)))
+        let feedback = vec![
+            timestamp_field("at", false),
+            uint("incident"),
+            text("verdict"),
+            text("ranked"),
+            text("root_cause"),
+            text("comment"),
+            text("by"),
+        ];
+        [decisions, outcomes, remediations, stats, feedback].map(|f| Arc::new(Schema::new(f)))
     });
     SCHEMAS[table as usize].clone()
 }
@@ -259,6 +298,7 @@ impl TableSource for View {
             Table::Outcomes => "remediation_outcomes",
             Table::Remediations => "remediations",
             Table::Stats => "remediation_stats",
+            Table::Feedback => "remediation_feedback",
         }
     }
 
@@ -273,6 +313,7 @@ impl TableSource for View {
             Table::Outcomes => batch(s, &self.log.outcomes())?,
             Table::Remediations => batch(s, &self.log.remediations())?,
             Table::Stats => batch(s, &self.log.stats())?,
+            Table::Feedback => batch(s, &self.log.feedbacks())?,
         };
         Ok(vec![batch])
     }

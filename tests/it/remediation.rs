@@ -54,8 +54,16 @@ fn remediation(dir: &Path, topics: Option<(&str, &str)>, group: Option<&str>) ->
 /// returns the governor's decisions (the engine is shut down).
 /// `pace`: wall time per second of traffic (event time runs that much faster
 /// than the wall clock; Kafka's consumer groups need a slower pace).
-async fn closed_loop(config: &str, dir: &Path, pace: Duration) -> Vec<serde_json::Value> {
+async fn closed_loop(
+    config: &str,
+    dir: &Path,
+    pace: Duration,
+    operator: Option<&str>,
+) -> Vec<serde_json::Value> {
     let engine = support::engine(config).await;
+    // A human approves held commands through the CLI, with `operator` as token.
+    let approver = operator
+        .map(|token| tokio::spawn(approve_through_the_cli(engine.api_addr, token.to_string())));
     let grpc = format!("http://{}", engine.grpc_addr);
     let marker = dir.join("healed-cart");
     let sent = tokio::task::spawn_blocking(move || {
@@ -73,6 +81,9 @@ async fn closed_loop(config: &str, dir: &Path, pace: Duration) -> Vec<serde_json
         topology::send(&traffic, &grpc, 7);
     });
     sent.await.expect("the SDK sent");
+    if let Some(approver) = approver {
+        approver.await.expect("the approver approved");
+    }
     engine.flush().await;
     let api = engine.api_addr;
     let states = support::sql_until(
@@ -139,7 +150,77 @@ async fn closed_loop(config: &str, dir: &Path, pace: Duration) -> Vec<serde_json
 async fn the_loop_closes_in_process() {
     let dir = tempfile::tempdir().expect("dir");
     let config = remediation(dir.path(), None, None);
-    closed_loop(&config, dir.path(), Duration::from_millis(250)).await;
+    closed_loop(&config, dir.path(), Duration::from_millis(250), None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_command_goes_out_once_a_human_approves_it_with_the_token() {
+    let dir = tempfile::tempdir().expect("dir");
+    // Every root cause scores under min_score: every command waits for a human.
+    let config = remediation(dir.path(), None, None).replace(
+        "[remediation]\n",
+        "[api]\ncontrol_token = \"s3cret\"\n[remediation]\nmin_score = 1.0\n",
+    );
+    let decisions = closed_loop(
+        &config,
+        dir.path(),
+        Duration::from_millis(250),
+        Some("s3cret"),
+    )
+    .await;
+    let verdicts: Vec<&str> = decisions.iter().map(|d| text(d, "verdict")).collect();
+    assert_eq!(verdicts[..2], ["approval", "allow"], "{decisions:?}");
+    assert!(
+        text(&decisions[1], "reason").contains("approved by a human"),
+        "{decisions:?}"
+    );
+}
+
+/// Polls `homeostat remediation pending` until a command is held, checks that
+/// approving it without the token is refused, then approves it with the token.
+async fn approve_through_the_cli(api: std::net::SocketAddr, token: String) {
+    let cli = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_homeostat"));
+        command
+            .arg("remediation")
+            .args(args)
+            .args(["--api", &api.to_string()])
+            .env_remove("HOMEOSTAT_CONTROL_TOKEN");
+        command
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no command was ever held"
+        );
+        let out = cli(&["pending", "--format", "json"])
+            .output()
+            .await
+            .expect("cli");
+        assert!(out.status.success(), "{out:?}");
+        let pending: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+        if let Some(held) = pending.first() {
+            let id = held["id"].as_str().expect("id").to_string();
+            let refused = cli(&["approve", &id]).output().await.expect("cli");
+            assert!(
+                !refused.status.success(),
+                "approved without a token: {refused:?}"
+            );
+            let stderr = String::from_utf8_lossy(&refused.stderr);
+            assert!(
+                stderr.contains("Unauthenticated") || stderr.contains("unauthenticated"),
+                "{stderr}"
+            );
+            let approved = cli(&["approve", &id, "--token", &token])
+                .output()
+                .await
+                .expect("cli");
+            assert!(approved.status.success(), "{approved:?}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +255,7 @@ async fn the_loop_closes_over_kafka_with_the_executor_binary() {
         .kill_on_drop(true)
         .spawn()
         .expect("homeostat executor");
-    let decisions = closed_loop(&config, dir.path(), Duration::from_millis(500)).await;
+    let decisions = closed_loop(&config, dir.path(), Duration::from_millis(500), None).await;
     let _ = executor.kill().await;
     let sent = decisions
         .iter()
