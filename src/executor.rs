@@ -16,7 +16,7 @@ pub mod config;
 pub mod drivers;
 pub mod kubernetes;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,28 +28,37 @@ use crate::remediate::command::{self, Command, Status, parse_command, parse_rfc3
 pub use config::ExecutorConfig;
 use drivers::Done;
 
-/// Remembers the last ids seen.
+/// (command source, command id).
+type Key = (String, String);
+
+/// Remembers the last commands seen, with their final outcome once known.
 #[derive(Debug, Default)]
 struct Seen {
-    order: VecDeque<(String, String)>,
-    set: HashSet<(String, String)>,
+    order: VecDeque<Key>,
+    last: HashMap<Key, Option<(Status, String)>>,
     capacity: usize,
 }
 
 impl Seen {
-    /// Whether `key` was seen; remembers it.
-    fn check(&mut self, key: (String, String)) -> bool {
-        if self.set.contains(&key) {
-            return true;
+    /// `None` for a new command (now remembered), else what became of it.
+    fn check(&mut self, key: Key) -> Option<Option<(Status, String)>> {
+        if let Some(known) = self.last.get(&key) {
+            return Some(known.clone());
         }
-        self.set.insert(key.clone());
+        self.last.insert(key.clone(), None);
         self.order.push_back(key);
         while self.order.len() > self.capacity {
             if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
+                self.last.remove(&old);
             }
         }
-        false
+        None
+    }
+
+    fn conclude(&mut self, key: &Key, status: Status, detail: &str) {
+        if let Some(slot) = self.last.get_mut(key) {
+            *slot = Some((status, detail.to_string()));
+        }
     }
 }
 
@@ -128,11 +137,16 @@ impl Executor {
                 return;
             }
         };
-        if self
-            .seen
-            .check((command.source.clone(), command.id.clone()))
-        {
-            info!(id = %command.id, "redelivered command dropped");
+        let key = (command.source.clone(), command.id.clone());
+        if let Some(known) = self.seen.check(key.clone()) {
+            // Carried out once only; its final outcome is told again, since the
+            // sender may have missed it (a restart between its decision and the
+            // outcome).
+            info!(id = %command.id, "redelivered command not carried out again");
+            if let Some((status, detail)) = known {
+                let detail = format!("{detail} (reported again for a redelivery)");
+                self.report(&command, status, &detail, stop).await;
+            }
             delivery.ack();
             return;
         }
@@ -143,6 +157,7 @@ impl Executor {
         let expiry = parse_rfc3339(&command.data.expires_at);
         if expiry.is_none_or(|at| at < now) {
             let why = format!("expired at {:?}", command.data.expires_at);
+            self.seen.conclude(&key, Status::Rejected, &why);
             self.report(&command, Status::Rejected, &why, stop).await;
             delivery.ack();
             return;
@@ -158,6 +173,7 @@ impl Executor {
             ),
         };
         info!(id = %command.id, status = status.as_str(), detail = %detail, "command carried out");
+        self.seen.conclude(&key, status, &detail);
         self.report(&command, status, &detail, stop).await;
         delivery.ack();
     }
@@ -231,5 +247,73 @@ impl Executor {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::MemoryBus;
+    use crate::remediate::command::parse_outcome;
+
+    #[tokio::test]
+    async fn a_redelivered_command_runs_once_and_its_outcome_is_told_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut config = crate::config::Config::from_toml_str("")
+            .expect("defaults")
+            .executor;
+        config.drivers = vec!["exec".into()];
+        let marker = dir.path().join("runs");
+        config.exec.insert(
+            "restart".into(),
+            format!("sh -c echo>>{}", marker.display()),
+        );
+        let bus = MemoryBus::new();
+        let mut outcomes = bus.subscribe("outcomes", "engine").await.expect("sub");
+        let executor = Executor::new(config, Arc::new(bus.clone()), "actions", "outcomes");
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(executor.run(stop.clone()));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as i64;
+        let mut command =
+            crate::remediate::command::tests::sample(crate::remediate::playbook::Action::Restart);
+        command.data.expires_at = crate::remediate::command::rfc3339(now + 60_000);
+        let message = Envelope {
+            key: "cart".into(),
+            payload: serde_json::to_vec(&command).expect("json"),
+            headers: headers(&command.traceparent),
+        };
+        let mut statuses = Vec::new();
+        for _ in 0..2 {
+            loop {
+                if bus.publish("actions", message.clone()).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            loop {
+                let d = outcomes.recv().await.expect("outcome");
+                let o = parse_outcome(&d.message.payload).expect("parse");
+                statuses.push(o.data.status);
+                if o.data.status.is_final() {
+                    break;
+                }
+            }
+        }
+        stop.cancel();
+        run.await.expect("join").expect("run");
+        assert_eq!(
+            statuses,
+            [
+                Status::Accepted,
+                Status::Started,
+                Status::Succeeded,
+                Status::Succeeded
+            ]
+        );
+        let runs = std::fs::read_to_string(&marker).expect("marker");
+        assert_eq!(runs.lines().count(), 1, "carried out once: {runs:?}");
     }
 }

@@ -28,6 +28,7 @@ pub mod governor;
 pub mod learn;
 pub mod log;
 pub mod playbook;
+pub mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -80,6 +81,8 @@ pub struct RemediateStage {
     versions: BTreeMap<String, (String, String)>,
     /// Incidents a human stopped remediating.
     stopped: std::collections::HashSet<u64>,
+    /// Where the state is kept across restarts.
+    state_path: Option<std::path::PathBuf>,
     now_ms: i64,
     services: usize,
     log: RemediationLog,
@@ -101,6 +104,7 @@ impl RemediateStage {
             tops: HashMap::new(),
             versions: BTreeMap::new(),
             stopped: std::collections::HashSet::new(),
+            state_path: None,
             now_ms: 0,
             services: 0,
             log,
@@ -158,6 +162,9 @@ impl RemediateStage {
         }
         self.prune(&active);
         self.publish();
+        if !self.cases.is_empty() || !incidents.is_empty() {
+            self.persist();
+        }
     }
 
     fn open_case(&mut self, incident: &Incident) {
@@ -635,8 +642,13 @@ impl Stage for RemediateStage {
             RemediateInput::Control(control) => {
                 let reply = self.on_control(control.request, out);
                 let _ = control.reply.send(reply);
+                self.persist();
             }
         }
+    }
+
+    fn on_stop(&mut self, _out: &mut Emit<Command>) {
+        self.persist();
     }
 }
 

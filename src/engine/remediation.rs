@@ -65,7 +65,7 @@ impl Remediation {
         }
         let ms = |d: Duration| d.as_millis().min(i64::MAX as u128) as i64;
         let source = rc.source();
-        let stage = RemediateStage::new(
+        let mut stage = RemediateStage::new(
             RemediateParams {
                 source: source.clone(),
                 window_ms: ms(config.window.size),
@@ -78,6 +78,9 @@ impl Remediation {
             Governor::new(rc.limits()),
             log.clone(),
         );
+        if !config.store.path.as_os_str().is_empty() {
+            stage = stage.stored_at(&crate::remediate::snapshot::path(&config.store.path))?;
+        }
         let capacity = config.pipeline.queue_capacity;
         let (inbox, stage_inbox) = mpsc::channel(capacity);
         let (incidents, incident_events) = mpsc::channel(capacity);

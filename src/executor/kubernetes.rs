@@ -193,3 +193,141 @@ impl Kubernetes {
         Ok(format!("rolled back from {from} to {to}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Path, State};
+    use axum::http::{HeaderMap, Method};
+    use axum::routing::any;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// What the fake API server saw: (method, path, content type, auth, body).
+    type Seen = Arc<Mutex<Vec<(String, String, String, String, Value)>>>;
+
+    async fn fake(
+        State(seen): State<Seen>,
+        method: Method,
+        Path(path): Path<String>,
+        headers: HeaderMap,
+        body: String,
+    ) -> axum::Json<Value> {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        seen.lock().expect("lock").push((
+            method.to_string(),
+            format!("/{path}"),
+            header("content-type"),
+            header("authorization"),
+            body,
+        ));
+        axum::Json(if path.ends_with("/scale") {
+            json!({"kind": "Scale", "spec": {"replicas": 3}})
+        } else {
+            json!({"kind": "Deployment", "spec": {"template": {"spec": {"containers": [
+                {"name": "cart", "image": "registry.example/cart:2.1"},
+                {"name": "sidecar", "image": "envoy:1.30"}
+            ]}}}})
+        })
+    }
+
+    async fn server() -> (String, Seen) {
+        let seen: Seen = Arc::default();
+        let app = axum::Router::new()
+            .route("/{*path}", any(fake))
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn cmd(action: Action, params: &[(&str, &str)]) -> Command {
+        let mut command = crate::remediate::command::tests::sample(action);
+        command.data.params = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>();
+        command
+    }
+
+    fn driver(base: &str, token: Option<&std::path::Path>) -> Kubernetes {
+        let config = crate::config::Config::from_toml_str("").expect("defaults");
+        let mut executor = config.executor;
+        executor.kubernetes_api = base.to_string();
+        executor.kubernetes_token_file = token.map(|p| p.display().to_string()).unwrap_or_default();
+        Kubernetes::new(&executor)
+    }
+
+    #[tokio::test]
+    async fn restart_scale_and_rollback_send_what_kubectl_sends() {
+        let (base, seen) = server().await;
+        let token = tempfile::NamedTempFile::new().expect("token file");
+        std::fs::write(token.path(), "t0ken\n").expect("write");
+        let k = driver(&base, Some(token.path()));
+        let path = "/apis/apps/v1/namespaces/shop/deployments/cart";
+
+        assert!(matches!(
+            k.carry_out(&cmd(Action::Restart, &[])).await,
+            Done::Succeeded(_)
+        ));
+        let (method, at, ctype, auth, body) = seen.lock().expect("lock").remove(0);
+        assert_eq!((method.as_str(), at.as_str()), ("PATCH", path));
+        assert_eq!(ctype, "application/strategic-merge-patch+json");
+        assert_eq!(auth, "Bearer t0ken");
+        let annotations = &body["spec"]["template"]["metadata"]["annotations"];
+        assert!(
+            annotations["kubectl.kubernetes.io/restartedAt"].is_string(),
+            "{body}"
+        );
+
+        let scale = cmd(Action::Scale, &[("direction", "out"), ("by", "50%")]);
+        let Done::Succeeded(detail) = k.carry_out(&scale).await else {
+            panic!("scale")
+        };
+        assert!(detail.contains("from 3 to 5"), "{detail}");
+        let calls: Vec<_> = seen.lock().expect("lock").drain(..).collect();
+        assert_eq!(
+            (calls[0].0.as_str(), calls[0].1.as_str()),
+            ("GET", &*format!("{path}/scale"))
+        );
+        assert_eq!(calls[1].2, "application/merge-patch+json");
+        assert_eq!(calls[1].4, json!({"spec": {"replicas": 5}}));
+
+        let rollback = cmd(
+            Action::Rollback,
+            &[("to_version", "2.0"), ("from_version", "2.1")],
+        );
+        assert!(matches!(k.carry_out(&rollback).await, Done::Succeeded(_)));
+        let calls: Vec<_> = seen.lock().expect("lock").drain(..).collect();
+        assert_eq!(calls[0].0, "GET");
+        assert_eq!(
+            calls[1].4,
+            json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "cart", "image": "registry.example/cart:2.0"}
+            ]}}}})
+        );
+
+        let other = cmd(
+            Action::Rollback,
+            &[("to_version", "1.0"), ("from_version", "9.9")],
+        );
+        let Done::Failed(why) = k.carry_out(&other).await else {
+            panic!("no such tag")
+        };
+        assert!(why.contains("tagged 9.9"), "{why}");
+        assert_eq!(k.carry_out(&cmd(Action::Notify, &[])).await, Done::NotMine);
+    }
+}

@@ -10,7 +10,7 @@ use super::command::Command;
 use super::playbook::Context;
 
 /// Where a remediation stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum State {
     /// A step is being tried (or waits on a limit).
     Mitigating,
@@ -40,7 +40,7 @@ impl State {
 }
 
 /// The command of the current step and since when it is in its phase.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Attempt {
     pub command: Command,
     /// Index of the step in the playbook.
@@ -53,7 +53,7 @@ pub struct Attempt {
 }
 
 /// One incident's remediation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Case {
     pub incident: u64,
     pub opened_ms: i64,

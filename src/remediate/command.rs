@@ -254,7 +254,7 @@ pub fn parse_outcome(bytes: &[u8]) -> Result<Outcome, EventError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample(action: Action) -> Command {

@@ -106,6 +106,21 @@ pub struct Request<'a> {
     pub approved: bool,
 }
 
+/// What of the governor survives a restart: the switches, the rate window,
+/// cooldowns, in-flight commands, breakers and flagged versions.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Saved {
+    killed: bool,
+    paused: Vec<String>,
+    issued: Vec<(i64, String)>,
+    last_action: Vec<(String, Action, i64)>,
+    in_flight: Vec<(String, String)>,
+    failures: Vec<(String, u32)>,
+    open: Vec<String>,
+    flagged: Vec<(String, Vec<String>)>,
+    rollbacks: Vec<(String, u32)>,
+}
+
 /// The governor's state.
 #[derive(Debug)]
 pub struct Governor {
@@ -139,6 +154,58 @@ impl Governor {
             flagged: HashMap::new(),
             rollbacks: HashMap::new(),
         }
+    }
+
+    /// Its state, to persist.
+    pub fn save(&self) -> Saved {
+        Saved {
+            killed: self.killed,
+            paused: self.paused.iter().cloned().collect(),
+            issued: self.issued.iter().cloned().collect(),
+            last_action: self
+                .last_action
+                .iter()
+                .map(|((s, a), at)| (s.clone(), *a, *at))
+                .collect(),
+            in_flight: self
+                .in_flight
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            failures: self.failures.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            open: self.open.iter().cloned().collect(),
+            flagged: self
+                .flagged
+                .iter()
+                .map(|(k, v)| (k.clone(), v.iter().cloned().collect()))
+                .collect(),
+            rollbacks: self
+                .rollbacks
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        }
+    }
+
+    /// Takes up a saved state (the limits stay those configured now).
+    pub fn restore(&mut self, saved: Saved) {
+        self.killed = saved.killed;
+        self.paused = saved.paused.into_iter().collect();
+        self.issued = saved.issued.into_iter().collect();
+        self.last_action = saved
+            .last_action
+            .into_iter()
+            .map(|(s, a, at)| ((s, a), at))
+            .collect();
+        self.in_flight = saved.in_flight.into_iter().collect();
+        self.failures = saved.failures.into_iter().collect();
+        self.open = saved.open.into_iter().collect();
+        self.flagged = saved
+            .flagged
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect()))
+            .collect();
+        self.rollbacks = saved.rollbacks.into_iter().collect();
     }
 
     /// Turns the global kill switch on or off.

@@ -119,7 +119,7 @@ pub struct Playbook {
 }
 
 /// What a playbook is matched against and templated from.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Context {
     pub service: String,
     pub namespace: String,

@@ -23,6 +23,25 @@ fn limits() -> Limits {
     }
 }
 
+/// A remediation stage on the built-in playbooks, 10 s windows.
+fn stage(limits: Limits) -> RemediateStage {
+    let params = RemediateParams {
+        source: SOURCE.into(),
+        window_ms: W,
+        settle_windows: 1,
+        command_ttl_ms: 300_000,
+        outcome_timeout_ms: 3 * W,
+        verify_windows: 4,
+    };
+    let playbooks = Playbooks::built_in().expect("playbooks");
+    RemediateStage::new(
+        params,
+        playbooks,
+        Governor::new(limits),
+        RemediationLog::new(100),
+    )
+}
+
 /// An incident stage and a remediation stage in a row, on event time.
 struct Loop {
     incidents: IncidentStage,
@@ -33,25 +52,11 @@ struct Loop {
 
 impl Loop {
     fn new(limits: Limits) -> Self {
-        let params = RemediateParams {
-            source: SOURCE.into(),
-            window_ms: W,
-            settle_windows: 1,
-            command_ttl_ms: 300_000,
-            outcome_timeout_ms: 3 * W,
-            verify_windows: 4,
-        };
-        let playbooks = Playbooks::built_in().expect("playbooks");
         let mut incidents = IncidentStage::new(params_for_incidents(), IncidentLog::default());
         incidents.on_window(&window(0, &[("web", "cart")]));
         Loop {
             incidents,
-            remediate: RemediateStage::new(
-                params,
-                playbooks,
-                Governor::new(limits),
-                RemediationLog::new(100),
-            ),
+            remediate: stage(limits),
             w: 1,
             sent: Vec::new(),
         }
@@ -278,4 +283,38 @@ fn a_faulty_deploy_is_rolled_back_to_the_previous_version() {
     assert_eq!(actions(&sent), ["rollback"]);
     assert_eq!(sent[0].data.params["to_version"], "1.4");
     assert_eq!(sent[0].data.target.version, "1.5");
+}
+
+#[test]
+fn a_restart_between_decision_and_outcome_neither_loses_nor_repeats_the_step() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("remediation.json");
+    let mut l = Loop::new(limits());
+    l.remediate = stage(limits()).stored_at(&path).expect("no state yet");
+    let leak = l.open("cart", FailureClass::MemoryLeak);
+    l.tick();
+    let restart = l.tick();
+    assert_eq!(actions(&restart), ["restart"]);
+    // The engine stops (its state is written) and starts again from the file.
+    let mut out = Vec::new();
+    l.remediate.on_stop(&mut out);
+    let revived = stage(limits()).stored_at(&path).expect("state loads");
+    l.remediate = revived;
+    assert_eq!(l.state(), State::Mitigating);
+    // The executor's outcome of the command sent before the restart still counts;
+    // nothing is sent again.
+    assert!(l.report(&restart[0], Status::Succeeded).is_empty());
+    assert!(l.tick().is_empty());
+    l.end(&leak);
+    assert!(l.tick().is_empty());
+    assert_eq!(l.state(), State::Recovered);
+    let sent: Vec<&str> = l.sent.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(sent, ["inc1-a1-restart"], "one command, once");
+    // A damaged file stops the start with an error naming it.
+    std::fs::write(&path, "{not json").expect("damage");
+    let err = stage(limits())
+        .stored_at(&path)
+        .err()
+        .expect("damaged state refused");
+    assert!(err.to_string().contains("remediation.json"), "{err}");
 }

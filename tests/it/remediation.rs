@@ -252,6 +252,7 @@ async fn the_loop_closes_over_kafka_with_the_executor_binary() {
         .arg("executor")
         .arg("--config")
         .arg(&config_file)
+        .stderr(std::fs::File::create(dir.path().join("executor.log")).expect("log file"))
         .kill_on_drop(true)
         .spawn()
         .expect("homeostat executor");
