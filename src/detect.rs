@@ -27,6 +27,7 @@ pub mod config;
 pub mod detectors;
 pub mod drain;
 mod episodes;
+pub mod feedback;
 pub mod replay;
 pub mod rows;
 mod series;

@@ -239,6 +239,8 @@ impl Engine {
         let api_addr = local_addr(&api_listener, config.api.addr);
 
         let stage_stop = CancellationToken::new();
+        // Weak: the API must not keep detection's inbox open at shutdown.
+        let detection_feedback = detect.as_ref().map(|(events, _)| events.downgrade());
         let (outlet, detect) = match detect {
             Some((events, task)) => (Some(events), Some(task)),
             None => (None, None),
@@ -295,7 +297,7 @@ impl Engine {
                     max_result_rows: config.api.max_result_rows,
                 }),
                 api::query::QueryService {
-                    incidents,
+                    incidents: incidents.clone(),
                     anomalies,
                     stop: api_stop.clone(),
                 },
@@ -306,6 +308,8 @@ impl Engine {
                     ),
                     control: remediation.as_ref().map(|r| r.inbox.clone()),
                     token: config.api.control_token.clone(),
+                    incidents,
+                    detection: detection_feedback,
                 },
             )
             .await?,

@@ -44,6 +44,8 @@ pub enum WindowEvent {
     Closed(Arc<WindowTables>),
     /// A service's version changed (before the windows it shows in close).
     Deployment(VersionChange),
+    /// Humans' verdicts for detection (from the API, not the window stage).
+    Feedback(Vec<crate::detect::feedback::Tolerance>),
 }
 
 /// A version unseen this long is new again when it reappears (see

@@ -13,7 +13,10 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
 use super::query::pb;
+use crate::detect::feedback::Tolerance;
 use crate::flow::Message;
+use crate::incident::IncidentLog;
+use crate::pipeline::WindowEvent;
 use crate::remediate::log::RemediationLog;
 use crate::remediate::{Control, ControlReply, ControlRequest, HumanVerdict, RemediateInput};
 
@@ -30,6 +33,11 @@ pub struct RemediationService {
     /// The remediation stage's inbox (none when remediation is off).
     pub control: Option<mpsc::Sender<Message<RemediateInput>>>,
     pub token: String,
+    /// Where a false positive's anomalies are found.
+    pub incidents: IncidentLog,
+    /// Detection's inbox, for humans' verdicts (weak: it must not keep
+    /// detection running at shutdown).
+    pub detection: Option<mpsc::WeakSender<Message<WindowEvent>>>,
 }
 
 impl RemediationService {
@@ -230,13 +238,48 @@ impl pb::remediation_server::Remediation for RemediationService {
                 r.verdict
             ))
         })?;
-        self.control(ControlRequest::Mark {
-            incident: r.incident,
-            verdict,
-            root_cause: r.root_cause,
-            comment: r.comment,
-            by,
-        })
-        .await
+        let incident = self
+            .incidents
+            .snapshot()
+            .into_iter()
+            .find(|i| i.id == r.incident)
+            .ok_or_else(|| Status::not_found(format!("no incident {} is held", r.incident)))?;
+        let mut told = String::new();
+        if verdict == HumanVerdict::FalsePositive {
+            // Each series that misled tolerates as much deviation from now on.
+            let verdicts: Vec<Tolerance> = incident
+                .anomalies()
+                .map(|a| Tolerance {
+                    key: a.key.clone(),
+                    deviation: (a.observed - a.expected).abs(),
+                })
+                .collect();
+            let series = verdicts.len();
+            let inbox = self.detection.as_ref().and_then(mpsc::WeakSender::upgrade);
+            if let Some(inbox) = inbox
+                && inbox
+                    .send(Message::Data(WindowEvent::Feedback(verdicts)))
+                    .await
+                    .is_ok()
+            {
+                told = format!("; {series} series made less sensitive");
+            }
+        }
+        if self.control.is_none() {
+            return Ok(Response::new(pb::ControlResponse {
+                message: format!("incident {} marked {}{told}", r.incident, verdict.as_str()),
+            }));
+        }
+        let mut response = self
+            .control(ControlRequest::Mark {
+                incident: r.incident,
+                verdict,
+                root_cause: r.root_cause,
+                comment: r.comment,
+                by,
+            })
+            .await?;
+        response.get_mut().message.push_str(&told);
+        Ok(response)
     }
 }

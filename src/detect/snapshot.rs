@@ -27,6 +27,9 @@ pub(crate) struct Snapshot {
     /// The anomaly log, so the `anomalies` table survives a restart.
     #[serde(default)]
     pub(crate) anomalies: Vec<Anomaly>,
+    /// Humans' verdicts (see `detect::feedback`).
+    #[serde(default)]
+    pub(crate) tolerances: Vec<super::feedback::Tolerance>,
 }
 
 impl Snapshot {
@@ -36,6 +39,7 @@ impl Snapshot {
         drain: Drain,
         template_windows: HashMap<String, u32>,
         anomalies: Vec<Anomaly>,
+        tolerances: Vec<super::feedback::Tolerance>,
     ) -> Self {
         Self {
             version: SNAPSHOT_VERSION,
@@ -44,6 +48,7 @@ impl Snapshot {
             drain,
             template_windows,
             anomalies,
+            tolerances,
         }
     }
 

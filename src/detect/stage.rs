@@ -84,6 +84,8 @@ pub struct DetectStage {
     /// The last version change per service.
     deployments: HashMap<String, VersionChange>,
     log: AnomalyLog,
+    /// Humans' verdicts: deviations each marked series tolerates.
+    tolerances: super::feedback::Tolerances,
     untracked_reported: u64,
     since_snapshot: u32,
 }
@@ -119,6 +121,7 @@ impl DetectStage {
             closed_through: i64::MIN,
             deployments: HashMap::new(),
             log,
+            tolerances: Default::default(),
             untracked_reported: 0,
             since_snapshot: 0,
         };
@@ -232,6 +235,7 @@ impl DetectStage {
                 continue;
             };
             let window_ms = self.params.window_ms;
+            let candidate = candidate.filter(|c| self.tolerances.exceeds(&key, c));
             if let Some(mut event) =
                 self.episodes
                     .step((index, pattern), key, candidate, t, window_ms)
@@ -256,6 +260,13 @@ impl DetectStage {
             self.snapshot();
         }
         events
+    }
+
+    /// Takes in humans' verdicts: each series tolerates the deviation marked.
+    pub fn tolerate(&mut self, verdicts: Vec<super::feedback::Tolerance>) {
+        for t in verdicts {
+            self.tolerances.tolerate(t);
+        }
     }
 
     /// Remembers a service's version change (in event order with the windows).
@@ -436,6 +447,7 @@ impl DetectStage {
             self.drain.clone(),
             self.template_windows.clone(),
             self.log.snapshot(),
+            self.tolerances.entries(),
         )
         .write(path);
     }
@@ -451,6 +463,9 @@ impl DetectStage {
         self.series.restore(snapshot.series);
         self.drain = snapshot.drain;
         self.template_windows = snapshot.template_windows;
+        for t in snapshot.tolerances {
+            self.tolerances.tolerate(t);
+        }
         let window_ms = self.params.window_ms;
         for mut anomaly in snapshot.anomalies {
             // Episodes are not restored: one still open at the snapshot ends after

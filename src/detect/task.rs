@@ -48,6 +48,7 @@ impl Stage for DetectTask {
     fn on_data(&mut self, event: WindowEvent, out: &mut Emit<DetectOutput>) {
         match event {
             WindowEvent::Logs(batch) => self.stage.on_logs(&batch),
+            WindowEvent::Feedback(verdicts) => self.stage.tolerate(verdicts),
             WindowEvent::Deployment(change) => {
                 self.stage.on_deployment(change.clone());
                 out.push(DetectOutput::Deployment(change));

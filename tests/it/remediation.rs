@@ -108,6 +108,9 @@ async fn closed_loop(
         "SELECT class, service, action, attempts, successes FROM remediation_stats",
     )
     .await;
+    if let Some(token) = operator {
+        mark_false_positive(api, token).await;
+    }
     engine.shutdown().await;
     assert!(
         states
@@ -174,6 +177,30 @@ async fn a_held_command_goes_out_once_a_human_approves_it_with_the_token() {
         text(&decisions[1], "reason").contains("approved by a human"),
         "{decisions:?}"
     );
+}
+
+/// A human marks the incident a false positive: its series become less
+/// sensitive, its remediation stops, and the verdict is kept.
+async fn mark_false_positive(api: std::net::SocketAddr, token: &str) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_homeostat"))
+        .args(["remediation", "--api", &api.to_string(), "--token", token])
+        .args(["mark", "1", "false_positive", "--comment", "load test"])
+        .output()
+        .await
+        .expect("cli");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("series made less sensitive"), "{stdout}");
+    let feedback = support::sql(
+        api,
+        "SELECT incident, verdict, ranked, comment FROM remediation_feedback",
+    )
+    .await;
+    assert_eq!(feedback.len(), 1, "{feedback:?}");
+    assert_eq!(text(&feedback[0], "verdict"), "false_positive");
+    assert_eq!(text(&feedback[0], "ranked"), "cart");
+    let states = support::sql(api, "SELECT state FROM remediations").await;
+    assert_eq!(text(&states[0], "state"), "stopped", "{states:?}");
 }
 
 /// Polls `homeostat remediation pending` until a command is held, checks that
