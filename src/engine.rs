@@ -241,6 +241,10 @@ impl Engine {
         let stage_stop = CancellationToken::new();
         // Weak: the API must not keep detection's inbox open at shutdown.
         let detection_feedback = detect.as_ref().map(|(events, _)| events.downgrade());
+        let remediation_log = remediation.as_ref().map_or_else(
+            || crate::remediate::log::RemediationLog::new(1),
+            |r| r.log.clone(),
+        );
         let (outlet, detect) = match detect {
             Some((events, task)) => (Some(events), Some(task)),
             None => (None, None),
@@ -300,12 +304,10 @@ impl Engine {
                     incidents: incidents.clone(),
                     anomalies,
                     stop: api_stop.clone(),
+                    remediations: remediation_log.clone(),
                 },
                 api::remediation::RemediationService {
-                    log: remediation.as_ref().map_or_else(
-                        || crate::remediate::log::RemediationLog::new(1),
-                        |r| r.log.clone(),
-                    ),
+                    log: remediation_log,
                     control: remediation.as_ref().map(|r| r.inbox.clone()),
                     token: config.api.control_token.clone(),
                     incidents,

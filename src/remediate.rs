@@ -29,18 +29,19 @@ pub mod learn;
 pub mod log;
 pub mod playbook;
 pub mod snapshot;
+mod verify;
 
 use std::collections::{BTreeMap, HashMap};
 
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::flow::{Emit, Stage};
 use crate::incident::{Incident, IncidentEvent, IncidentState};
 use case::{Attempt, Case, State, context, recovered};
-use command::{Cause, Command, CommandData, Outcome, Status, Target};
+use command::{Cause, Command, CommandData, Outcome, Target};
 use governor::{Governor, Request, Verdict};
 use learn::Learning;
-use log::{DecisionRow, OutcomeRow, RemediationLog, RemediationRow, StatsRow};
+use log::{DecisionRow, RemediationLog, RemediationRow, StatsRow};
 use playbook::{Action, Playbooks, render};
 
 /// Cases kept after they concluded (recovered or escalated), oldest dropped.
@@ -393,7 +394,7 @@ impl RemediateStage {
         }
     }
 
-    fn record(&self, case: &Case, command: &Command, verdict: Verdict, reason: &str) {
+    pub(super) fn record(&self, case: &Case, command: &Command, verdict: Verdict, reason: &str) {
         self.log.decision(DecisionRow {
             seq: 0,
             at: self.now_ms,
@@ -406,153 +407,16 @@ impl RemediateStage {
         });
     }
 
-    fn learn_key(case: &Case, action: Action) -> learn::Key {
+    pub(super) fn learn_key(case: &Case, action: Action) -> learn::Key {
         (
             case.context.class.clone(),
             case.context.service.clone(),
             action,
         )
     }
-
-    fn succeed(&mut self, case: &mut Case) {
-        if let Some(a) = case.current.take() {
-            let data = &a.command.data;
-            if !data.dry_run {
-                self.governor
-                    .conclude(&a.command.id, &data.target.service, true);
-                let recovery = self.now_ms - case.opened_ms;
-                self.learning
-                    .record(Self::learn_key(case, data.action), Some(recovery));
-            } else {
-                self.governor.conclude_untried(&a.command.id);
-            }
-            info!(
-                incident = case.incident,
-                action = data.action.as_str(),
-                "recovered"
-            );
-        }
-        case.state = State::Recovered;
-        case.updated_ms = self.now_ms;
-    }
-
-    /// Concludes the current step as failed and moves on. `tried`: the remedy
-    /// was carried out (or may have been); a command no executor could run
-    /// (rejected) teaches nothing and counts for no breaker.
-    fn fail(&mut self, case: &mut Case, why: &str, tried: bool, out: &mut Emit<Command>) {
-        let Some(a) = case.current.take() else {
-            return;
-        };
-        let data = &a.command.data;
-        warn!(
-            incident = case.incident,
-            action = data.action.as_str(),
-            why,
-            "remediation step failed"
-        );
-        self.record(case, &a.command, Verdict::Deny, &format!("failed: {why}"));
-        let mut opened = false;
-        if tried && !data.dry_run {
-            opened = self
-                .governor
-                .conclude(&a.command.id, &data.target.service, false);
-            self.learning
-                .record(Self::learn_key(case, data.action), None);
-        } else {
-            self.governor.conclude_untried(&a.command.id);
-        }
-        case.state = State::Mitigating;
-        if opened {
-            let why = format!("circuit breaker opened for {}", data.target.service);
-            self.escalate(case, &why, out);
-        } else {
-            self.next_step(case, out);
-        }
-    }
-
-    /// Hands the case to a human: a `notify` command and the state `escalated`.
-    fn escalate(&mut self, case: &mut Case, why: &str, out: &mut Emit<Command>) {
-        case.state = State::Escalated;
-        case.updated_ms = self.now_ms;
-        let params = BTreeMap::from([(
-            "message".to_string(),
-            format!(
-                "escalated: {why} ({} on {}, incident {})",
-                case.context.class, case.context.service, case.incident
-            ),
-        )]);
-        let playbook = self.playbooks.playbooks[case.playbook].name.clone();
-        let mut command = self.command(case, Action::Notify, params, &playbook);
-        let request = Request {
-            id: &command.id,
-            service: &command.subject,
-            action: Action::Notify,
-            score: 1.0,
-            approval: false,
-            to_version: "",
-            approved: false,
-        };
-        let d = self.governor.decide(&request, self.now_ms, self.services);
-        self.record(
-            case,
-            &command,
-            d.verdict,
-            &format!("escalation: {why}; {}", d.reason),
-        );
-        if d.verdict.sends() {
-            command.data.dry_run = d.verdict == Verdict::DryRun;
-            case.attempts += 1;
-            out.push(command);
-        }
-        warn!(incident = case.incident, why, "remediation escalated");
-    }
 }
 
 impl RemediateStage {
-    fn on_outcome(&mut self, outcome: &Outcome, out: &mut Emit<Command>) {
-        let data = &outcome.data;
-        if data.command_source != self.params.source {
-            return; // another engine's command on a shared topic
-        }
-        self.log.outcome(OutcomeRow {
-            seq: 0,
-            at: self.now_ms,
-            incident: data.incident,
-            command: data.command.clone(),
-            service: data.service.clone(),
-            action: data.action.as_str().to_string(),
-            status: data.status.as_str().to_string(),
-            executor: outcome.source.clone(),
-            detail: data.detail.clone(),
-        });
-        let Some(mut case) = self.cases.remove(&data.incident) else {
-            return;
-        };
-        let current = case
-            .current
-            .as_ref()
-            .is_some_and(|a| a.sent && a.command.id == data.command);
-        if current && case.state == State::Mitigating {
-            match data.status {
-                Status::Succeeded => {
-                    if let Some(a) = case.current.as_mut() {
-                        a.since_ms = self.now_ms;
-                    }
-                    case.state = State::Verifying;
-                    case.updated_ms = self.now_ms;
-                }
-                Status::Failed | Status::Rejected => {
-                    let why = format!("executor {}: {}", data.status.as_str(), data.detail);
-                    let tried = data.status == Status::Failed;
-                    self.fail(&mut case, &why, tried, out);
-                }
-                Status::Accepted | Status::Started => {}
-            }
-        }
-        self.cases.insert(data.incident, case);
-        self.publish();
-    }
-
     /// Forgets settle streaks of incidents no longer reported, and the oldest
     /// concluded cases beyond [`MAX_CONCLUDED`].
     fn prune(&mut self, active: &HashMap<u64, bool>) {

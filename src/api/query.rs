@@ -33,6 +33,31 @@ pub struct QueryService {
     /// Ends the watch streams when the engine stops (else an open watch would
     /// hold the graceful shutdown forever).
     pub stop: tokio_util::sync::CancellationToken,
+    /// What remediation does about each incident (empty when it is off).
+    pub remediations: crate::remediate::log::RemediationLog,
+}
+
+/// The state the API tells of each incident remediation touched.
+fn remediation_states(log: &crate::remediate::log::RemediationLog) -> HashMap<u64, String> {
+    log.remediations()
+        .into_iter()
+        .map(|r| (r.incident, r.state))
+        .collect()
+}
+
+/// An open incident being remediated is `mitigating`; one whose remediation
+/// was escalated is `escalated`; otherwise its lifecycle state.
+fn told(mut view: pb::Incident, remediations: &HashMap<u64, String>) -> pb::Incident {
+    if view.state == "open" {
+        match remediations.get(&view.id).map(String::as_str) {
+            Some("mitigating" | "waiting_approval" | "verifying") => {
+                view.state = "mitigating".into()
+            }
+            Some("escalated") => view.state = "escalated".into(),
+            _ => {}
+        }
+    }
+    view
 }
 
 /// A request's `limit`: 0 means no limit.
@@ -136,6 +161,7 @@ impl pb::query_server::Query for QueryService {
             )));
         }
         let limit = limit(r.limit);
+        let states = remediation_states(&self.remediations);
         let incidents = self
             .incidents
             .snapshot()
@@ -143,7 +169,7 @@ impl pb::query_server::Query for QueryService {
             .rev()
             .filter(|i| r.state.is_empty() || state_name(i.state) == r.state)
             .take(limit)
-            .map(|i| incident(i, false))
+            .map(|i| told(incident(i, false), &states))
             .collect();
         Ok(Response::new(pb::ListIncidentsResponse { incidents }))
     }
@@ -153,7 +179,8 @@ impl pb::query_server::Query for QueryService {
         request: Request<pb::GetIncidentRequest>,
     ) -> Result<Response<pb::Incident>, Status> {
         let found = self.find(request.into_inner().id)?;
-        Ok(Response::new(incident(&found, true)))
+        let states = remediation_states(&self.remediations);
+        Ok(Response::new(told(incident(&found, true), &states)))
     }
 
     type WatchIncidentsStream = IncidentStream;
@@ -164,17 +191,19 @@ impl pb::query_server::Query for QueryService {
     ) -> Result<Response<IncidentStream>, Status> {
         let open_only = request.into_inner().open_only;
         let log = self.incidents.clone();
+        let remediations = self.remediations.clone();
         let stop = self.stop.clone();
         let mut revisions = log.subscribe();
         let stream = async_stream(move |tx| async move {
             let mut sent: HashMap<u64, pb::Incident> = HashMap::new();
             let mut first = true;
             loop {
+                let states = remediation_states(&remediations);
                 for i in log.snapshot() {
                     if first && open_only && i.state != IncidentState::Open {
                         continue;
                     }
-                    let now = incident(&i, true);
+                    let now = told(incident(&i, true), &states);
                     if sent.get(&i.id) != Some(&now) {
                         sent.insert(i.id, now.clone());
                         if tx.send(Ok(now)).await.is_err() {

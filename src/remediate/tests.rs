@@ -3,6 +3,7 @@ use crate::detect::FailureClass;
 use crate::detect::anomaly::AnomalyEvent;
 use crate::incident::testing::{W, anomaly, params, window};
 use crate::incident::{IncidentLog, IncidentStage};
+use command::Status;
 use governor::Limits;
 use tokio::sync::oneshot;
 

@@ -229,6 +229,19 @@ async fn approve_through_the_cli(api: std::net::SocketAddr, token: String) {
         let pending: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
         if let Some(held) = pending.first() {
             let id = held["id"].as_str().expect("id").to_string();
+            // Meanwhile the query API tells the incident as being mitigated.
+            let listed = tokio::process::Command::new(env!("CARGO_BIN_EXE_homeostat"))
+                .args(["incidents", "--api", &api.to_string(), "--format", "json"])
+                .output()
+                .await
+                .expect("cli");
+            let incidents: Vec<serde_json::Value> =
+                serde_json::from_slice(&listed.stdout).expect("incidents json");
+            let mine = incidents
+                .iter()
+                .find(|i| i["id"] == held["incident"])
+                .expect("the held command's incident is listed");
+            assert_eq!(mine["state"], "mitigating", "{mine}");
             let refused = cli(&["approve", &id]).output().await.expect("cli");
             assert!(
                 !refused.status.success(),
