@@ -77,6 +77,8 @@ pub enum IncidentEvent {
     },
     /// A service's version changed.
     Deployment(crate::window::deployments::VersionChange),
+    /// A service's live instances changed.
+    Instances(crate::window::inventory::Instances),
 }
 
 /// `open` or `resolved`.
@@ -509,6 +511,7 @@ impl Stage for IncidentStage {
             DetectOutput::Event(event) => self.on_event(&event),
             DetectOutput::Closed(window) => out.push(self.on_window(&window)),
             DetectOutput::Deployment(change) => out.push(IncidentEvent::Deployment(change)),
+            DetectOutput::Instances(i) => out.push(IncidentEvent::Instances(i)),
         }
     }
 

@@ -44,6 +44,8 @@ pub enum WindowEvent {
     Closed(Arc<WindowTables>),
     /// A service's version changed (before the windows it shows in close).
     Deployment(VersionChange),
+    /// A service's live instances changed.
+    Instances(crate::window::inventory::Instances),
     /// Humans' verdicts for detection (from the API, not the window stage).
     Feedback(Vec<crate::detect::feedback::Tolerance>),
 }
@@ -78,6 +80,8 @@ pub struct WindowStage {
     last_input: Instant,
     assignment: u64,
     deployments: Deployments,
+    /// Which instances each service runs.
+    inventory: crate::window::inventory::Inventory,
     deployment_log: DeploymentLog,
     /// Where the version changes are kept across restarts.
     deployment_file: Option<std::path::PathBuf>,
@@ -137,6 +141,7 @@ impl WindowStage {
             last_input: Instant::now(),
             assignment: 0,
             deployments: Deployments::new(DEPLOY_GAP_MS, window.max_series),
+            inventory: crate::window::inventory::Inventory::new(window.max_series),
             deployment_log: DeploymentLog::new(MAX_DEPLOYMENTS),
             deployment_file: None,
         })
@@ -239,6 +244,10 @@ impl WindowStage {
             Signal::Traces => "end_time_unix_nano",
             Signal::Metrics | Signal::Logs => "time_unix_nano",
         };
+        let inventory = self.inventory.observe(&decoded.batch, time_column);
+        if self.downstream {
+            out.extend(inventory.into_iter().map(WindowEvent::Instances));
+        }
         let changes = self.deployments.observe(&decoded.batch, time_column);
         if !changes.is_empty() {
             for c in &changes {

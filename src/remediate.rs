@@ -20,6 +20,7 @@
 //! incident remediated (dropped when its incident leaves the incident stage's
 //! window of attention, see `prune`), the governor's and the log's bounds.
 
+pub mod canary;
 pub mod case;
 pub mod command;
 pub mod config;
@@ -66,6 +67,10 @@ pub struct RemediateParams {
     pub command_ttl_ms: i64,
     pub outcome_timeout_ms: i64,
     pub verify_windows: u32,
+    /// Canary remediation on targets with several instances.
+    pub canary: bool,
+    pub canary_share: f64,
+    pub canary_windows: u32,
 }
 
 /// The remediation stage.
@@ -80,6 +85,8 @@ pub struct RemediateStage {
     tops: HashMap<u64, (String, crate::detect::FailureClass, u32)>,
     /// Per service: (version, previous version).
     versions: BTreeMap<String, (String, String)>,
+    /// Per service: its live instances.
+    instances: BTreeMap<String, Vec<String>>,
     /// Incidents a human stopped remediating.
     stopped: std::collections::HashSet<u64>,
     /// Where the state is kept across restarts.
@@ -104,6 +111,7 @@ impl RemediateStage {
             cases: BTreeMap::new(),
             tops: HashMap::new(),
             versions: BTreeMap::new(),
+            instances: BTreeMap::new(),
             stopped: std::collections::HashSet::new(),
             state_path: None,
             now_ms: 0,
@@ -132,9 +140,11 @@ impl RemediateStage {
         self.now_ms = self.now_ms.max(end_ms);
         self.services = services;
         let mut active = HashMap::new();
+        let mut members = HashMap::new();
         for incident in incidents {
             let back = recovered(incident);
             active.insert(incident.id, back);
+            members.insert(incident.id, incident.anomalies().count());
             let Some(top) = incident.root_causes.first() else {
                 continue;
             };
@@ -159,6 +169,9 @@ impl RemediateStage {
         for id in ids {
             // Not listed: neither open nor changed, so resolved before.
             let back = active.get(&id).copied().unwrap_or(true);
+            if let (Some(case), Some(&n)) = (self.cases.get_mut(&id), members.get(&id)) {
+                case.members = n;
+            }
             self.drive(id, back, out);
         }
         self.prune(&active);
@@ -200,6 +213,8 @@ impl RemediateStage {
                 current: None,
                 last_wait: String::new(),
                 updated_ms: self.now_ms,
+                members: incident.anomalies().count(),
+                canary: None,
             },
         );
     }
@@ -231,6 +246,9 @@ impl RemediateStage {
             }
             State::WaitingApproval => {}
             State::Verifying if back => self.succeed(&mut case),
+            State::Verifying if case.canary.is_some() => {
+                self.canary_window(&mut case, out);
+            }
             State::Verifying => {
                 let since = case.current.as_ref().map_or(now, |a| a.since_ms);
                 let verify_ms = self.params.verify_windows as i64 * self.params.window_ms;
@@ -276,7 +294,8 @@ impl RemediateStage {
             .iter()
             .map(|(k, v)| (k.clone(), render(v, &case.context)))
             .collect();
-        let command = self.command(case, spec.action, params, &playbook.name.clone());
+        let mut command = self.command(case, spec.action, params, &playbook.name.clone());
+        self.canary(case, &mut command);
         case.current = Some(Attempt {
             command,
             step,
@@ -347,6 +366,7 @@ impl RemediateStage {
             approval: step.approval || demoted,
             to_version: data.params.get("to_version").map_or("", String::as_str),
             approved: attempt.approved,
+            continues: data.params.get("canary").is_some_and(|c| c == "false"),
         };
         let d = self.governor.decide(&request, self.now_ms, self.services);
         if d.verdict != Verdict::Wait || d.reason != case.last_wait {
@@ -496,6 +516,9 @@ impl Stage for RemediateStage {
                 services,
                 incidents,
             }) => self.on_incidents(end_ms, services, &incidents, out),
+            RemediateInput::Incident(IncidentEvent::Instances(i)) => {
+                self.instances.insert(i.service, i.instances);
+            }
             RemediateInput::Incident(IncidentEvent::Deployment(change)) => {
                 self.versions.insert(
                     change.service.clone(),

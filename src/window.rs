@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod deployments;
+pub mod inventory;
 pub mod metric_series;
 pub mod pairing;
 pub mod quantiles;

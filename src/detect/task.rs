@@ -22,6 +22,8 @@ pub enum DetectOutput {
     Closed(Arc<WindowTables>),
     /// A service's version changed (passed on for remediation's rollbacks).
     Deployment(crate::window::deployments::VersionChange),
+    /// A service's live instances changed (passed on for canary remediation).
+    Instances(crate::window::inventory::Instances),
 }
 
 /// The detection stage in the pipeline.
@@ -49,6 +51,7 @@ impl Stage for DetectTask {
         match event {
             WindowEvent::Logs(batch) => self.stage.on_logs(&batch),
             WindowEvent::Feedback(verdicts) => self.stage.tolerate(verdicts),
+            WindowEvent::Instances(instances) => out.push(DetectOutput::Instances(instances)),
             WindowEvent::Deployment(change) => {
                 self.stage.on_deployment(change.clone());
                 out.push(DetectOutput::Deployment(change));

@@ -70,6 +70,12 @@ pub struct Case {
     /// The last reason it waited, so a wait is logged once.
     pub last_wait: String,
     pub updated_ms: i64,
+    /// Member anomalies of the incident at the last window.
+    #[serde(default)]
+    pub members: usize,
+    /// A canary in progress.
+    #[serde(default)]
+    pub canary: Option<super::canary::Canary>,
 }
 
 /// Whether every member anomaly of the incident has ended (its series are back

@@ -64,6 +64,12 @@ pub struct RemediationConfig {
     pub rollback_depth: u32,
     /// Decisions and outcomes kept for SQL.
     pub max_log_rows: usize,
+    /// On a target with several instances, act on a share of them first.
+    pub canary: bool,
+    /// That share (at least one instance, never all).
+    pub canary_share: f64,
+    /// Windows the canary must run without new anomalies before widening.
+    pub canary_windows: u32,
 }
 
 impl RemediationConfig {
@@ -109,6 +115,12 @@ impl RemediationConfig {
             problems.push(format!(
                 "remediation.min_score must be in 0..1, not {}",
                 self.min_score
+            ));
+        }
+        if !(self.canary_share > 0.0 && self.canary_share < 1.0) {
+            problems.push(format!(
+                "remediation.canary_share must be in (0, 1), not {}",
+                self.canary_share
             ));
         }
         if !(self.max_share > 0.0 && self.max_share <= 1.0) {

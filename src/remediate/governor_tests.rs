@@ -26,6 +26,7 @@ fn ask<'a>(id: &'a str, service: &'a str, action: Action) -> Request<'a> {
         approval: false,
         to_version: "1.0",
         approved: false,
+        continues: false,
     }
 }
 

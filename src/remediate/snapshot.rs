@@ -31,6 +31,8 @@ pub struct Snapshot {
     governor: Saved,
     stopped: Vec<u64>,
     versions: BTreeMap<String, (String, String)>,
+    #[serde(default)]
+    instances: BTreeMap<String, Vec<String>>,
 }
 
 impl RemediateStage {
@@ -50,6 +52,7 @@ impl RemediateStage {
         self.governor.restore(s.governor);
         self.stopped = s.stopped.into_iter().collect();
         self.versions = s.versions;
+        self.instances = s.instances;
         let playbooks = &self.playbooks.playbooks;
         for (name, mut case) in s.cases {
             let Some(index) = playbooks.iter().position(|p| p.name == name) else {
@@ -84,6 +87,7 @@ impl RemediateStage {
             governor: self.governor.save(),
             stopped: self.stopped.iter().copied().collect(),
             versions: self.versions.clone(),
+            instances: self.instances.clone(),
         };
         persist::save(path, VERSION, &snapshot);
     }

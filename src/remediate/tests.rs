@@ -33,6 +33,9 @@ fn stage(limits: Limits) -> RemediateStage {
         command_ttl_ms: 300_000,
         outcome_timeout_ms: 3 * W,
         verify_windows: 4,
+        canary: true,
+        canary_share: 0.25,
+        canary_windows: 2,
     };
     let playbooks = Playbooks::built_in().expect("playbooks");
     RemediateStage::new(
@@ -318,4 +321,76 @@ fn a_restart_between_decision_and_outcome_neither_loses_nor_repeats_the_step() {
         .err()
         .expect("damaged state refused");
     assert!(err.to_string().contains("remediation.json"), "{err}");
+}
+
+fn pods(l: &mut Loop, n: usize) {
+    let instances = crate::window::inventory::Instances {
+        namespace: String::new(),
+        service: "cart".into(),
+        environment: String::new(),
+        instances: (0..n).map(|i| format!("cart-{i}")).collect(),
+    };
+    let event = RemediateInput::Incident(IncidentEvent::Instances(instances));
+    l.remediate.on_data(event, &mut Vec::new());
+}
+
+#[test]
+fn a_canary_restarts_one_instance_first_then_widens_to_the_rest() {
+    let mut l = Loop::new(limits());
+    pods(&mut l, 4);
+    let leak = l.open("cart", FailureClass::MemoryLeak);
+    l.tick();
+    let canary = l.tick();
+    assert_eq!(actions(&canary), ["restart"]);
+    let params = &canary[0].data.params;
+    assert_eq!(
+        (params["instances"].as_str(), params["canary"].as_str()),
+        ("cart-0", "true")
+    );
+    l.report(&canary[0], Status::Succeeded);
+    assert!(
+        l.tick().is_empty(),
+        "the canary runs for canary_windows first"
+    );
+    let widened = l.tick();
+    assert_eq!(actions(&widened), ["restart"]);
+    let params = &widened[0].data.params;
+    assert_eq!(
+        (params["instances"].as_str(), params["canary"].as_str()),
+        ("cart-1,cart-2,cart-3", "false")
+    );
+    assert_ne!(widened[0].id, canary[0].id);
+    l.report(&widened[0], Status::Succeeded);
+    l.end(&leak);
+    l.tick();
+    assert_eq!(l.state(), State::Recovered);
+    let learned =
+        l.remediate
+            .learning()
+            .get(&("memory_leak".into(), "cart".into(), Action::Restart));
+    assert_eq!(learned.map(|r| (r.attempts, r.successes)), Some((1, 1)));
+}
+
+#[test]
+fn a_canary_that_makes_things_worse_aborts_and_escalates() {
+    let mut l = Loop::new(limits());
+    pods(&mut l, 2);
+    l.open("cart", FailureClass::MemoryLeak);
+    l.tick();
+    let canary = l.tick();
+    l.report(&canary[0], Status::Succeeded);
+    // A new anomaly joins the incident while only the canary was restarted.
+    let mut worse = anomaly("cart", l.w);
+    worse.key.name = "p99_ms".into();
+    l.incidents.on_event(&AnomalyEvent::Opened(worse));
+    let after = l.tick();
+    assert_eq!(actions(&after), ["notify"], "no widening, a human is told");
+    assert_eq!(l.state(), State::Escalated);
+    let decisions = l.remediate.log.decisions();
+    assert!(
+        decisions.iter().any(|d| d
+            .reason
+            .contains("canary: new anomalies after acting on cart-0")),
+        "{decisions:?}"
+    );
 }

@@ -98,6 +98,7 @@ impl RemediateStage {
             approval: false,
             to_version: "",
             approved: false,
+            continues: false,
         };
         let d = self.governor.decide(&request, self.now_ms, self.services);
         self.record(
