@@ -35,6 +35,65 @@ pub struct VersionChange {
     pub at_ms: i64,
 }
 
+fn text_column<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+}
+
+/// A batch's service identity columns and event times, read for what every
+/// record's resource says (versions, instances).
+pub(super) struct ResourceRows<'a> {
+    ns: &'a StringArray,
+    svc: &'a StringArray,
+    env: &'a StringArray,
+    times: &'a arrow::array::UInt64Array,
+    rows: usize,
+}
+
+impl<'a> ResourceRows<'a> {
+    /// The columns of `batch`, with event times from `time_column` (ns).
+    pub(super) fn of(batch: &'a RecordBatch, time_column: &str) -> Option<Self> {
+        let times = batch
+            .column_by_name(time_column)
+            .and_then(|c| c.as_any().downcast_ref::<arrow::array::UInt64Array>())?;
+        Some(Self {
+            ns: text_column(batch, "service_namespace")?,
+            svc: text_column(batch, "service_name")?,
+            env: text_column(batch, "deployment_environment")?,
+            times,
+            rows: batch.num_rows(),
+        })
+    }
+
+    /// (row, service key, event time ms) of the rows where `value` (a resource
+    /// attribute) is set, skipping rows that repeat the previous one's service,
+    /// value and second: rows of one resource repeat its identity, so a
+    /// tracker looks up only when it changes.
+    pub(super) fn sightings<'v>(
+        &'v self,
+        value: impl Fn(usize) -> Option<&'v str> + 'v,
+    ) -> impl Iterator<Item = (usize, [&'a str; 3], i64)> + 'v {
+        let mut previous: Option<usize> = None;
+        (0..self.rows).filter_map(move |i| {
+            let v = value(i).filter(|v| !v.is_empty())?;
+            let same = previous.is_some_and(|p| {
+                value(p) == Some(v)
+                    && self.svc.value(p) == self.svc.value(i)
+                    && self.ns.value(p) == self.ns.value(i)
+                    && self.env.value(p) == self.env.value(i)
+                    && self.times.value(p) / 1_000_000_000 == self.times.value(i) / 1_000_000_000
+            });
+            previous = Some(i);
+            if same {
+                return None;
+            }
+            let key = [self.ns.value(i), self.svc.value(i), self.env.value(i)];
+            Some((i, key, (self.times.value(i) / 1_000_000) as i64))
+        })
+    }
+}
+
 /// Versions per (namespace, service, environment), each with its last sighting.
 #[derive(Debug)]
 pub struct Deployments {
@@ -69,43 +128,14 @@ impl Deployments {
     /// Reads a batch's resource columns and event times (`time_column`, ns);
     /// returns the changes it shows, in row order.
     pub fn observe(&mut self, batch: &RecordBatch, time_column: &str) -> Vec<VersionChange> {
-        let text = |name: &str| {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        };
-        let times = batch
-            .column_by_name(time_column)
-            .and_then(|c| c.as_any().downcast_ref::<arrow::array::UInt64Array>());
-        let (Some(ns), Some(svc), Some(env), Some(version), Some(times)) = (
-            text("service_namespace"),
-            text("service_name"),
-            text("deployment_environment"),
-            text("service_version"),
-            times,
+        let (Some(rows), Some(version)) = (
+            ResourceRows::of(batch, time_column),
+            text_column(batch, "service_version"),
         ) else {
             return Vec::new();
         };
         let mut changes = Vec::new();
-        let mut previous: Option<usize> = None;
-        for i in 0..batch.num_rows() {
-            if version.is_null(i) || version.value(i).is_empty() {
-                continue;
-            }
-            // Rows of one resource repeat its identity: look up only when it changes.
-            let same = previous.is_some_and(|p| {
-                version.value(p) == version.value(i)
-                    && svc.value(p) == svc.value(i)
-                    && ns.value(p) == ns.value(i)
-                    && env.value(p) == env.value(i)
-                    && times.value(p) / 1_000_000_000 == times.value(i) / 1_000_000_000
-            });
-            previous = Some(i);
-            if same {
-                continue;
-            }
-            let at_ms = (times.value(i) / 1_000_000) as i64;
-            let key = [ns.value(i), svc.value(i), env.value(i)];
+        for (i, key, at_ms) in rows.sightings(|i| version.is_valid(i).then(|| version.value(i))) {
             if let Some(change) = self.sighting(key, version.value(i), at_ms) {
                 changes.push(change);
             }

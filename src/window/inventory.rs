@@ -7,10 +7,11 @@
 //! when the service is next seen) is reported. Memory: per service at most
 //! [`MAX_INSTANCES`] instances, at most `max_services` services.
 
-use arrow::array::{Array, StringArray, UInt64Array};
+use arrow::array::{Array, StringArray};
 use arrow::record_batch::RecordBatch;
 
 use super::FastMap;
+use super::deployments::ResourceRows;
 
 /// Event time after which a silent instance is gone.
 pub const INSTANCE_TTL_MS: i64 = 10 * 60 * 1000;
@@ -49,50 +50,24 @@ impl Inventory {
                 .column_by_name(name)
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>())
         };
-        let times = batch
-            .column_by_name(time_column)
-            .and_then(|c| c.as_any().downcast_ref::<UInt64Array>());
-        let (Some(ns), Some(svc), Some(env), Some(id), Some(pod), Some(times)) = (
-            text("service_namespace"),
-            text("service_name"),
-            text("deployment_environment"),
+        let (Some(rows), Some(id), Some(pod)) = (
+            ResourceRows::of(batch, time_column),
             text("service_instance_id"),
             text("k8s_pod_name"),
-            times,
         ) else {
             return Vec::new();
         };
         let instance = |i: usize| {
             if id.is_valid(i) && !id.value(i).is_empty() {
-                id.value(i)
-            } else if pod.is_valid(i) {
-                pod.value(i)
+                Some(id.value(i))
             } else {
-                ""
+                pod.is_valid(i).then(|| pod.value(i))
             }
         };
         let mut changed: Vec<[String; 3]> = Vec::new();
-        let mut previous: Option<usize> = None;
-        for i in 0..batch.num_rows() {
-            let name = instance(i);
-            if name.is_empty() {
-                continue;
-            }
-            // Rows of one resource repeat its identity: look up only when it changes.
-            let same = previous.is_some_and(|p| {
-                instance(p) == name
-                    && svc.value(p) == svc.value(i)
-                    && ns.value(p) == ns.value(i)
-                    && env.value(p) == env.value(i)
-                    && times.value(p) / 1_000_000_000 == times.value(i) / 1_000_000_000
-            });
-            previous = Some(i);
-            if same {
-                continue;
-            }
-            let key = [ns.value(i), svc.value(i), env.value(i)];
-            let at_ms = (times.value(i) / 1_000_000) as i64;
+        for (i, key, at_ms) in rows.sightings(instance) {
             let owned = key.map(str::to_string);
+            let name = instance(i).unwrap_or_default();
             if self.sighting(key, name, at_ms) && !changed.contains(&owned) {
                 changed.push(owned);
             }
