@@ -316,4 +316,30 @@ mod tests {
         let runs = std::fs::read_to_string(&marker).expect("marker");
         assert_eq!(runs.lines().count(), 1, "carried out once: {runs:?}");
     }
+
+    #[tokio::test]
+    async fn a_dry_run_changes_nothing_and_says_what_would_run() {
+        let dir = tempfile::tempdir().expect("dir");
+        let marker = dir.path().join("runs");
+        let mut config = crate::config::Config::from_toml_str("")
+            .expect("defaults")
+            .executor;
+        config.drivers = vec!["exec".into()];
+        config
+            .exec
+            .insert("restart".into(), format!("touch {}", marker.display()));
+        let executor = Executor::new(config, Arc::new(MemoryBus::new()), "a", "o");
+        let mut command =
+            crate::remediate::command::tests::sample(crate::remediate::playbook::Action::Restart);
+        command.data.dry_run = true;
+        let done = executor.carry_out(&command).await;
+        assert_eq!(
+            done,
+            Done::Succeeded("dry run: exec would restart cart".into())
+        );
+        assert!(!marker.exists(), "nothing ran");
+        let mut notify = command.clone();
+        notify.data.action = crate::remediate::playbook::Action::Notify;
+        assert_eq!(executor.carry_out(&notify).await, Done::NotMine);
+    }
 }

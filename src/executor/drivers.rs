@@ -120,3 +120,82 @@ pub async fn webhook(client: &reqwest::Client, config: &ExecutorConfig, command:
         Err(error) => Done::Failed(format!("webhook: {error}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::http::HeaderMap;
+    use axum::routing::post;
+
+    use super::*;
+    use crate::remediate::playbook::Action;
+
+    #[tokio::test]
+    async fn the_webhook_posts_the_structured_cloudevent_and_reads_the_status() {
+        let seen: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
+        let recorder = seen.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            post(move |headers: HeaderMap, body: String| {
+                let recorder = recorder.clone();
+                async move {
+                    let h = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string()
+                    };
+                    recorder.lock().expect("lock").push((
+                        h("content-type"),
+                        h("traceparent"),
+                        body,
+                    ));
+                    axum::http::StatusCode::ACCEPTED
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut config = crate::config::Config::from_toml_str("")
+            .expect("defaults")
+            .executor;
+        config.webhook_url = format!("http://{addr}/hook");
+        let command = crate::remediate::command::tests::sample(Action::Restart);
+        let client = reqwest::Client::new();
+        let done = webhook(&client, &config, &command).await;
+        assert_eq!(
+            done,
+            Done::Succeeded("webhook answered 202 Accepted".into())
+        );
+        let (ctype, traceparent, body) = seen.lock().expect("lock").remove(0);
+        assert_eq!(ctype, CONTENT_TYPE);
+        assert_eq!(traceparent, command.traceparent);
+        let back = crate::remediate::command::parse_command(body.as_bytes()).expect("a command");
+        assert_eq!(back, command);
+        config.webhook_url = format!("http://{addr}/missing");
+        let Done::Failed(why) = webhook(&client, &config, &command).await else {
+            panic!("a 404 fails")
+        };
+        assert!(why.contains("404"), "{why}");
+    }
+
+    #[test]
+    fn words_are_templated_one_by_one() {
+        let mut command = crate::remediate::command::tests::sample(Action::Scale);
+        command
+            .data
+            .params
+            .insert("by".into(), "2; rm -rf /".into());
+        assert_eq!(render_word("{{service}}@{{version}}", &command), "cart@2.1");
+        // A value with spaces stays one argument: no word splitting, no shell.
+        assert_eq!(
+            render_word("--by={{params.by}}", &command),
+            "--by=2; rm -rf /"
+        );
+    }
+}

@@ -394,3 +394,46 @@ fn a_canary_that_makes_things_worse_aborts_and_escalates() {
         "{decisions:?}"
     );
 }
+
+#[test]
+fn a_storm_of_a_thousand_incidents_holds_the_limits_exactly_through_the_stages() {
+    let mut l = Loop::new(Limits {
+        max_global: 12,
+        max_concurrent: 5,
+        max_per_service: 10,
+        ..limits()
+    });
+    let mut open = Vec::new();
+    for i in 0..1000 {
+        open.push(l.open(&format!("svc-{i:04}"), FailureClass::MemoryLeak));
+    }
+    let mut sent: Vec<Command> = Vec::new();
+    for round in 0..8 {
+        let out = l.tick();
+        if round == 0 {
+            let incidents = l.incidents.incidents().len();
+            assert_eq!(incidents, 1000, "one incident per unconnected failure");
+        }
+        sent.extend(out.iter().cloned());
+        let in_flight = l.remediate.governor.in_flight();
+        assert!(in_flight <= 5, "{in_flight} in flight");
+        // Every command succeeds and its service recovers.
+        for c in &out {
+            l.report(c, Status::Succeeded);
+            if let Some(a) = open.iter().find(|a| a.key.service == c.subject) {
+                let a = a.clone();
+                l.end(&a);
+            }
+        }
+    }
+    assert_eq!(sent.len(), 12, "max_global within the rate window, exactly");
+    let mut targets: Vec<&str> = sent.iter().map(|c| c.subject.as_str()).collect();
+    targets.dedup();
+    assert_eq!(targets.len(), 12, "one command per incident");
+    let held = l
+        .remediate
+        .cases()
+        .filter(|c| c.current.as_ref().is_some_and(|a| !a.sent) && !c.last_wait.is_empty())
+        .count();
+    assert_eq!(held, 988, "every other incident waits, and says why");
+}

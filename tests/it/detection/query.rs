@@ -11,7 +11,9 @@ use crate::support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_query_api_answers_tonic_python_and_the_cli() {
-    let engine = support::engine(CONFIG).await;
+    // Remediation off: an incident's state stays its lifecycle's (with it on,
+    // the API tells `mitigating` or `escalated`; tests/it/remediation.rs).
+    let engine = support::engine(&format!("{CONFIG}[remediation]\nenabled = false\n")).await;
     let grpc = format!("http://{}", engine.grpc_addr);
     send(
         grpc,
