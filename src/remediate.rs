@@ -85,8 +85,8 @@ pub struct RemediateStage {
     tops: HashMap<u64, (String, crate::detect::FailureClass, u32)>,
     /// Per service: (version, previous version).
     versions: BTreeMap<String, (String, String)>,
-    /// Per service: its live instances.
-    instances: BTreeMap<String, Vec<String>>,
+    /// Per service: its live instances and Kubernetes identity.
+    instances: BTreeMap<String, crate::window::inventory::Instances>,
     /// Incidents a human stopped remediating.
     stopped: std::collections::HashSet<u64>,
     /// Where the state is kept across restarts.
@@ -314,6 +314,7 @@ impl RemediateStage {
         playbook: &str,
     ) -> Command {
         let ctx = &case.context;
+        let inventory = self.instances.get(&ctx.service);
         command::command(
             &self.params.source,
             self.now_ms,
@@ -327,6 +328,13 @@ impl RemediateStage {
                     environment: ctx.environment.clone(),
                     version: ctx.version.clone(),
                     previous_version: ctx.previous_version.clone(),
+                    k8s_namespace: inventory
+                        .map(|i| i.k8s_namespace.clone())
+                        .unwrap_or_default(),
+                    k8s_deployment: inventory
+                        .map(|i| i.k8s_deployment.clone())
+                        .unwrap_or_default(),
+                    instances: inventory.map(|i| i.instances.clone()).unwrap_or_default(),
                 },
                 root_cause: Cause {
                     service: ctx.service.clone(),
@@ -517,7 +525,7 @@ impl Stage for RemediateStage {
                 incidents,
             }) => self.on_incidents(end_ms, services, &incidents, out),
             RemediateInput::Incident(IncidentEvent::Instances(i)) => {
-                self.instances.insert(i.service, i.instances);
+                self.instances.insert(i.service.clone(), i);
             }
             RemediateInput::Incident(IncidentEvent::Deployment(change)) => {
                 self.versions.insert(

@@ -9,9 +9,10 @@
 //! - rollback: the containers whose image is tagged with the running version
 //!   get the previous version's tag (images tagged by `service.version`).
 //!
-//! The Deployment is `params.k8s_deployment`, else the target service; its
-//! namespace `params.k8s_namespace`, else the target's namespace, else
-//! `default`. The API is reached over plain HTTP (`executor.kubernetes_api`,
+//! The Deployment is `params.k8s_deployment`, else the target's
+//! `k8s.deployment.name`, else the service; its namespace
+//! `params.k8s_namespace`, else the target's `k8s.namespace.name`, else its
+//! `service.namespace`, else `default`. The API is reached over plain HTTP (`executor.kubernetes_api`,
 //! typically `kubectl proxy` or a proxy sidecar at http://127.0.0.1:8001); the
 //! bearer token is read from `executor.kubernetes_token_file` at each call, as
 //! service-account tokens rotate. TLS to the API server directly is not built
@@ -92,18 +93,30 @@ impl Kubernetes {
         if !handles(d.action) {
             return Done::NotMine;
         }
-        let name = d
-            .params
-            .get("k8s_deployment")
-            .cloned()
-            .unwrap_or_else(|| d.target.service.clone());
-        let namespace = d
-            .params
-            .get("k8s_namespace")
-            .cloned()
-            .filter(|n| !n.is_empty())
-            .or_else(|| Some(d.target.namespace.clone()).filter(|n| !n.is_empty()))
-            .unwrap_or_else(|| "default".to_string());
+        let first = |candidates: [Option<&String>; 3], fallback: &str| {
+            candidates
+                .into_iter()
+                .flatten()
+                .find(|v| !v.is_empty())
+                .cloned()
+                .unwrap_or_else(|| fallback.to_string())
+        };
+        let name = first(
+            [
+                d.params.get("k8s_deployment"),
+                Some(&d.target.k8s_deployment),
+                None,
+            ],
+            &d.target.service,
+        );
+        let namespace = first(
+            [
+                d.params.get("k8s_namespace"),
+                Some(&d.target.k8s_namespace),
+                Some(&d.target.namespace),
+            ],
+            "default",
+        );
         let path = format!("/apis/apps/v1/namespaces/{namespace}/deployments/{name}");
         let result = match d.action {
             Action::Restart => self.restart(&path, command).await,

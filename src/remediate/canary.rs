@@ -53,7 +53,7 @@ impl RemediateStage {
         let Some(instances) = self.instances.get(&case.context.service) else {
             return;
         };
-        let Some((first, rest)) = split(instances, self.params.canary_share) else {
+        let Some((first, rest)) = split(&instances.instances, self.params.canary_share) else {
             return;
         };
         let params = &mut command.data.params;

@@ -55,6 +55,15 @@ pub struct Target {
     /// The version it ran before its last change, empty when unknown.
     #[serde(default)]
     pub previous_version: String,
+    /// `k8s.namespace.name` of its pods, empty when unknown.
+    #[serde(default)]
+    pub k8s_namespace: String,
+    /// `k8s.deployment.name` of its pods, empty when unknown.
+    #[serde(default)]
+    pub k8s_deployment: String,
+    /// Its live instances (`service.instance.id`, else `k8s.pod.name`).
+    #[serde(default)]
+    pub instances: Vec<String>,
 }
 
 /// The root cause a command answers.
@@ -271,6 +280,7 @@ pub(crate) mod tests {
                     environment: "prod".into(),
                     version: "2.1".into(),
                     previous_version: "2.0".into(),
+                    ..Target::default()
                 },
                 root_cause: Cause {
                     service: "cart".into(),

@@ -32,7 +32,7 @@ pub struct Snapshot {
     stopped: Vec<u64>,
     versions: BTreeMap<String, (String, String)>,
     #[serde(default)]
-    instances: BTreeMap<String, Vec<String>>,
+    instances: BTreeMap<String, crate::window::inventory::Instances>,
 }
 
 impl RemediateStage {

@@ -329,6 +329,8 @@ fn pods(l: &mut Loop, n: usize) {
         service: "cart".into(),
         environment: String::new(),
         instances: (0..n).map(|i| format!("cart-{i}")).collect(),
+        k8s_namespace: "shop-prod".into(),
+        k8s_deployment: "cart".into(),
     };
     let event = RemediateInput::Incident(IncidentEvent::Instances(instances));
     l.remediate.on_data(event, &mut Vec::new());
@@ -346,6 +348,15 @@ fn a_canary_restarts_one_instance_first_then_widens_to_the_rest() {
     assert_eq!(
         (params["instances"].as_str(), params["canary"].as_str()),
         ("cart-0", "true")
+    );
+    let target = &canary[0].data.target;
+    assert_eq!(
+        (
+            target.k8s_namespace.as_str(),
+            target.k8s_deployment.as_str(),
+            target.instances.len()
+        ),
+        ("shop-prod", "cart", 4)
     );
     l.report(&canary[0], Status::Succeeded);
     assert!(

@@ -18,19 +18,33 @@ pub const INSTANCE_TTL_MS: i64 = 10 * 60 * 1000;
 /// Instances remembered per service.
 pub const MAX_INSTANCES: usize = 256;
 
-/// A service's live instances, sorted.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A service's live instances, sorted, and where Kubernetes runs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Instances {
     pub namespace: String,
     pub service: String,
     pub environment: String,
     pub instances: Vec<String>,
+    /// `k8s.namespace.name` last seen, empty when none.
+    #[serde(default)]
+    pub k8s_namespace: String,
+    /// `k8s.deployment.name` last seen, empty when none.
+    #[serde(default)]
+    pub k8s_deployment: String,
 }
 
-/// Live instances per (namespace, service, environment), each with its last sighting.
+/// One service's live instances (each with its last sighting) and its
+/// Kubernetes namespace and Deployment.
+#[derive(Debug, Default)]
+struct Entry {
+    live: Vec<(String, i64)>,
+    k8s: [String; 2],
+}
+
+/// Live instances per (namespace, service, environment).
 #[derive(Debug)]
 pub struct Inventory {
-    services: FastMap<[String; 3], Vec<(String, i64)>>,
+    services: FastMap<[String; 3], Entry>,
     max_services: usize,
 }
 
@@ -50,10 +64,12 @@ impl Inventory {
                 .column_by_name(name)
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>())
         };
-        let (Some(rows), Some(id), Some(pod)) = (
+        let (Some(rows), Some(id), Some(pod), Some(k8s_ns), Some(k8s_deploy)) = (
             ResourceRows::of(batch, time_column),
             text("service_instance_id"),
             text("k8s_pod_name"),
+            text("k8s_namespace_name"),
+            text("k8s_deployment_name"),
         ) else {
             return Vec::new();
         };
@@ -68,40 +84,53 @@ impl Inventory {
         for (i, key, at_ms) in rows.sightings(instance) {
             let owned = key.map(str::to_string);
             let name = instance(i).unwrap_or_default();
-            if self.sighting(key, name, at_ms) && !changed.contains(&owned) {
+            let k8s = [k8s_ns.value(i), k8s_deploy.value(i)];
+            if self.sighting(key, name, k8s, at_ms) && !changed.contains(&owned) {
                 changed.push(owned);
             }
         }
         changed
             .into_iter()
             .map(|key| {
-                let mut instances: Vec<String> = self
-                    .services
-                    .get(&key)
-                    .map(|v| v.iter().map(|(n, _)| n.clone()).collect())
+                let entry = self.services.get(&key);
+                let mut instances: Vec<String> = entry
+                    .map(|e| e.live.iter().map(|(n, _)| n.clone()).collect())
                     .unwrap_or_default();
                 instances.sort();
+                let [k8s_namespace, k8s_deployment] =
+                    entry.map(|e| e.k8s.clone()).unwrap_or_default();
                 let [namespace, service, environment] = key;
                 Instances {
                     namespace,
                     service,
                     environment,
                     instances,
+                    k8s_namespace,
+                    k8s_deployment,
                 }
             })
             .collect()
     }
 
-    /// Records one sighting; true when the service's live set changed.
-    fn sighting(&mut self, key: [&str; 3], name: &str, at_ms: i64) -> bool {
+    /// Records one sighting; true when the service's live set (or where
+    /// Kubernetes runs it) changed.
+    fn sighting(&mut self, key: [&str; 3], name: &str, k8s: [&str; 2], at_ms: i64) -> bool {
         let owned = key.map(str::to_string);
         if !self.services.contains_key(&owned) && self.services.len() >= self.max_services {
             return false;
         }
-        let live = self.services.entry(owned).or_default();
+        let entry = self.services.entry(owned).or_default();
+        let mut changed = false;
+        for (slot, value) in entry.k8s.iter_mut().zip(k8s) {
+            if !value.is_empty() && slot != value {
+                *slot = value.to_string();
+                changed = true;
+            }
+        }
+        let live = &mut entry.live;
         let before = live.len();
         live.retain(|(_, seen)| at_ms - seen <= INSTANCE_TTL_MS);
-        let mut changed = live.len() != before;
+        changed |= live.len() != before;
         let room = live.len() < MAX_INSTANCES;
         match live.iter_mut().find(|(n, _)| n == name) {
             Some(seen) => seen.1 = seen.1.max(at_ms),
@@ -123,16 +152,27 @@ mod tests {
     fn new_instances_and_silent_ones_change_the_set() {
         let mut inv = Inventory::new(10);
         let key = ["shop", "cart", "prod"];
-        assert!(inv.sighting(key, "cart-1", 0));
-        assert!(!inv.sighting(key, "cart-1", 1_000), "seen again: no change");
-        assert!(inv.sighting(key, "cart-2", 2_000));
-        // cart-1 silent past the TTL: gone when the service is next seen.
-        assert!(inv.sighting(key, "cart-2", INSTANCE_TTL_MS + 1_001));
-        assert_eq!(inv.services[&key.map(str::to_string)].len(), 1);
-        let mut small = Inventory::new(1);
-        assert!(small.sighting(key, "a", 0));
+        let k8s = ["shop-prod", "cart"];
+        assert!(inv.sighting(key, "cart-1", k8s, 0));
         assert!(
-            !small.sighting(["", "web", ""], "w", 0),
+            !inv.sighting(key, "cart-1", k8s, 1_000),
+            "seen again: no change"
+        );
+        assert!(inv.sighting(key, "cart-2", k8s, 2_000));
+        // cart-1 silent past the TTL: gone when the service is next seen.
+        assert!(inv.sighting(key, "cart-2", k8s, INSTANCE_TTL_MS + 1_001));
+        let entry = &inv.services[&key.map(str::to_string)];
+        assert_eq!((entry.live.len(), entry.k8s[1].as_str()), (1, "cart"));
+        assert!(inv.sighting(
+            key,
+            "cart-2",
+            ["shop-prod", "cart-v2"],
+            INSTANCE_TTL_MS + 2_000
+        ));
+        let mut small = Inventory::new(1);
+        assert!(small.sighting(key, "a", k8s, 0));
+        assert!(
+            !small.sighting(["", "web", ""], "w", k8s, 0),
             "services are bounded"
         );
     }
