@@ -91,6 +91,8 @@ pub struct RemediateStage {
     stopped: std::collections::HashSet<u64>,
     /// Where the state is kept across restarts.
     state_path: Option<std::path::PathBuf>,
+    /// Commands to send again after a restart (see `on_data`).
+    unconfirmed: Vec<Command>,
     now_ms: i64,
     services: usize,
     log: RemediationLog,
@@ -114,6 +116,7 @@ impl RemediateStage {
             instances: BTreeMap::new(),
             stopped: std::collections::HashSet::new(),
             state_path: None,
+            unconfirmed: Vec::new(),
             now_ms: 0,
             services: 0,
             log,
@@ -518,6 +521,10 @@ impl Stage for RemediateStage {
     }
 
     fn on_data(&mut self, input: RemediateInput, out: &mut Emit<Command>) {
+        // Commands recorded as sent before a restart, with no outcome since:
+        // sent again under their ids (the state is written before commands
+        // are published, so this is the outbox; executors dedupe by id).
+        out.append(&mut self.unconfirmed);
         match input {
             RemediateInput::Incident(IncidentEvent::Window {
                 end_ms,

@@ -2,9 +2,15 @@
 //! the cases (so a step in flight is neither forgotten nor repeated under
 //! another id), what was learned, the governor's state, incidents a human
 //! stopped, and the services' versions. Written after every window that
-//! changed something and at stop; a damaged file stops the start with an error
-//! naming it. A case whose playbook or steps no longer exist (the playbooks
-//! were edited) is dropped with a warning.
+//! changed something (before its commands are published), after each outcome
+//! and control request, and at stop; a damaged file stops the start with an
+//! error naming it. A case whose playbook or steps no longer exist (the
+//! playbooks were edited) is dropped with a warning.
+//!
+//! It is the outbox: a command the file records as sent but unconfirmed (no
+//! final outcome yet) is sent again, under the same id, when the engine starts;
+//! a crash before the file recorded it re-decides the same step, which gets
+//! the same id. Either way the executor, deduping by id, acts once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -67,6 +73,11 @@ impl RemediateStage {
                 continue;
             }
             case.playbook = index;
+            if case.state == super::case::State::Mitigating
+                && let Some(a) = case.current.as_ref().filter(|a| a.sent)
+            {
+                self.unconfirmed.push(a.command.clone());
+            }
             self.cases.insert(case.incident, case);
         }
     }

@@ -290,7 +290,7 @@ fn a_faulty_deploy_is_rolled_back_to_the_previous_version() {
 }
 
 #[test]
-fn a_restart_between_decision_and_outcome_neither_loses_nor_repeats_the_step() {
+fn a_restart_between_decision_and_outcome_sends_the_unconfirmed_command_again_under_its_id() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("remediation.json");
     let mut l = Loop::new(limits());
@@ -305,15 +305,26 @@ fn a_restart_between_decision_and_outcome_neither_loses_nor_repeats_the_step() {
     let revived = stage(limits()).stored_at(&path).expect("state loads");
     l.remediate = revived;
     assert_eq!(l.state(), State::Mitigating);
-    // The executor's outcome of the command sent before the restart still counts;
-    // nothing is sent again.
+    // Unconfirmed before the restart: sent again first thing, under its id.
+    let again = l.tick();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].id.as_str(), again[0].data.attempt),
+        ("inc1-a1-restart", 1)
+    );
+    // The executor (deduping by id) reports; nothing else is sent.
     assert!(l.report(&restart[0], Status::Succeeded).is_empty());
     assert!(l.tick().is_empty());
     l.end(&leak);
     assert!(l.tick().is_empty());
     assert_eq!(l.state(), State::Recovered);
-    let sent: Vec<&str> = l.sent.iter().map(|c| c.id.as_str()).collect();
-    assert_eq!(sent, ["inc1-a1-restart"], "one command, once");
+    let mut ids: Vec<&str> = l.sent.iter().map(|c| c.id.as_str()).collect();
+    ids.dedup();
+    assert_eq!(
+        ids,
+        ["inc1-a1-restart"],
+        "one command (one id), never another"
+    );
     // A damaged file stops the start with an error naming it.
     std::fs::write(&path, "{not json").expect("damage");
     let err = stage(limits())

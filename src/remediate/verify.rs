@@ -157,5 +157,6 @@ impl RemediateStage {
         }
         self.cases.insert(data.incident, case);
         self.publish();
+        self.persist();
     }
 }
