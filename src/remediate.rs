@@ -549,6 +549,16 @@ impl Stage for RemediateStage {
         }
     }
 
+    /// Unconfirmed commands of a previous run go out within a second of the
+    /// start, whether or not telemetry flows.
+    fn tick_every(&self) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(1))
+    }
+
+    fn on_tick(&mut self, out: &mut Emit<Command>) {
+        out.append(&mut self.unconfirmed);
+    }
+
     fn on_stop(&mut self, _out: &mut Emit<Command>) {
         self.persist();
     }

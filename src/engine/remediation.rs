@@ -52,10 +52,19 @@ impl Remediation {
         info!(source = %playbooks.source, playbooks = playbooks.playbooks.len(), "playbooks loaded");
         let kafka = rc.bus(&config.kafka);
         let bus: Arc<dyn Bus> = if let Some(kafka) = &kafka {
-            let bus = KafkaBus::new(kafka)?;
-            bus.ensure_topics(&[&rc.actions_topic, &rc.outcomes_topic])
-                .await;
-            Arc::new(bus)
+            let bus = Arc::new(KafkaBus::new(kafka)?);
+            // In the background: a broker that is down must not hold the start.
+            let (creator, topics) = (
+                bus.clone(),
+                [rc.actions_topic.clone(), rc.outcomes_topic.clone()],
+            );
+            tokio::spawn(async move {
+                let topics = [topics[0].as_str(), topics[1].as_str()];
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(30), creator.ensure_topics(&topics))
+                        .await;
+            });
+            bus
         } else {
             Arc::new(MemoryBus::new())
         };

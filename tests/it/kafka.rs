@@ -267,12 +267,12 @@ async fn kafka_otlp_json_topics_land_in_tables() {
 }
 
 /// The `homeostat` binary as a child process, killable with SIGKILL.
-struct EngineProcess {
+pub(crate) struct EngineProcess {
     child: Child,
 }
 
 impl EngineProcess {
-    fn start(config: &std::path::Path, env: &[(&str, String)]) -> Self {
+    pub(crate) fn start(config: &std::path::Path, env: &[(&str, String)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_homeostat"));
         command
             .arg("run")
@@ -289,7 +289,7 @@ impl EngineProcess {
         }
     }
 
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.child.kill().expect("SIGKILL");
         let _ = self.child.wait();
     }

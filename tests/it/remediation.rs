@@ -333,3 +333,116 @@ async fn validate_with_python(brokers: &str, topic: &str, count: usize) {
     let kind = commands[0]["type"].as_str().unwrap_or_default();
     assert!(kind.starts_with("dev.homeostat.remediation."), "{seen}");
 }
+
+/// The engine binary is SIGKILLed after its governor allowed a command but
+/// before the command could be published (the bus's broker is unreachable);
+/// started again on the same store with the broker reachable, it publishes
+/// that command, once, under the id it was decided with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_decided_before_a_crash_is_published_once_after_it() {
+    use rdkafka::Message;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+
+    let brokers = broker();
+    let dir = tempfile::tempdir().expect("dir");
+    let id = Topics::new("outbox")
+        .spans
+        .trim_end_matches("-spans")
+        .to_string();
+    let (actions, outcomes) = (format!("{id}-actions"), format!("{id}-outcomes"));
+    let ports: Vec<u16> = (0..3).map(|_| support::free_port()).collect();
+    let config = |bus: &str| {
+        format!(
+            "[otlp]\ngrpc_addr = \"127.0.0.1:{}\"\nhttp_addr = \"127.0.0.1:{}\"\n[api]\naddr = \"127.0.0.1:{}\"\n[store]\npath = \"{}\"\n[window]\nsize = \"1s\"\nidle_timeout = \"2s\"\n[detect.baseline]\nwarmup = 20\n[kafka]\ngroup_id = \"{id}-engine\"\nsession_timeout = \"6s\"\n[remediation]\nbrokers = \"{bus}\"\nactions_topic = \"{actions}\"\noutcomes_topic = \"{outcomes}\"\nsettle_windows = 1\nexecutor = false\n",
+            ports[0],
+            ports[1],
+            ports[2],
+            dir.path().join("store").display()
+        )
+    };
+    let file = dir.path().join("homeostat.toml");
+    // Nothing listens on port 1: every publish fails and the command is held.
+    std::fs::write(&file, config("127.0.0.1:1")).expect("config");
+    let engine = crate::kafka::EngineProcess::start(&file, &[]);
+    let api: std::net::SocketAddr = format!("127.0.0.1:{}", ports[2]).parse().expect("addr");
+    let grpc = format!("http://127.0.0.1:{}", ports[0]);
+    wait_ready(api).await;
+    tokio::task::spawn_blocking(move || {
+        let topology = shop();
+        let traffic = Traffic {
+            topology: &topology,
+            base: topology::past(60),
+            seconds: 55,
+            per_second: 8,
+            fault: Some((Fault::Errors("cart", 0.5), ONSET)),
+            healed: None,
+            pace: Some(Duration::from_millis(50)),
+        };
+        topology::send(&traffic, &grpc, 11);
+    })
+    .await
+    .expect("the SDK sent");
+    let decided = support::sql_until(
+        api,
+        "SELECT command FROM remediation_decisions WHERE verdict = 'allow'",
+        Duration::from_secs(60),
+        |rows| !rows.is_empty(),
+    )
+    .await;
+    assert!(!decided.is_empty(), "no command was allowed");
+    let command = text(&decided[0], "command").to_string();
+    // Give the state file its write (it precedes the publish attempt), then crash.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    engine.kill();
+
+    std::fs::write(&file, config(&brokers)).expect("config");
+    let engine = crate::kafka::EngineProcess::start(&file, &[]);
+    wait_ready(api).await;
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", format!("{id}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&actions]).expect("subscribe");
+    let mut ids = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // Read until a command arrived and 5 s passed without another.
+    loop {
+        let wait = if ids.is_empty() {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        } else {
+            Duration::from_secs(5)
+        };
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(Ok(m)) => {
+                let event: serde_json::Value =
+                    serde_json::from_slice(m.payload().unwrap_or_default()).expect("json");
+                ids.push(event["id"].as_str().unwrap_or_default().to_string());
+            }
+            Ok(Err(error)) => panic!("kafka: {error}"),
+            Err(_) => break,
+        }
+    }
+    engine.kill();
+    assert_eq!(
+        ids,
+        [command],
+        "published once, under the id it was decided with"
+    );
+}
+
+async fn wait_ready(api: std::net::SocketAddr) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if reqwest::get(format!("http://{api}/readyz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the engine at {api} never became ready");
+}
