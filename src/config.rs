@@ -25,9 +25,9 @@ pub use crate::window::config::WindowConfig;
 /// The embedded defaults, the single source of every default value.
 pub const DEFAULT_TOML: &str = include_str!("config/default.toml");
 
-/// The whole engine configuration.
+/// The whole engine configuration. Unknown keys are reported by
+/// [`unknown_keys`] (by their full path), in every section and at the top.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Config {
     /// OTLP receivers.
     pub otlp: OtlpConfig,
@@ -100,68 +100,39 @@ impl Config {
             figment: &Figment,
             name: &str,
             problems: &mut Vec<String>,
-        ) -> Option<T> {
-            figment
-                .extract_inner::<T>(name)
-                .map_err(|error| {
-                    // Unknown keys are already reported, by their full path.
-                    problems.extend(
-                        error
-                            .into_iter()
-                            .filter(|e| !matches!(e.kind, figment::error::Kind::UnknownField(..)))
-                            .map(|e| e.to_string()),
-                    )
-                })
-                .ok()
+        ) -> bool {
+            let Err(error) = figment.extract_inner::<T>(name) else {
+                return true;
+            };
+            // Unknown keys are already reported, by their full path.
+            problems.extend(
+                error
+                    .into_iter()
+                    .filter(|e| !matches!(e.kind, figment::error::Kind::UnknownField(..)))
+                    .map(|e| e.to_string()),
+            );
+            false
         }
-        let otlp = section(&figment, "otlp", &mut problems);
-        let kafka = section(&figment, "kafka", &mut problems);
-        let window = section(&figment, "window", &mut problems);
-        let pipeline = section(&figment, "pipeline", &mut problems);
-        let store = section(&figment, "store", &mut problems);
-        let api = section(&figment, "api", &mut problems);
-        let detect = section(&figment, "detect", &mut problems);
-        let incident = section(&figment, "incident", &mut problems);
-        let remediation = section(&figment, "remediation", &mut problems);
-        let executor = section(&figment, "executor", &mut problems);
-        let (
-            Some(otlp),
-            Some(kafka),
-            Some(window),
-            Some(pipeline),
-            Some(store),
-            Some(api),
-            Some(detect),
-            Some(incident),
-            Some(remediation),
-            Some(executor),
-        ) = (
-            otlp,
-            kafka,
-            window,
-            pipeline,
-            store,
-            api,
-            detect,
-            incident,
-            remediation,
-            executor,
-        )
-        else {
+        // Each section on its own, so one bad section does not hide the others'.
+        let parsed = [
+            section::<OtlpConfig>(&figment, "otlp", &mut problems),
+            section::<KafkaConfig>(&figment, "kafka", &mut problems),
+            section::<WindowConfig>(&figment, "window", &mut problems),
+            section::<PipelineConfig>(&figment, "pipeline", &mut problems),
+            section::<StoreConfig>(&figment, "store", &mut problems),
+            section::<ApiConfig>(&figment, "api", &mut problems),
+            section::<DetectConfig>(&figment, "detect", &mut problems),
+            section::<IncidentConfig>(&figment, "incident", &mut problems),
+            section::<RemediationConfig>(&figment, "remediation", &mut problems),
+            section::<ExecutorConfig>(&figment, "executor", &mut problems),
+        ];
+        if parsed.contains(&false) {
             return Err(ConfigError { problems });
-        };
-        let config = Config {
-            otlp,
-            kafka,
-            window,
-            pipeline,
-            store,
-            api,
-            detect,
-            incident,
-            remediation,
-            executor,
-        };
+        }
+        // Top-level unknown keys are in `problems` already; the sections parse.
+        let config: Config = figment.extract().map_err(|error| ConfigError {
+            problems: error.into_iter().map(|e| e.to_string()).collect(),
+        })?;
         if let Err(error) = config.validate() {
             problems.extend(error.problems);
         }

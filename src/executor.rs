@@ -82,10 +82,7 @@ impl Executor {
         outcomes_topic: &str,
     ) -> Self {
         let source = if config.source.is_empty() {
-            let host = std::fs::read_to_string("/etc/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "localhost".into());
-            format!("executor://{host}")
+            format!("executor://{}", crate::remediate::config::host_name())
         } else {
             config.source.clone()
         };

@@ -244,25 +244,13 @@ impl Catalogue {
 
     /// Parses and validates TOML documents `(name, text)`, reporting every problem.
     pub fn from_documents(documents: &[(String, String)]) -> Result<Self, CatalogueError> {
-        let mut problems = Vec::new();
-        let mut patterns = Vec::new();
-        for (name, text) in documents {
-            match toml::from_str::<File>(text) {
-                Ok(file) => patterns.extend(file.patterns),
-                Err(e) => problems.push(format!("{name}: {}", e.to_string().trim())),
-            }
-        }
-        for (i, p) in patterns.iter().enumerate() {
-            problems.extend(validate(p));
-            if patterns[..i].iter().any(|q| q.name == p.name) {
-                problems.push(format!("pattern name `{}` is used twice", p.name));
-            }
-        }
-        let source_name = documents
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let (patterns, problems, source_name) = crate::models::parse_documents(
+            documents,
+            |file: File| file.patterns,
+            |p: &Pattern| p.name.as_str(),
+            validate,
+            "pattern",
+        );
         if problems.is_empty() {
             Ok(Catalogue {
                 patterns,

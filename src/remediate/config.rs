@@ -166,12 +166,17 @@ impl RemediationConfig {
         if !self.source.is_empty() {
             return self.source.clone();
         }
-        let host = std::fs::read_to_string("/etc/hostname")
-            .ok()
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| "localhost".to_string());
-        format!("homeostat://{host}")
+        format!("homeostat://{}", host_name())
     }
+}
+
+/// This machine's name (`/etc/hostname`, else `$HOSTNAME`, else `localhost`),
+/// for the CloudEvents `source` of the engine and of executors.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
 }

@@ -333,25 +333,13 @@ impl Playbooks {
 
     /// Parses and validates TOML documents `(name, text)`, reporting every problem.
     pub fn from_documents(documents: &[(String, String)]) -> Result<Self, PlaybookError> {
-        let mut problems = Vec::new();
-        let mut playbooks: Vec<Playbook> = Vec::new();
-        for (name, text) in documents {
-            match toml::from_str::<File>(text) {
-                Ok(file) => playbooks.extend(file.playbook),
-                Err(e) => problems.push(format!("{name}: {}", e.to_string().trim())),
-            }
-        }
-        for (i, p) in playbooks.iter().enumerate() {
-            problems.extend(p.problems());
-            if playbooks[..i].iter().any(|q| q.name == p.name) {
-                problems.push(format!("playbook name `{}` is used twice", p.name));
-            }
-        }
-        let source = documents
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let (playbooks, problems, source) = crate::models::parse_documents(
+            documents,
+            |file: File| file.playbook,
+            |p: &Playbook| p.name.as_str(),
+            Playbook::problems,
+            "playbook",
+        );
         if problems.is_empty() {
             Ok(Playbooks { playbooks, source })
         } else {
