@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs the Kafka-protocol test
-# broker (tansu) if it is not cached, starts it on a free port, checks formatting
+# broker (tansu) if it is not cached, the Python clients and Debian's chromium
+# (the web view's test), starts the broker on a free port, checks formatting
 # and lints, then runs `cargo test`. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,18 @@ if ! "$PYCLIENTS/bin/python" -c 'import grpc, grpc_reflection, google.protobuf, 
     confluent-kafka==2.12.0 jsonschema==4.26.0
 fi
 export HOMEOSTAT_TEST_PYTHON="$PYCLIENTS/bin/python"
+
+# --- 1c. a browser for the web view's test: Debian's chromium -----------------------
+if [ -z "${HOMEOSTAT_TEST_CHROMIUM:-}" ]; then
+  if ! command -v chromium >/dev/null 2>&1; then
+    log "installing chromium (Debian) for the web view's test"
+    SUDO=""; if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  fi
+  HOMEOSTAT_TEST_CHROMIUM="$(command -v chromium)"
+fi
+export HOMEOSTAT_TEST_CHROMIUM
 
 # --- 2. start it on a free port --------------------------------------------------
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

@@ -1,5 +1,6 @@
 //! The API listener: `/healthz`, `/readyz`, Prometheus `/metrics` about the engine
-//! itself, and `/sql` over the retained window tables.
+//! itself, `/sql` over the retained window tables, and the web view (`/`,
+//! [`web`]).
 //!
 //! `POST /sql` takes the query as the body (plain text, or JSON `{"query": "..."}`);
 //! `GET /sql?query=...` works too. `format=json` (default) answers a JSON array of
@@ -11,6 +12,7 @@ pub mod query;
 pub mod remediation;
 pub mod remediation_cli;
 pub mod sql;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

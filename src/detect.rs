@@ -21,6 +21,7 @@
 //!   benchmark's format).
 
 pub mod anomaly;
+pub mod bands;
 pub mod baseline;
 pub mod catalogue;
 pub mod config;

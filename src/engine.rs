@@ -66,6 +66,9 @@ pub enum EngineError {
     Reflection(#[from] otlp_grpc::ReflectionError),
 }
 
+/// Rows of the `baselines` table (about 200 bytes each).
+const BAND_ROWS: usize = 200_000;
+
 /// A running engine.
 pub struct Engine {
     /// Bound OTLP/gRPC address.
@@ -196,8 +199,11 @@ impl Engine {
         if config.detect.enabled {
             let catalogue = Catalogue::load(&config.detect.catalogue)?;
             info!(source = %catalogue.source, patterns = catalogue.patterns.len(), "failure-pattern catalogue loaded");
+            let bands = crate::detect::bands::BandLog::new(BAND_ROWS);
+            tables.register(Arc::new(bands.clone()))?;
             let task = DetectTask::new(
-                DetectStage::new(catalogue, stage_params(&config), anomalies.clone()),
+                DetectStage::new(catalogue, stage_params(&config), anomalies.clone())
+                    .with_bands(bands),
                 metrics.clone(),
             );
             let (events, events_inbox) = mpsc::channel(config.pipeline.queue_capacity);

@@ -394,15 +394,23 @@ impl IncidentStage {
         let quiet = p.resolve_windows * p.window_ms;
         let gather_from = onset - p.max_join_windows * p.window_ms;
         let found = self.incidents.iter().rposition(|incident| {
-            let recent = match incident.quiet_since(quiet) {
-                Some(resolved) if resolved <= onset => resolved >= reopen_from,
-                _ => incident.last_onset_ms >= join_from && incident.opened_ms >= gather_from,
-            };
-            recent
-                && incident
-                    .services()
-                    .iter()
-                    .any(|s| graph.near(s, &service, p.hops))
+            let own = || incident.services().contains(service.as_str());
+            match incident.quiet_since(quiet) {
+                // A recurrence is the same service failing again; a neighbour
+                // failing after the incident resolved is a failure of its own.
+                Some(resolved) if resolved <= onset => resolved >= reopen_from && own(),
+                // Every member ended: it is recovering, not gathering; a
+                // neighbour failing now is a failure of its own too.
+                _ if incident.members.iter().all(|m| m.ended_ms.is_some()) => own(),
+                _ => {
+                    incident.last_onset_ms >= join_from
+                        && incident.opened_ms >= gather_from
+                        && incident
+                            .services()
+                            .iter()
+                            .any(|s| graph.near(s, &service, p.hops))
+                }
+            }
         });
         let member = Member {
             anomaly,

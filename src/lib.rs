@@ -36,11 +36,13 @@
 //! - [`self_metrics`]: the engine's own Prometheus metrics, named in one place.
 //! - [`engine`]: wires the stages together and runs them until shutdown.
 //! - [`loadgen`]: a synthetic fleet's OTLP traffic, for benchmarks.
+//! - [`demo`]: `homeostat demo`, the closed loop on a simulated shop.
 
 pub mod api;
 pub mod bus;
 pub mod columnar;
 pub mod config;
+pub mod demo;
 pub mod detect;
 pub mod engine;
 pub mod executor;

@@ -29,6 +29,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Watch the engine heal a simulated fleet: nine services instrumented with
+    /// the OpenTelemetry SDK, six faults injected in turn, remedies carried out;
+    /// prints a live timeline and a final table (exit status 1 if a fault was
+    /// not healed).
+    Demo(homeostat::demo::Options),
     /// Run the engine until SIGINT or SIGTERM.
     Run {
         /// TOML configuration file (over embedded defaults; env HOMEOSTAT__SECTION__KEY wins).
@@ -142,6 +147,7 @@ enum Format {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(options) => demo(options),
         Command::Run { config } => run(config),
         Command::Executor { config } => executor(config),
         Command::Remediation {
@@ -263,14 +269,33 @@ fn executor(config_path: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn logging() {
+    logging_at("info");
+}
+
+fn logging_at(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+fn demo(options: homeostat::demo::Options) -> anyhow::Result<()> {
+    // The engine's own log would drown the timeline: warnings only, unless
+    // RUST_LOG says otherwise.
+    if std::env::var_os("RUST_LOG").is_none() {
+        logging_at("warn");
+    } else {
+        logging();
+    }
+    let healed = runtime()?.block_on(homeostat::demo::run(options))?;
+    if !healed {
+        anyhow::bail!("a fault was not healed");
+    }
+    Ok(())
 }
 
 fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {

@@ -320,6 +320,7 @@ pub async fn with_grpc(
             .with_service_name(super::remediation::SERVICE)
             .with_service_name(tonic_health::pb::health_server::SERVICE_NAME)
     };
+    let http = http.merge(super::web::router(remediation.clone()));
     Ok(tonic::service::Routes::from(http)
         .add_service(pb::query_server::QueryServer::new(service))
         .add_service(RemediationServer::new(remediation))

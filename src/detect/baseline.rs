@@ -3,7 +3,9 @@
 //!
 //! A baseline keeps a robust level and spread (exponentially weighted, each new
 //! value clipped to `clip` spreads first, so a fault does not drag the baseline
-//! along at once) and two seasonal profiles, hour-of-day and hour-of-week, as
+//! along at once; when warm-up ends, both restart from the median of the last
+//! values and their mean absolute deviation from it, so that the first windows,
+//! often partial, do not set the spread for dozens of windows) and two seasonal profiles, hour-of-day and hour-of-week, as
 //! offsets from the level. A profile is used once the series has `2` periods
 //! behind it. The state is `learning` until `warmup` windows have been seen,
 //! then `ready`.
@@ -239,6 +241,21 @@ impl Baseline {
         }
     }
 
+    /// Restarts the level and spread from the median of `values` (the series'
+    /// last values; three at least) and their mean absolute deviation from it.
+    pub fn restart_from(&mut self, values: &[f64]) {
+        let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        if finite.len() < 3 {
+            return;
+        }
+        let median = median(finite.clone());
+        // The mean absolute deviation, as the running spread learns it.
+        let deviation =
+            finite.iter().map(|v| (v - median).abs()).sum::<f64>() / finite.len() as f64;
+        self.level = median;
+        self.spread = deviation;
+    }
+
     /// Learns `value` at `window_ms` (a window value, in window order).
     pub fn learn(&mut self, window_ms: i64, value: f64, params: &BaselineParams) {
         if !value.is_finite() {
@@ -274,6 +291,12 @@ impl Baseline {
         self.windows = self.windows.saturating_add(1);
         self.last_ms = self.last_ms.max(window_ms);
     }
+}
+
+/// The median of `values` (statrs).
+pub(crate) fn median(values: Vec<f64>) -> f64 {
+    use statrs::statistics::{Data, Median};
+    Data::new(values).median()
 }
 
 /// The error function (Abramowitz-Stegun 7.1.26 refined; |error| < 1.2e-7).
@@ -323,6 +346,28 @@ mod tests {
         let normal = b.deviation(2_000_000, 104.0, 0.0);
         assert!(normal.score() < 0.9, "{normal:?}");
         let jump = b.deviation(2_000_000, 150.0, 0.0);
+        assert!(jump.score() > 0.9999, "{jump:?}");
+    }
+
+    #[test]
+    fn a_wild_first_window_does_not_blind_the_warmed_up_baseline() {
+        // A service's first window is often partial: 1 error in 3 requests.
+        let params = BaselineParams::default();
+        let mut b = Baseline::new(0, 0.33);
+        let mut rng = Rng::new(3);
+        // The series table drops a series' first window (see `series`); the
+        // baseline's own learning still carries it.
+        let mut recent = Vec::new();
+        for w in 1..8 {
+            let v = (0.01 + 0.01 * rng.normal()).max(0.0);
+            b.learn(w * 10_000, v, &params);
+            recent.push(v);
+        }
+        let blind = b.deviation(1_000_000, 0.15, 0.0);
+        assert!(blind.score() < 0.9999, "{blind:?}");
+        b.restart_from(&recent);
+        // Errors from 1 % to 15 %, as a bad release gives, are far out.
+        let jump = b.deviation(1_000_000, 0.15, 0.0);
         assert!(jump.score() > 0.9999, "{jump:?}");
     }
 

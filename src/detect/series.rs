@@ -112,6 +112,14 @@ impl SeriesTable {
         let history = self.limits.history;
         let params = self.limits.baseline.clone();
         if let Some(state) = self.state_mut(&key, &measure) {
+            // A series' first window is partial (the service or the engine
+            // started during it): the baseline starts over from the second.
+            // (A new series keeps no recent value until its second window.)
+            if state.recent.is_empty() {
+                state.baseline = Baseline::new(t, value);
+                state.recent.push_back((t, value));
+                return;
+            }
             if let Some(coarse) = state.coarse.as_mut() {
                 coarse.push(t, value - state.baseline.seasonal(t));
             }
@@ -119,6 +127,10 @@ impl SeriesTable {
             state.recent.push_back((t, value));
             while state.recent.len() > history {
                 state.recent.pop_front();
+            }
+            if state.baseline.windows() == params.warmup {
+                let values: Vec<f64> = state.recent.iter().map(|(_, v)| *v).collect();
+                state.baseline.restart_from(&values);
             }
             return;
         }
@@ -132,8 +144,7 @@ impl SeriesTable {
             }
             return;
         }
-        let mut recent = VecDeque::with_capacity(history + 1);
-        recent.push_back((t, value));
+        let recent = VecDeque::with_capacity(history + 1);
         let state = SeriesState {
             baseline: Baseline::new(t, value),
             recent,
@@ -209,5 +220,43 @@ pub(crate) fn key_for(row: &Row, pattern: &Pattern) -> SeriesKey {
             name: pattern.measure.clone(),
             attributes: row.attributes.clone(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::baseline::BaselineParams;
+    use crate::detect::univariate::UnivariateParams;
+
+    #[test]
+    fn a_partial_first_window_is_not_learned() {
+        let baseline = BaselineParams {
+            warmup: 8,
+            ..BaselineParams::default()
+        };
+        let mut table = SeriesTable::new(SeriesLimits {
+            baseline,
+            univariate: UnivariateParams::default(),
+            window_ms: 5_000,
+            max_series: 10,
+            max_univariate: 0,
+            history: 13,
+        });
+        let key = SeriesKey {
+            service: "checkout".into(),
+            signal: "service".into(),
+            name: "error_rate".into(),
+            attributes: String::new(),
+        };
+        // 1 error in the 3 requests of the first, partial window; then 1 %.
+        let mut t = 0;
+        for v in [0.33, 0.0, 0.02, 0.0, 0.01, 0.0, 0.02, 0.0, 0.01, 0.0] {
+            table.learn(key.clone(), "error_rate".into(), t, v);
+            t += 5_000;
+        }
+        let state = table.ready(&key, "error_rate").expect("ready");
+        let jump = state.baseline.deviation(t, 0.15, 0.0);
+        assert!(jump.score() > 0.9999, "{jump:?}");
     }
 }

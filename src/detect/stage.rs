@@ -84,6 +84,8 @@ pub struct DetectStage {
     /// The last version change per service.
     deployments: HashMap<String, VersionChange>,
     log: AnomalyLog,
+    /// Observed values next to their baselines, for plots (when on).
+    bands: Option<super::bands::BandLog>,
     /// Humans' verdicts: deviations each marked series tolerates.
     tolerances: super::feedback::Tolerances,
     untracked_reported: u64,
@@ -121,6 +123,7 @@ impl DetectStage {
             closed_through: i64::MIN,
             deployments: HashMap::new(),
             log,
+            bands: None,
             tolerances: Default::default(),
             untracked_reported: 0,
             since_snapshot: 0,
@@ -217,6 +220,12 @@ impl DetectStage {
         }
     }
 
+    /// Records every window's values against their baselines in `bands`.
+    pub fn with_bands(mut self, bands: super::bands::BandLog) -> Self {
+        self.bands = Some(bands);
+        self
+    }
+
     /// Evaluates one closed window (windows in order); returns how anomaly
     /// episodes changed in it (also applied to the anomaly log).
     pub fn on_window(&mut self, tables: &WindowTables) -> Vec<AnomalyEvent> {
@@ -245,7 +254,19 @@ impl DetectStage {
                 events.push(event);
             }
         }
+        for event in self.episodes.end_silent(t, self.params.window_ms) {
+            self.log.apply(&event);
+            events.push(event);
+        }
+        // A window's endings go out before its openings: an incident whose
+        // members all ended in this window is recovering when this window's
+        // new anomalies are grouped (see `incident`).
+        events.sort_by_key(|e| !matches!(e, AnomalyEvent::Ended { .. }));
         for ((key, measure), value) in learn {
+            if let (Some(bands), Some(state)) = (&self.bands, self.series.ready(&key, &measure)) {
+                let d = state.baseline.deviation(t, value, 0.0);
+                bands.record(t, &key, &measure, value, (d.expected, d.sigma));
+            }
             self.series.learn(key, measure, t, value);
         }
         self.closed_through = tables.end_ms;

@@ -248,7 +248,20 @@ fn value_of(r: &RootCause, signal: Signal) -> Option<f64> {
         .map(|e| e.value)
 }
 
-/// The class of its strongest anomaly; a deployment wins.
+/// Classes that name a cause (a resource running out, a leak, a backlog, a
+/// stall) rather than a symptom (slower, failing, more or less traffic): a
+/// service whose memory climbs and whose latency grows has a leak.
+fn names_a_cause(class: FailureClass) -> bool {
+    matches!(
+        class,
+        FailureClass::MemoryLeak
+            | FailureClass::Saturation
+            | FailureClass::QueueBacklog
+            | FailureClass::Deadlock
+    )
+}
+
+/// The class of its strongest anomaly, causes before symptoms; a deployment wins.
 fn class_of(c: &Candidate<'_>) -> FailureClass {
     if c.anomalies
         .iter()
@@ -259,8 +272,12 @@ fn class_of(c: &Candidate<'_>) -> FailureClass {
     // Its own series say what failed better than its callers' view of it.
     let own = c.anomalies.iter().filter(|a| !implicated(&a.key).1);
     let pick = |set: &mut dyn Iterator<Item = &&Anomaly>| {
-        set.max_by(|a, b| a.score.total_cmp(&b.score))
-            .map(|a| a.class)
+        set.max_by(|a, b| {
+            names_a_cause(a.class)
+                .cmp(&names_a_cause(b.class))
+                .then(a.score.total_cmp(&b.score))
+        })
+        .map(|a| a.class)
     };
     pick(&mut own.clone())
         .or_else(|| pick(&mut c.anomalies.iter()))

@@ -76,11 +76,34 @@ fn resolves_after_quiet_windows_and_reopens_on_recurrence() {
     assert_eq!(stage.incidents()[0].state, IncidentState::Resolved);
     assert_eq!(log.snapshot()[0].resolved_ms, Some(7 * W));
     // It flaps back two windows later: the same incident reopens.
-    stage.on_event(&AnomalyEvent::Opened(anomaly("checkout", 10)));
+    stage.on_event(&AnomalyEvent::Opened(anomaly("payments", 9)));
     let incidents = stage.incidents();
     assert_eq!(incidents.len(), 1);
     assert_eq!(incidents[0].state, IncidentState::Open);
     assert_eq!(incidents[0].reopened, 1);
+}
+
+#[test]
+fn a_neighbour_failing_after_recovery_is_an_incident_of_its_own() {
+    let log = IncidentLog::default();
+    let mut stage = IncidentStage::new(params(), log.clone());
+    stage.on_window(&window(0, &CHAIN));
+    let a = anomaly("payments", 1);
+    stage.on_event(&AnomalyEvent::Opened(a.clone()));
+    stage.on_event(&ended(&a, 4));
+    // Recovering (every member ended), not yet resolved: a caller that fails
+    // now is a failure of its own, not more of the same.
+    stage.on_window(&window(4, &CHAIN));
+    let b = anomaly("checkout", 5);
+    stage.on_event(&AnomalyEvent::Opened(b.clone()));
+    assert_eq!(stage.incidents().len(), 2);
+    stage.on_event(&ended(&b, 6));
+    // After resolution too.
+    for w in 5..8 {
+        stage.on_window(&window(w, &CHAIN));
+    }
+    stage.on_event(&AnomalyEvent::Opened(anomaly("frontend", 9)));
+    assert_eq!(stage.incidents().len(), 3);
 }
 
 #[test]

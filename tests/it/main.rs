@@ -4,6 +4,7 @@
 //! HTTP/2 gRPC, a real Kafka-protocol broker (started by `scripts/test.sh`).
 
 mod cli;
+mod demo;
 mod detection;
 mod golden;
 mod kafka;
@@ -15,3 +16,4 @@ mod rca;
 mod remediation;
 mod replay;
 mod support;
+mod web;
