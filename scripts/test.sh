@@ -2,7 +2,8 @@
 # Runs the whole test suite on a fresh machine: installs the Kafka-protocol test
 # broker (tansu) if it is not cached, the Python clients and Debian's chromium
 # (the web view's test), starts the broker on a free port, checks formatting
-# and lints, then runs `cargo test`. Extra arguments go to `cargo test`.
+# and lints, runs `cargo test`, then `homeostat demo` on the release build.
+# Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -82,3 +83,15 @@ log "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --locked "$@"
+
+# --- 4. the demo end to end, alone (it runs in real time): the README's run
+# command, on the release build; exit status 1 if a fault was not healed --------
+if [ -z "${HOMEOSTAT_SKIP_DEMO:-}" ]; then
+  log "homeostat demo (about 3 minutes)"
+  cargo build --release --locked
+  DEMO_OUT="$(mktemp -t homeostat-demo.XXXXXX.txt)"
+  "$CARGO_TARGET_DIR/release/homeostat" demo --api 127.0.0.1:0 | tee "$DEMO_OUT"
+  grep -q "healed: 6 of 6 faults (met)" "$DEMO_OUT"
+  grep -q "commands against a healthy service: 0 of" "$DEMO_OUT"
+  log "demo: every fault healed, no command against a healthy service"
+fi

@@ -4,7 +4,6 @@
 //! HTTP/2 gRPC, a real Kafka-protocol broker (started by `scripts/test.sh`).
 
 mod cli;
-mod demo;
 mod detection;
 mod golden;
 mod kafka;

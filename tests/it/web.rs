@@ -118,6 +118,9 @@ async fn the_web_view_shows_the_incident_and_its_root_cause() {
             .expect("browser")
     };
     let screenshot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/web-view.png");
+    if let Some(dir) = screenshot.parent() {
+        std::fs::create_dir_all(dir).expect("target directory");
+    }
     let shot = format!("--screenshot={}", screenshot.display());
     tokio::task::spawn_blocking(move || {
         browse(&chromium, &url, &[&shot, "--window-size=1400,1300"])
