@@ -119,60 +119,52 @@ impl Instruments {
     }
 }
 
-/// The service's resource gauges, observed from the shared state at each export.
+/// What a gauge reads from the fleet's state for its service.
+type Reading = fn(&Fleet, &str) -> f64;
+
+/// Every service's resource gauges: name, unit, reading.
+const GAUGES: &[(&str, &str, Reading)] = &[
+    ("process.memory.usage", "By", |f, s| {
+        f.services.get(s).map_or(0.0, |s| s.memory)
+    }),
+    ("process.memory.limit", "By", |_, _| MEMORY_LIMIT),
+    // The runtime's heap: most of the process's memory, with a jitter of its own.
+    ("runtime.heap.used", "By", |f, s| {
+        f.services.get(s).map_or(0.0, |s| {
+            0.7 * s.memory + 0.01 * BASE_MEMORY * (f.clock * 1.7).sin()
+        })
+    }),
+    ("runtime.heap.limit", "By", |_, _| 0.75 * MEMORY_LIMIT),
+    ("process.cpu.utilization", "1", |f, s| {
+        f.services.get(s).map_or(0.0, |s| s.cpu)
+    }),
+];
+
+/// The queue consumer's gauges.
+const CONSUMER_GAUGES: &[(&str, &str, Reading)] = &[
+    ("messaging.queue.depth", "{message}", |f, _| {
+        f.queue.len() as f64
+    }),
+    ("messaging.consumer.lag", "s", |f, _| f.queue_age()),
+];
+
+/// The service's gauges, observed from the shared state at each export.
 fn register_gauges(provider: &SdkMeterProvider, service: &'static str, fleet: &Arc<Mutex<Fleet>>) {
     let meter = provider.meter("homeostat-demo");
-    let read = |f: fn(&Fleet, &str) -> f64| {
-        let fleet = fleet.clone();
-        move |observer: &dyn opentelemetry::metrics::AsyncInstrument<f64>| {
-            if let Ok(fleet) = fleet.lock() {
-                observer.observe(f(&fleet, service), &[]);
-            }
-        }
-    };
-    let _ = meter
-        .f64_observable_gauge("process.memory.usage")
-        .with_unit("By")
-        .with_callback(read(|f, s| f.services.get(s).map_or(0.0, |s| s.memory)))
-        .build();
-    let _ = meter
-        .f64_observable_gauge("process.memory.limit")
-        .with_unit("By")
-        .with_callback(read(|_, _| MEMORY_LIMIT))
-        .build();
-    // The runtime's heap: most of the process's memory, with a jitter of its own.
-    let _ = meter
-        .f64_observable_gauge("runtime.heap.used")
-        .with_unit("By")
-        .with_callback(read(|f, s| {
-            f.services.get(s).map_or(0.0, |s| {
-                0.7 * s.memory + 0.01 * BASE_MEMORY * (f.clock * 1.7).sin()
-            })
-        }))
-        .build();
-    let _ = meter
-        .f64_observable_gauge("runtime.heap.limit")
-        .with_unit("By")
-        .with_callback(read(|_, _| 0.75 * MEMORY_LIMIT))
-        .build();
-    let _ = meter
-        .f64_observable_gauge("process.cpu.utilization")
-        .with_unit("1")
-        .with_callback(read(|f, s| f.services.get(s).map_or(0.0, |s| s.cpu)))
-        .build();
     let consumes = TOPOLOGY
         .iter()
         .any(|n| matches!(n.kind, Kind::Queue { consumer } if consumer == service));
-    if consumes {
+    let extra: &[(&str, &str, Reading)] = if consumes { CONSUMER_GAUGES } else { &[] };
+    for &(name, unit, reading) in GAUGES.iter().chain(extra) {
+        let fleet = fleet.clone();
         let _ = meter
-            .f64_observable_gauge("messaging.queue.depth")
-            .with_unit("{message}")
-            .with_callback(read(|f, _| f.queue.len() as f64))
-            .build();
-        let _ = meter
-            .f64_observable_gauge("messaging.consumer.lag")
-            .with_unit("s")
-            .with_callback(read(|f, _| f.queue_age()))
+            .f64_observable_gauge(name)
+            .with_unit(unit)
+            .with_callback(move |observer| {
+                if let Ok(fleet) = fleet.lock() {
+                    observer.observe(reading(&fleet, service), &[]);
+                }
+            })
             .build();
     }
 }

@@ -21,13 +21,14 @@ use crate::read_model::{TableSource, timestamp_field};
 
 /// One series in one window.
 #[derive(Debug, Clone)]
-struct Band {
-    window_start: i64,
-    key: SeriesKey,
-    measure: String,
-    observed: f64,
-    expected: f64,
-    sigma: f64,
+pub struct Band {
+    pub window_start: i64,
+    pub key: SeriesKey,
+    pub measure: String,
+    pub observed: f64,
+    /// The baseline's expectation and spread before it learned `observed`.
+    pub expected: f64,
+    pub sigma: f64,
 }
 
 /// The recorded bands, shared by the detection stage (writer) and SQL.
@@ -35,11 +36,6 @@ struct Band {
 pub struct BandLog {
     rows: Arc<Mutex<VecDeque<Band>>>,
     max_rows: usize,
-}
-
-/// Signals whose series are recorded.
-fn recorded(key: &SeriesKey) -> bool {
-    matches!(key.signal.as_str(), "service" | "metric")
 }
 
 impl BandLog {
@@ -51,33 +47,25 @@ impl BandLog {
         }
     }
 
-    /// Records `observed` of `key`'s `measure` in the window at `window_start`
-    /// against the baseline's `expected` and `sigma` (before learning it).
-    pub fn record(
-        &self,
-        window_start: i64,
-        key: &SeriesKey,
-        measure: &str,
-        observed: f64,
-        (expected, sigma): (f64, f64),
-    ) {
-        if !recorded(key) || self.max_rows == 0 {
+    /// Whether `key`'s series are recorded (service-level and metric series).
+    pub fn wants(&self, key: &SeriesKey) -> bool {
+        self.max_rows > 0 && matches!(key.signal.as_str(), "service" | "metric")
+    }
+
+    /// Appends one window's bands (one lock per window, not per series).
+    pub fn append(&self, bands: Vec<Band>) {
+        if bands.is_empty() {
             return;
         }
         let Ok(mut rows) = self.rows.lock() else {
             return;
         };
-        while rows.len() >= self.max_rows {
-            rows.pop_front();
+        for band in bands.into_iter().filter(|b| self.wants(&b.key)) {
+            while rows.len() >= self.max_rows {
+                rows.pop_front();
+            }
+            rows.push_back(band);
         }
-        rows.push_back(Band {
-            window_start,
-            key: key.clone(),
-            measure: measure.to_string(),
-            observed,
-            expected,
-            sigma,
-        });
     }
 }
 
@@ -151,10 +139,16 @@ mod tests {
     #[test]
     fn keeps_the_newest_rows_of_service_and_metric_series() {
         let log = BandLog::new(3);
-        for t in 0..5 {
-            log.record(t * 1000, &key("service"), "p95_ms", t as f64, (2.0, 0.5));
-        }
-        log.record(9000, &key("edge"), "p99_ms", 1.0, (1.0, 0.1));
+        let band = |t: i64, signal: &str, observed: f64| Band {
+            window_start: t * 1000,
+            key: key(signal),
+            measure: "p95_ms".into(),
+            observed,
+            expected: 2.0,
+            sigma: 0.5,
+        };
+        log.append((0..5).map(|t| band(t, "service", t as f64)).collect());
+        log.append(vec![band(9, "edge", 1.0)]);
         let batches = log.batches().expect("batches");
         assert_eq!(batches[0].num_rows(), 3);
         let observed = batches[0]

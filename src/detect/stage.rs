@@ -17,6 +17,7 @@ use arrow::record_batch::RecordBatch;
 use tracing::info;
 
 use super::anomaly::{AnomalyEvent, AnomalyLog, FailureClass, SeriesKey};
+use super::bands::Band;
 use super::baseline::{BaselineParams, BaselineState};
 use super::catalogue::{Catalogue, Detector, Pattern, SeriesKind, glob_match};
 use super::detectors::{Candidate, Eval, Learn, Scope, WindowContext};
@@ -262,12 +263,24 @@ impl DetectStage {
         // members all ended in this window is recovering when this window's
         // new anomalies are grouped (see `incident`).
         events.sort_by_key(|e| !matches!(e, AnomalyEvent::Ended { .. }));
+        let mut bands = Vec::new();
         for ((key, measure), value) in learn {
-            if let (Some(bands), Some(state)) = (&self.bands, self.series.ready(&key, &measure)) {
+            let wanted = self.bands.as_ref().is_some_and(|b| b.wants(&key));
+            if let Some(state) = self.series.ready(&key, &measure).filter(|_| wanted) {
                 let d = state.baseline.deviation(t, value, 0.0);
-                bands.record(t, &key, &measure, value, (d.expected, d.sigma));
+                bands.push(Band {
+                    window_start: t,
+                    key: key.clone(),
+                    measure: measure.clone(),
+                    observed: value,
+                    expected: d.expected,
+                    sigma: d.sigma,
+                });
             }
             self.series.learn(key, measure, t, value);
+        }
+        if let Some(log) = &self.bands {
+            log.append(bands);
         }
         self.closed_through = tables.end_ms;
         self.log
