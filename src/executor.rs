@@ -3,7 +3,8 @@
 //!
 //! For each command, in the order they arrive (one target's commands are in
 //! order on the bus): a redelivery (same `source` and `id` as one of the last
-//! `dedupe` commands) is dropped; an expired one (`expires_at` passed) is
+//! `dedupe` commands, remembered across restarts in `executor.journal`, see
+//! [`journal`]) is not carried out again; an expired one (`expires_at` passed) is
 //! `rejected`; otherwise `accepted`, `started`, then the first driver of
 //! `executor.drivers` that handles the action carries it out (`succeeded` or
 //! `failed`); with none, `rejected`. A `dry_run` command changes nothing and
@@ -14,9 +15,10 @@
 
 pub mod config;
 pub mod drivers;
+pub mod journal;
 pub mod kubernetes;
 
-use std::collections::{HashMap, VecDeque};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,40 +29,8 @@ use crate::bus::{Bus, BusError, Delivery, Envelope, headers};
 use crate::remediate::command::{self, Command, Status, parse_command, parse_rfc3339};
 pub use config::ExecutorConfig;
 use drivers::Done;
-
-/// (command source, command id).
-type Key = (String, String);
-
-/// Remembers the last commands seen, with their final outcome once known.
-#[derive(Debug, Default)]
-struct Seen {
-    order: VecDeque<Key>,
-    last: HashMap<Key, Option<(Status, String)>>,
-    capacity: usize,
-}
-
-impl Seen {
-    /// `None` for a new command (now remembered), else what became of it.
-    fn check(&mut self, key: Key) -> Option<Option<(Status, String)>> {
-        if let Some(known) = self.last.get(&key) {
-            return Some(known.clone());
-        }
-        self.last.insert(key.clone(), None);
-        self.order.push_back(key);
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.last.remove(&old);
-            }
-        }
-        None
-    }
-
-    fn conclude(&mut self, key: &Key, status: Status, detail: &str) {
-        if let Some(slot) = self.last.get_mut(key) {
-            *slot = Some((status, detail.to_string()));
-        }
-    }
-}
+pub use journal::JournalError;
+use journal::Seen;
 
 /// The executor.
 pub struct Executor {
@@ -75,12 +45,13 @@ pub struct Executor {
 }
 
 impl Executor {
+    /// An executor; its journal (`executor.journal`, if set) is read back now.
     pub fn new(
         config: ExecutorConfig,
         bus: Arc<dyn Bus>,
         actions_topic: &str,
         outcomes_topic: &str,
-    ) -> Self {
+    ) -> Result<Self, JournalError> {
         let source = if config.source.is_empty() {
             format!("executor://{}", crate::remediate::config::host_name())
         } else {
@@ -91,11 +62,13 @@ impl Executor {
             .iter()
             .any(|d| d == "kubernetes")
             .then(|| kubernetes::Kubernetes::new(&config));
-        Self {
-            seen: Seen {
-                capacity: config.dedupe,
-                ..Seen::default()
-            },
+        let seen = if config.journal.is_empty() {
+            Seen::new(config.dedupe)
+        } else {
+            Seen::open(Path::new(&config.journal), config.dedupe)?
+        };
+        Ok(Self {
+            seen,
             source,
             bus,
             actions_topic: actions_topic.to_string(),
@@ -103,7 +76,7 @@ impl Executor {
             client: reqwest::Client::new(),
             kubernetes,
             config,
-        }
+        })
     }
 
     /// Consumes commands until `stop`.
@@ -135,7 +108,18 @@ impl Executor {
             }
         };
         let key = (command.source.clone(), command.id.clone());
-        if let Some(known) = self.seen.check(key.clone()) {
+        let known = match self.seen.check(key.clone()) {
+            Ok(known) => known,
+            Err(error) => {
+                // Without a record it could run twice: refused, not carried out.
+                warn!(%error, id = %command.id, "cannot record a command; refused");
+                let why = format!("not carried out: cannot record it: {error}");
+                self.report(&command, Status::Failed, &why, stop).await;
+                delivery.ack();
+                return;
+            }
+        };
+        if let Some(known) = known {
             // Carried out once only; its final outcome is told again, since the
             // sender may have missed it (a restart between its decision and the
             // outcome).
@@ -154,7 +138,7 @@ impl Executor {
         let expiry = parse_rfc3339(&command.data.expires_at);
         if expiry.is_none_or(|at| at < now) {
             let why = format!("expired at {:?}", command.data.expires_at);
-            self.seen.conclude(&key, Status::Rejected, &why);
+            self.conclude(&key, Status::Rejected, &why);
             self.report(&command, Status::Rejected, &why, stop).await;
             delivery.ack();
             return;
@@ -170,9 +154,17 @@ impl Executor {
             ),
         };
         info!(id = %command.id, status = status.as_str(), detail = %detail, "command carried out");
-        self.seen.conclude(&key, status, &detail);
+        self.conclude(&key, status, &detail);
         self.report(&command, status, &detail, stop).await;
         delivery.ack();
+    }
+
+    /// Records a command's final outcome; a journal that fails now only costs
+    /// the memory of it after a restart (the command was carried out).
+    fn conclude(&mut self, key: &journal::Key, status: Status, detail: &str) {
+        if let Err(error) = self.seen.conclude(key, status, detail) {
+            warn!(%error, id = %key.1, "cannot record a command's outcome");
+        }
     }
 
     async fn carry_out(&self, command: &Command) -> Done {
@@ -253,23 +245,22 @@ mod tests {
     use crate::bus::MemoryBus;
     use crate::remediate::command::parse_outcome;
 
-    #[tokio::test]
-    async fn a_redelivered_command_runs_once_and_its_outcome_is_told_again() {
-        let dir = tempfile::tempdir().expect("dir");
+    /// An exec executor whose `restart` appends a line to `marker`.
+    fn counting(marker: &Path, journal: Option<&Path>) -> ExecutorConfig {
         let mut config = crate::config::Config::from_toml_str("")
             .expect("defaults")
             .executor;
         config.drivers = vec!["exec".into()];
-        let marker = dir.path().join("runs");
         config.exec.insert(
             "restart".into(),
             format!("sh -c echo>>{}", marker.display()),
         );
-        let bus = MemoryBus::new();
-        let mut outcomes = bus.subscribe("outcomes", "engine").await.expect("sub");
-        let executor = Executor::new(config, Arc::new(bus.clone()), "actions", "outcomes");
-        let stop = CancellationToken::new();
-        let run = tokio::spawn(executor.run(stop.clone()));
+        config.journal = journal.map_or(String::new(), |p| p.display().to_string());
+        config
+    }
+
+    /// A restart command that expires in a minute.
+    fn restart_command() -> Envelope {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")
@@ -277,27 +268,63 @@ mod tests {
         let mut command =
             crate::remediate::command::tests::sample(crate::remediate::playbook::Action::Restart);
         command.data.expires_at = crate::remediate::command::rfc3339(now + 60_000);
-        let message = Envelope {
+        Envelope {
             key: "cart".into(),
             payload: serde_json::to_vec(&command).expect("json"),
             headers: headers(&command.traceparent),
-        };
+        }
+    }
+
+    /// Publishes `message` on `bus`; the statuses reported on `outcomes`, up to
+    /// the final one.
+    async fn exchange(
+        bus: &MemoryBus,
+        outcomes: &mut tokio::sync::mpsc::Receiver<Delivery>,
+        message: &Envelope,
+    ) -> Vec<Status> {
+        while bus.publish("actions", message.clone()).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut statuses = Vec::new();
+        loop {
+            let d = outcomes.recv().await.expect("outcome");
+            let o = parse_outcome(&d.message.payload).expect("parse");
+            statuses.push(o.data.status);
+            if o.data.status.is_final() {
+                return statuses;
+            }
+        }
+    }
+
+    /// Delivers `message` to a running executor of `config` on `bus`; the
+    /// statuses it reports, up to the final one.
+    async fn deliver(config: &ExecutorConfig, bus: &MemoryBus, message: &Envelope) -> Vec<Status> {
+        let mut outcomes = bus.subscribe("outcomes", "engine").await.expect("sub");
+        let executor = Executor::new(config.clone(), Arc::new(bus.clone()), "actions", "outcomes")
+            .expect("executor");
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(executor.run(stop.clone()));
+        let statuses = exchange(bus, &mut outcomes, message).await;
+        stop.cancel();
+        run.await.expect("join").expect("run");
+        statuses
+    }
+
+    #[tokio::test]
+    async fn a_redelivered_command_runs_once_and_its_outcome_is_told_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let marker = dir.path().join("runs");
+        let config = counting(&marker, None);
+        let bus = MemoryBus::new();
+        let mut outcomes = bus.subscribe("outcomes", "engine").await.expect("sub");
+        let executor =
+            Executor::new(config, Arc::new(bus.clone()), "actions", "outcomes").expect("executor");
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(executor.run(stop.clone()));
+        let message = restart_command();
         let mut statuses = Vec::new();
         for _ in 0..2 {
-            loop {
-                if bus.publish("actions", message.clone()).await.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            loop {
-                let d = outcomes.recv().await.expect("outcome");
-                let o = parse_outcome(&d.message.payload).expect("parse");
-                statuses.push(o.data.status);
-                if o.data.status.is_final() {
-                    break;
-                }
-            }
+            statuses.extend(exchange(&bus, &mut outcomes, &message).await);
         }
         stop.cancel();
         run.await.expect("join").expect("run");
@@ -315,6 +342,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn with_a_journal_a_restarted_executor_does_not_act_twice() {
+        let dir = tempfile::tempdir().expect("dir");
+        let marker = dir.path().join("runs");
+        let journal = dir.path().join("executor.jsonl");
+        let message = restart_command();
+        let config = counting(&marker, Some(&journal));
+        let first = deliver(&config, &MemoryBus::new(), &message).await;
+        assert_eq!(
+            first,
+            [Status::Accepted, Status::Started, Status::Succeeded]
+        );
+        // A new executor process (a new bus: nothing carried over but the file).
+        let again = deliver(&config, &MemoryBus::new(), &message).await;
+        assert_eq!(again, [Status::Succeeded], "told again, not redone");
+        let runs = std::fs::read_to_string(&marker).expect("marker");
+        assert_eq!(runs.lines().count(), 1, "carried out once: {runs:?}");
+        // Without the journal, the same restart would act again.
+        let forgetful = counting(&marker, None);
+        deliver(&forgetful, &MemoryBus::new(), &message).await;
+        let runs = std::fs::read_to_string(&marker).expect("marker");
+        assert_eq!(runs.lines().count(), 2);
+    }
+
+    #[tokio::test]
     async fn a_dry_run_changes_nothing_and_says_what_would_run() {
         let dir = tempfile::tempdir().expect("dir");
         let marker = dir.path().join("runs");
@@ -325,7 +376,8 @@ mod tests {
         config
             .exec
             .insert("restart".into(), format!("touch {}", marker.display()));
-        let executor = Executor::new(config, Arc::new(MemoryBus::new()), "a", "o");
+        let executor =
+            Executor::new(config, Arc::new(MemoryBus::new()), "a", "o").expect("executor");
         let mut command =
             crate::remediate::command::tests::sample(crate::remediate::playbook::Action::Restart);
         command.data.dry_run = true;

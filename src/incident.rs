@@ -13,6 +13,7 @@
 //! `incidents` table. Memory: at most `max_incidents` incidents (oldest resolved
 //! dropped first), the graph's bound.
 
+pub mod calls;
 pub mod config;
 pub mod graph;
 pub mod history;

@@ -257,7 +257,7 @@ fn executor(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             std::sync::Arc::new(bus),
             &rc.actions_topic,
             &rc.outcomes_topic,
-        );
+        )?;
         let stop = tokio_util::sync::CancellationToken::new();
         let run = tokio::spawn(executor.run(stop.clone()));
         wait_for_signal().await?;

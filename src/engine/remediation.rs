@@ -105,12 +105,17 @@ impl Remediation {
         let receive = bus.subscribe(&rc.outcomes_topic, &outcomes_group).await?;
         tokio::spawn(outcomes(receive, inbox.clone(), source, bus_stop.clone()));
         if kafka.is_none() && rc.executor {
+            let mut executor_config = config.executor.clone();
+            if executor_config.journal.is_empty() && !config.store.path.as_os_str().is_empty() {
+                let journal = config.store.path.join("executor.jsonl");
+                executor_config.journal = journal.to_string_lossy().into_owned();
+            }
             let executor = Executor::new(
-                config.executor.clone(),
+                executor_config,
                 bus.clone(),
                 &rc.actions_topic,
                 &rc.outcomes_topic,
-            );
+            )?;
             let stop = bus_stop.clone();
             tokio::spawn(async move {
                 if let Err(error) = executor.run(stop).await {

@@ -20,6 +20,10 @@ pub struct ExecutorConfig {
     pub drivers: Vec<String>,
     /// Command ids remembered to drop redeliveries.
     pub dedupe: usize,
+    /// A file (JSON lines) where those ids and their outcomes are kept across
+    /// restarts; empty: in memory only (the engine's in-process executor uses
+    /// `executor.jsonl` under `store.path` when that is set).
+    pub journal: String,
     /// Longest a driver may take.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,

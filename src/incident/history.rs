@@ -32,6 +32,8 @@ pub struct History {
     /// Start of each window held, oldest first.
     starts: VecDeque<i64>,
     series: HashMap<SeriesKey, VecDeque<f64>>,
+    /// The `edge` series held, by caller (rebuilt once per window).
+    edges: HashMap<String, Vec<SeriesKey>>,
     refused: u64,
 }
 
@@ -42,6 +44,7 @@ impl History {
             max_series,
             starts: VecDeque::new(),
             series: HashMap::new(),
+            edges: HashMap::new(),
             refused: 0,
         }
     }
@@ -71,6 +74,11 @@ impl History {
         self.series.get(key)
     }
 
+    /// The `edge` series held whose caller is `caller`.
+    pub fn edges_from(&self, caller: &str) -> &[SeriesKey] {
+        self.edges.get(caller).map_or(&[], Vec::as_slice)
+    }
+
     /// Adds a closed window (windows in order).
     pub fn on_window(&mut self, tables: &WindowTables) {
         let values = window_values(&rows(tables));
@@ -98,6 +106,13 @@ impl History {
             }
         }
         self.series.retain(|_, s| s.iter().any(|v| v.is_finite()));
+        self.edges.clear();
+        for key in self.series.keys().filter(|k| k.signal == "edge") {
+            self.edges
+                .entry(key.service.clone())
+                .or_default()
+                .push(key.clone());
+        }
     }
 }
 

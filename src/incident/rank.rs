@@ -8,7 +8,9 @@
 //! to a database slow down implicates the database, which need not send any
 //! telemetry of its own. Six signals are weighed, each in 0..1:
 //!
-//! - `anomaly`: how strong the candidate's own (or pointed-at) anomalies are;
+//! - `anomaly`: how strong the candidate's own (or pointed-at) anomalies are
+//!   (calls to it that degraded but no anomaly names yet weigh half, see
+//!   [`super::calls`]: a node below the anomalous ones is a candidate too);
 //! - `topology`: its own dependencies are healthy, and the other anomalous
 //!   nodes call it (directly or through others) - it explains them;
 //! - `trace_blame`: its exclusive time or originated errors grew (series
@@ -171,9 +173,17 @@ pub struct Inputs<'a> {
 
 /// Ranks the candidates of one incident, best first.
 pub fn rank(inputs: &Inputs<'_>) -> Vec<RootCause> {
+    let first = inputs.members.iter().map(|a| a.onset_ms).min().unwrap_or(0);
+    let implicated_nodes = inputs
+        .members
+        .iter()
+        .map(|a| implicated(&a.key).0.to_string())
+        .collect();
+    let below = super::calls::below(inputs.history, &implicated_nodes, first, inputs.hops);
+    let members: Vec<&Anomaly> = inputs.members.iter().copied().chain(&below).collect();
     let mut candidates: BTreeMap<&str, Candidate<'_>> = BTreeMap::new();
-    let callers = slowed_callers(inputs.members);
-    for anomaly in inputs.members {
+    let callers = slowed_callers(&members);
+    for anomaly in &members {
         let (mut node, mut pointed) = implicated(&anomaly.key);
         if pointed && callers.contains(anomaly.key.service.as_str()) {
             (node, pointed) = (anomaly.key.service.as_str(), false);
@@ -186,7 +196,6 @@ pub fn rank(inputs: &Inputs<'_>) -> Vec<RootCause> {
         c.pointed &= pointed;
     }
     let nodes: Vec<&str> = candidates.keys().copied().collect();
-    let first = inputs.members.iter().map(|a| a.onset_ms).min().unwrap_or(0);
     let symptoms = symptom_series(inputs, &candidates);
     let mut ranked: Vec<RootCause> = candidates
         .iter()

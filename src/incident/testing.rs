@@ -41,11 +41,20 @@ pub(crate) fn window(w: i64, edges: &[(&str, &str)]) -> crate::window::WindowTab
             ],
         );
     }
+    tables((start, end), TableBuilder::new(0, start, end), edge)
+}
+
+/// The closed window of `service` and `edge` rows (the other tables empty).
+pub(crate) fn tables(
+    (start, end): (i64, i64),
+    service: TableBuilder,
+    edge: TableBuilder,
+) -> crate::window::WindowTables {
     crate::window::WindowTables {
         start_ms: start,
         end_ms: end,
         batches: [
-            TableBuilder::new(0, start, end).finish().expect("service"),
+            service.finish().expect("service"),
             TableBuilder::new(1, start, end)
                 .finish()
                 .expect("operation"),

@@ -96,7 +96,17 @@ impl Detect for Growth {
     }
 }
 
-/// The staircase or the window-level trend, ending above the baseline.
+/// A rise (the points it spans, its size, the noise it is judged against).
+type Rise = (Vec<(i64, f64)>, f64, f64);
+
+/// How far over its bars a staircase one step shorter than `windows` must be
+/// to count (rise, growth and distance above the baseline all doubled): a
+/// queue that went from empty to dozens in two windows needs no third.
+const SHORT_STAIRCASE_FACTOR: f64 = 2.0;
+
+/// The staircase or the window-level trend, ending above the baseline; or a
+/// staircase one step shorter that clears every bar
+/// [`SHORT_STAIRCASE_FACTOR`] times over.
 fn fast(
     rule: &Growth,
     baseline: &Baseline,
@@ -112,32 +122,53 @@ fn fast(
         })
     };
     let baseline_sigma = baseline.deviation(t, value, 0.0).sigma;
-    let staircase = last(rule.windows as usize)
-        .filter(|p| p.windows(2).all(|w| w[1].1 > w[0].1))
-        .map(|p| {
-            let rise = value - p[0].1;
-            (p, rise, baseline_sigma)
-        });
+    let staircase = |k: usize| -> Option<Rise> {
+        last(k)
+            .filter(|p| p.windows(2).all(|w| w[1].1 > w[0].1))
+            .map(|p| {
+                let rise = value - p[0].1;
+                (p, rise, baseline_sigma)
+            })
+    };
     // The trend's noise is its scatter about the fitted line: the baseline's
     // spread grows as it learns the leak it should report.
-    let (points, rise, sigma) = match staircase {
-        Some(found) => found,
-        None => {
-            let points = last(rule.trend_windows as usize)?;
-            let fit = trend(&points);
-            if fit.tau < rule.min_tau {
-                return None;
-            }
-            let span = (points.len() - 1) as f64;
-            (points, fit.slope * span, fit.scatter)
+    let trending = || -> Option<Rise> {
+        let points = last(rule.trend_windows as usize)?;
+        let fit = trend(&points);
+        if fit.tau < rule.min_tau {
+            return None;
         }
+        let span = (points.len() - 1) as f64;
+        Some((points, fit.slope * span, fit.scatter))
     };
+    let full = staircase(rule.windows as usize).or_else(trending);
+    if let Some(found) = full.and_then(|r| judge(rule, baseline, t, r, 1.0)) {
+        return Some(found);
+    }
+    let short = (rule.windows >= 3)
+        .then(|| staircase(rule.windows as usize - 1))
+        .flatten()?;
+    judge(rule, baseline, t, short, SHORT_STAIRCASE_FACTOR)
+}
+
+/// The candidate a rise makes when it clears the rule's bars `factor` times over.
+fn judge(
+    rule: &Growth,
+    baseline: &Baseline,
+    t: i64,
+    (points, rise, sigma): Rise,
+    factor: f64,
+) -> Option<Candidate> {
     let k = points.len() - 1;
+    let value = points[k].1;
     let (start, end) = (value - rise, value);
     let sigma = sigma.max(1e-9 * start.abs());
     let relative = rise / start.abs().max(f64::MIN_POSITIVE);
     let above = baseline.deviation(t, value, 0.0).z;
-    if rise < rule.min_z * sigma || relative < rule.min_growth || above < rule.min_z / 2.0 {
+    if rise < factor * rule.min_z * sigma
+        || relative < factor * rule.min_growth
+        || above < factor * rule.min_z / 2.0
+    {
         return None;
     }
     Some(Candidate {
@@ -212,4 +243,62 @@ fn onset(baseline: &Baseline, points: &[(i64, f64)]) -> Option<i64> {
         .find(|(t, v)| baseline.deviation(*t, *v, 0.0).z >= LEFT_BASELINE_Z)
         .or(rising.first())
         .map(|p| p.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::baseline::BaselineParams;
+
+    const W: i64 = 10_000;
+
+    fn rule() -> Growth {
+        Growth {
+            windows: 3,
+            min_z: 8.0,
+            min_growth: 0.2,
+            trend_windows: 6,
+            min_tau: 0.6,
+            slow_horizon: std::time::Duration::ZERO,
+        }
+    }
+
+    /// A baseline and recent values learned from `history` (one per window),
+    /// then `rising` more values; the next window is `t`.
+    fn judged(history: &[f64], rising: &[f64], value: f64) -> Option<Candidate> {
+        let params = BaselineParams::default();
+        let mut baseline = Baseline::new(0, history[0]);
+        let mut recent = VecDeque::new();
+        for (w, v) in history.iter().chain(rising).enumerate() {
+            let t = w as i64 * W;
+            if w > 0 {
+                baseline.learn(t, *v, &params);
+            }
+            recent.push_back((t, *v));
+        }
+        let t = recent.len() as i64 * W;
+        fast(&rule(), &baseline, &recent, t, value)
+    }
+
+    /// A steady queue of about 50 messages.
+    fn steady() -> Vec<f64> {
+        (0..40)
+            .map(|w| 50.0 + [3.0, -4.0, 5.0, -2.0][w % 4])
+            .collect()
+    }
+
+    #[test]
+    fn a_flood_is_found_after_two_rising_windows() {
+        let found = judged(&steady(), &[300.0], 900.0).expect("a flood");
+        assert!(found.detail.contains("in 2 windows"), "{}", found.detail);
+    }
+
+    #[test]
+    fn two_modest_rises_wait_for_the_third() {
+        // Each step clears the full staircase's bars only once three of them
+        // are in: two steps are not twice over.
+        assert!(judged(&steady(), &[75.0], 112.0).is_none());
+        let found = judged(&steady(), &[75.0, 112.0], 169.0).expect("a backlog");
+        assert!(found.detail.contains("in 3 windows"), "{}", found.detail);
+    }
 }

@@ -1,0 +1,130 @@
+//! Degraded calls no anomaly names yet: the ranking's way down a call chain
+//! whose deepest link detection has not caught up with.
+//!
+//! Detection fires per series, and the series of one failure do not all cross
+//! their bars in the same window: when an external payment provider stops
+//! answering, the checkout's latency (many requests, a tight baseline) may fire
+//! a window before the payment service's calls to the provider (few calls, a
+//! noisier baseline) do. Ranked at that moment, the incident has no candidate
+//! below checkout, and checkout, whose own dependencies look healthy to the
+//! anomalies, would be named. The calls themselves say otherwise: the window
+//! series the ranking already holds ([`History`]) show checkout's calls to
+//! payment and payment's calls to the provider failing or many times slower
+//! since the incident began.
+//!
+//! So from every candidate, the ranking follows outgoing calls that degraded
+//! since onset (error rate up by [`MIN_ERROR_RISE`] and doubled, or mean or p99
+//! time at least [`MIN_SLOWDOWN`] times what it was), up to `hops` calls deep,
+//! and adds the callee as a candidate seen by its caller, with an
+//! anomaly-like record of weight [`WEIGHT`] (detected anomalies weigh up to
+//! 1). It does not descend from a caller whose own exclusive time grew (the
+//! caller is slow itself: its calls wait behind it), nor from one whose calls
+//! to two or more peers degraded (the common factor is the caller, as in
+//! [`super::rank`]'s `slowed_callers`).
+
+use std::collections::BTreeSet;
+
+use super::history::{History, derived_key};
+use super::rank::implicated;
+use crate::detect::{Anomaly, FailureClass, SeriesKey};
+
+/// A rise of the error rate that counts (absolute), besides doubling.
+pub const MIN_ERROR_RISE: f64 = 0.05;
+/// How many times slower a call must have become to count.
+pub const MIN_SLOWDOWN: f64 = 2.0;
+/// The score of a degraded call's record (detected anomalies score up to 1).
+pub const WEIGHT: f64 = 0.5;
+/// Windows before onset a call needs to have a "before".
+const MIN_BEFORE: usize = 3;
+/// Relative growth of a caller's exclusive time that makes it slow itself.
+const OWN_GROWTH: f64 = 0.5;
+
+/// The pattern name of a degraded call's record.
+pub const PATTERN: &str = "degraded_calls";
+
+/// Records of degraded calls below the candidates `nodes`, up to `hops` calls
+/// deep, to callees that are not candidates yet; `onset` is the incident's
+/// first onset.
+pub fn below(history: &History, nodes: &BTreeSet<String>, onset: i64, hops: usize) -> Vec<Anomaly> {
+    let mut known = nodes.clone();
+    let mut frontier: Vec<String> = nodes.iter().cloned().collect();
+    let mut out = Vec::new();
+    for _ in 0..hops.max(1) {
+        let mut next = Vec::new();
+        for caller in &frontier {
+            if slow_itself(history, caller, onset) {
+                continue;
+            }
+            let degraded: Vec<Anomaly> = history
+                .edges_from(caller)
+                .iter()
+                .filter(|key| implicated(key).1)
+                .filter_map(|key| degraded(history, key, onset))
+                .collect();
+            let callees: BTreeSet<&str> = degraded.iter().map(|a| implicated(&a.key).0).collect();
+            if callees.len() != 1 {
+                continue;
+            }
+            for anomaly in degraded {
+                let callee = implicated(&anomaly.key).0.to_string();
+                if known.insert(callee.clone()) {
+                    next.push(callee);
+                }
+                if !nodes.contains(implicated(&anomaly.key).0) {
+                    out.push(anomaly);
+                }
+            }
+        }
+        frontier = next;
+    }
+    out
+}
+
+/// Means of `key` before `onset` and since, if it has enough of both.
+fn before_after(history: &History, key: &SeriesKey, onset: i64) -> Option<(f64, f64)> {
+    let values = history.values(key)?;
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    for (t, v) in history.starts().iter().zip(values) {
+        if v.is_finite() {
+            if *t < onset { &mut before } else { &mut after }.push(*v);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    (before.len() >= MIN_BEFORE && !after.is_empty()).then(|| (mean(&before), mean(&after)))
+}
+
+/// Whether `node`'s exclusive time grew since onset.
+fn slow_itself(history: &History, node: &str, onset: i64) -> bool {
+    before_after(history, &derived_key(node, "self_ms"), onset)
+        .is_some_and(|(before, after)| after > before * (1.0 + OWN_GROWTH) && after - before > 1.0)
+}
+
+/// The record of call series `key`, if it degraded since onset.
+fn degraded(history: &History, key: &SeriesKey, onset: i64) -> Option<Anomaly> {
+    let (before, after) = before_after(history, key, onset)?;
+    let bad = match key.name.as_str() {
+        "error_rate" => after - before >= MIN_ERROR_RISE && after >= 2.0 * before,
+        "mean_ms" | "p99_ms" => before > 0.0 && after >= MIN_SLOWDOWN * before,
+        _ => false,
+    };
+    bad.then(|| Anomaly {
+        key: key.clone(),
+        class: FailureClass::DependencyFailure,
+        pattern: PATTERN.to_string(),
+        onset_ms: onset,
+        detected_ms: onset,
+        ended_ms: None,
+        observed: after,
+        expected: before,
+        score: WEIGHT,
+        windows: 1,
+        detail: format!(
+            "{} {} {before:.4} -> {after:.4} since onset, not yet an anomaly",
+            key.service, key.name
+        ),
+    })
+}
+
+#[cfg(test)]
+#[path = "calls_tests.rs"]
+mod tests;

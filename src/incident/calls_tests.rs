@@ -1,0 +1,164 @@
+use super::*;
+use crate::incident::graph::ServiceGraph;
+use crate::incident::rank::{Inputs, RootCause, rank};
+use crate::window::WindowTables;
+use crate::window::tables::{Cell, Red, TableBuilder};
+
+const W: i64 = 10_000;
+/// The first degraded window.
+const ONSET: i64 = 10;
+
+/// One window: services with the mean time of their 100 requests, calls
+/// (caller, callee, kind, mean ms, failed of 100).
+fn window(
+    w: i64,
+    services: &[(&str, f64)],
+    calls: &[(&str, &str, &str, f64, u64)],
+) -> WindowTables {
+    let (start, end) = (w * W, (w + 1) * W);
+    let mut service = TableBuilder::new(0, start, end);
+    for (name, mean) in services {
+        let mut red = Red::default();
+        for _ in 0..100 {
+            red.add(*mean, false);
+        }
+        service.red_row(&["", name, ""], &red);
+    }
+    let mut edge = TableBuilder::new(2, start, end);
+    for (caller, callee, kind, mean, failed) in calls {
+        edge.row(
+            &["", caller, "", "", callee, "", kind, ""],
+            &[
+                Cell::U64(Some(100)),
+                Cell::U64(Some(*failed)),
+                Cell::F64(Some(*failed as f64 / 100.0)),
+                Cell::F64(Some(*mean)),
+                Cell::F64(Some(*mean)),
+                Cell::F64(Some(*mean)),
+            ],
+        );
+    }
+    crate::incident::testing::tables((start, end), service, edge)
+}
+
+/// frontend -> checkout -> {payment -> provider (external), cart}: healthy
+/// windows, then from [`ONSET`] on what `fault` makes of them.
+fn history_of(fault: fn(bool) -> Shop) -> (History, ServiceGraph) {
+    let mut history = History::new(30, 1000);
+    let mut graph = ServiceGraph::new(3_600_000, 1000);
+    for w in 0..ONSET + 2 {
+        let shop = fault(w >= ONSET);
+        let tables = window(w, &shop.services, &shop.calls);
+        history.on_window(&tables);
+        graph.on_window(&tables);
+    }
+    (history, graph)
+}
+
+struct Shop {
+    services: Vec<(&'static str, f64)>,
+    calls: Vec<(&'static str, &'static str, &'static str, f64, u64)>,
+}
+
+/// The provider stops answering: calls to it fail after a 1.5 s timeout.
+fn outage(on: bool) -> Shop {
+    let (provider_ms, failed) = if on { (1500.0, 80) } else { (50.0, 1) };
+    let payment = provider_ms + 10.0;
+    let checkout = payment + 10.0 + 30.0;
+    Shop {
+        services: vec![
+            ("frontend", checkout + 20.0),
+            ("checkout", checkout),
+            ("payment", payment),
+            ("cart", 10.0),
+        ],
+        calls: vec![
+            ("frontend", "checkout", "service", checkout, failed),
+            ("checkout", "payment", "service", payment, failed),
+            ("checkout", "cart", "service", 10.0, 0),
+            ("payment", "provider", "external", provider_ms, failed),
+        ],
+    }
+}
+
+/// checkout's CPU saturates: its own time grows tenfold, and its calls, timed
+/// on its side, wait behind it too.
+fn saturated(on: bool) -> Shop {
+    let mut shop = outage(false);
+    if on {
+        shop.services[1].1 = 60.0 + 10.0 + 300.0;
+        shop.services[0].1 = 390.0;
+        shop.calls[0].3 = 370.0;
+        shop.calls[1].3 = 130.0;
+    }
+    shop
+}
+
+fn latency(service: &str) -> Anomaly {
+    let mut a = crate::incident::testing::anomaly(service, ONSET);
+    a.key.name = "p95_ms".into();
+    a.class = FailureClass::LatencyDegradation;
+    a.onset_ms = ONSET * W;
+    a
+}
+
+fn ranked(members: &[Anomaly], history: &History, graph: &ServiceGraph) -> Vec<RootCause> {
+    let members: Vec<&Anomaly> = members.iter().collect();
+    rank(&Inputs {
+        members: &members,
+        graph,
+        history,
+        window_ms: W,
+        hops: 2,
+    })
+}
+
+#[test]
+fn a_failing_provider_is_named_before_detection_reaches_it() {
+    // Only checkout's and frontend's latency fired so far.
+    let (history, graph) = history_of(outage);
+    let members = [latency("checkout"), latency("frontend")];
+    let ranked = ranked(&members, &history, &graph);
+    assert_eq!(ranked[0].service, "provider", "{ranked:#?}");
+    assert_eq!(ranked[0].class, FailureClass::DependencyFailure);
+    assert!(
+        ranked[0].evidence[0].detail.contains("seen by its caller"),
+        "{:?}",
+        ranked[0].evidence[0]
+    );
+    assert!(ranked.iter().any(|r| r.service == "checkout"));
+}
+
+#[test]
+fn a_caller_slow_itself_is_not_looked_past() {
+    let (history, graph) = history_of(saturated);
+    let nodes: BTreeSet<String> = ["checkout", "frontend"].map(String::from).into();
+    assert!(below(&history, &nodes, ONSET * W, 2).is_empty());
+    let members = [latency("checkout"), latency("frontend")];
+    assert_eq!(ranked(&members, &history, &graph)[0].service, "checkout");
+}
+
+#[test]
+fn healthy_calls_add_nothing() {
+    let (history, _) = history_of(outage);
+    let nodes: BTreeSet<String> = ["cart"].map(String::from).into();
+    assert!(below(&history, &nodes, ONSET * W, 2).is_empty());
+    // Before onset, nothing had degraded.
+    let (history, _) = history_of(|_| outage(false));
+    let nodes: BTreeSet<String> = ["checkout"].map(String::from).into();
+    assert!(below(&history, &nodes, ONSET * W, 2).is_empty());
+}
+
+#[test]
+fn a_caller_whose_calls_to_two_peers_degraded_is_the_common_factor() {
+    let both = |on: bool| {
+        let mut shop = outage(on);
+        if on {
+            shop.calls[2].3 = 100.0;
+        }
+        shop
+    };
+    let (history, _) = history_of(both);
+    let nodes: BTreeSet<String> = ["checkout"].map(String::from).into();
+    assert!(below(&history, &nodes, ONSET * W, 2).is_empty());
+}
