@@ -175,6 +175,8 @@ pub struct IncidentStage {
     /// Incidents changed, and dropped, since they were last written.
     changed: BTreeSet<u64>,
     removed: Vec<u64>,
+    /// The window's new anomalies, grouped once the window closes.
+    pending: Vec<Anomaly>,
 }
 
 impl IncidentStage {
@@ -189,6 +191,7 @@ impl IncidentStage {
             store: None,
             changed: BTreeSet::new(),
             removed: Vec::new(),
+            pending: Vec::new(),
         }
     }
 
@@ -244,6 +247,36 @@ impl IncidentStage {
     /// The incidents now (oldest first).
     pub fn incidents(&self) -> &[Incident] {
         &self.incidents
+    }
+
+    /// Groups a window's new anomalies, deepest first: those on a node none of
+    /// whose dependencies is anomalous in the batch go first, then their
+    /// callers. A caller failing because of a dependency then finds the
+    /// dependency's incident (newer, gathering) before an older incident of its
+    /// own that it would otherwise reopen: a checkout that recovered from a bad
+    /// deploy and now fails because payments fail is in the payments incident,
+    /// not a recurrence of the deploy.
+    pub fn on_batch(&mut self, batch: Vec<Anomaly>) {
+        let nodes: BTreeSet<String> = batch
+            .iter()
+            .map(|a| rank::implicated(&a.key).0.to_string())
+            .collect();
+        let reach = self.params.hops.max(1) * 2;
+        let mut batch: Vec<(usize, Anomaly)> = batch
+            .into_iter()
+            .map(|a| {
+                let own = rank::implicated(&a.key).0;
+                let below = nodes
+                    .iter()
+                    .filter(|n| n.as_str() != own && self.graph.reaches(own, n, reach))
+                    .count();
+                (below, a)
+            })
+            .collect();
+        batch.sort_by_key(|(below, _)| *below);
+        for (_, anomaly) in batch {
+            self.on_event(&AnomalyEvent::Opened(anomaly));
+        }
     }
 
     /// Applies one anomaly event.
@@ -517,14 +550,23 @@ impl Stage for IncidentStage {
 
     fn on_data(&mut self, input: DetectOutput, out: &mut Emit<IncidentEvent>) {
         match input {
-            DetectOutput::Event(event) => self.on_event(&event),
-            DetectOutput::Closed(window) => out.push(self.on_window(&window)),
+            DetectOutput::Event(event) => match *event {
+                AnomalyEvent::Opened(anomaly) => self.pending.push(anomaly),
+                event => self.on_event(&event),
+            },
+            DetectOutput::Closed(window) => {
+                let batch = std::mem::take(&mut self.pending);
+                self.on_batch(batch);
+                out.push(self.on_window(&window));
+            }
             DetectOutput::Deployment(change) => out.push(IncidentEvent::Deployment(change)),
             DetectOutput::Instances(i) => out.push(IncidentEvent::Instances(i)),
         }
     }
 
     fn on_stop(&mut self, _out: &mut Emit<IncidentEvent>) {
+        let batch = std::mem::take(&mut self.pending);
+        self.on_batch(batch);
         self.persist();
     }
 }

@@ -291,6 +291,12 @@ impl RemediateStage {
             return;
         };
         case.next += 1;
+        // The versions of now, not of when the case opened: after a rollback,
+        // the "previous" version is the bad release (flagged, so refused).
+        if let Some((version, previous)) = self.versions.get(&case.context.service) {
+            case.context.version.clone_from(version);
+            case.context.previous_version.clone_from(previous);
+        }
         let spec = &playbook.actions[step];
         let params = spec
             .params

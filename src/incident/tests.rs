@@ -268,3 +268,35 @@ fn the_graph_records_new_and_gone_edges_once_learned() {
         "{gone:?}"
     );
 }
+
+/// A caller that recovered from its own incident fails again two windows
+/// later because its dependency fails: grouped deepest first, its anomaly
+/// joins the dependency's new incident instead of reopening its own.
+#[test]
+fn a_caller_failing_because_of_its_dependency_does_not_reopen_its_own_incident() {
+    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    stage.on_window(&window(0, &CHAIN));
+    let a = anomaly("checkout", 1);
+    stage.on_event(&AnomalyEvent::Opened(a.clone()));
+    stage.on_event(&ended(&a, 4));
+    for w in 4..7 {
+        stage.on_window(&window(w, &CHAIN));
+    }
+    assert_eq!(stage.incidents()[0].state, IncidentState::Resolved);
+    // Window 8: checkout's anomaly comes first in the batch, then payments'.
+    let mut out = Vec::new();
+    for service in ["checkout", "payments"] {
+        let event = AnomalyEvent::Opened(anomaly(service, 8));
+        stage.on_data(DetectOutput::Event(Box::new(event)), &mut out);
+    }
+    let closed = std::sync::Arc::new(window(8, &CHAIN));
+    stage.on_data(DetectOutput::Closed(closed), &mut out);
+    let incidents = stage.incidents();
+    assert_eq!(incidents.len(), 2, "{incidents:#?}");
+    assert_eq!(incidents[0].state, IncidentState::Resolved);
+    assert_eq!(incidents[0].reopened, 0);
+    assert_eq!(
+        incidents[1].services().into_iter().collect::<Vec<_>>(),
+        vec!["checkout", "payments"]
+    );
+}

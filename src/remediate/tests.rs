@@ -289,6 +289,52 @@ fn a_faulty_deploy_is_rolled_back_to_the_previous_version() {
     assert_eq!(sent[0].data.target.version, "1.5");
 }
 
+/// After a rollback healed it, the same incident recurs: the playbook starts
+/// over, but the versions are today's (running 1.4, previous 1.5, the flagged
+/// one), so the rollback guard refuses to "roll back" onto the bad release.
+#[test]
+fn a_recurrence_after_a_rollback_never_rolls_onto_the_flagged_version() {
+    let mut l = Loop::new(limits());
+    let deploy = |l: &mut Loop, from: &str, to: &str| {
+        let change = crate::window::deployments::VersionChange {
+            namespace: String::new(),
+            service: "cart".into(),
+            environment: String::new(),
+            from: from.into(),
+            to: to.into(),
+            at_ms: l.w * W,
+        };
+        l.remediate.on_data(
+            RemediateInput::Incident(IncidentEvent::Deployment(change)),
+            &mut Vec::new(),
+        );
+    };
+    deploy(&mut l, "1.4", "1.5");
+    let a = l.open("cart", FailureClass::FaultyDeployment);
+    l.tick();
+    let sent = l.tick();
+    assert_eq!(sent[0].data.params["to_version"], "1.4");
+    l.report(&sent[0], Status::Succeeded);
+    deploy(&mut l, "1.5", "1.4");
+    l.end(&a);
+    for _ in 0..2 {
+        l.tick();
+    }
+    assert_eq!(l.state(), State::Recovered);
+    let mut again = l.open("cart", FailureClass::ErrorSpike);
+    again.detail = "recurred".into();
+    for _ in 0..4 {
+        l.tick();
+    }
+    let rollbacks: Vec<&str> = l
+        .sent
+        .iter()
+        .filter(|c| c.data.action == crate::remediate::playbook::Action::Rollback)
+        .map(|c| c.data.params["to_version"].as_str())
+        .collect();
+    assert_eq!(rollbacks, ["1.4"], "{:#?}", l.sent);
+}
+
 #[test]
 fn a_restart_between_decision_and_outcome_sends_the_unconfirmed_command_again_under_its_id() {
     let dir = tempfile::tempdir().expect("dir");
