@@ -371,7 +371,7 @@ pub fn targets(runs: &[FaultRun], timeline: &Timeline) -> String {
     let _ = writeln!(
         out,
         "detection: median {} windows after onset (target <= 2: {})",
-        detection.map_or("-".to_string(), |d| format!("{d:.1}")),
+        detection.map_or("-".to_string(), |d| format!("{d:.2}")),
         mark(detection.is_some_and(|d| d <= 2.0))
     );
     // The target is 30 s at 5 s windows: six windows.
