@@ -61,9 +61,9 @@ pub enum EngineError {
     /// The action bus could not be set up.
     #[error("action bus: {0}")]
     Bus(#[from] crate::bus::BusError),
-    /// The executor's journal could not be read or written.
+    /// The in-process executor could not start (its journal, its drivers).
     #[error(transparent)]
-    Journal(#[from] crate::executor::JournalError),
+    Executor(#[from] crate::executor::ExecutorError),
     /// The embedded gRPC descriptors for reflection did not load (a build defect).
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] otlp_grpc::ReflectionError),

@@ -16,6 +16,7 @@
 pub mod config;
 pub mod drivers;
 pub mod journal;
+pub mod kube_http;
 pub mod kubernetes;
 
 use std::path::Path;
@@ -30,6 +31,16 @@ use crate::remediate::command::{self, Command, Status, parse_command, parse_rfc3
 pub use config::ExecutorConfig;
 use drivers::Done;
 pub use journal::JournalError;
+
+/// An executor that cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The Kubernetes driver's API server or CA is unusable.
+    #[error("kubernetes driver: {0}")]
+    Kubernetes(String),
+}
 use journal::Seen;
 
 /// The executor.
@@ -45,23 +56,24 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// An executor; its journal (`executor.journal`, if set) is read back now.
+    /// An executor; its journal (`executor.journal`, if set) is read back and
+    /// the Kubernetes driver's API server and CA checked now.
     pub fn new(
         config: ExecutorConfig,
         bus: Arc<dyn Bus>,
         actions_topic: &str,
         outcomes_topic: &str,
-    ) -> Result<Self, JournalError> {
+    ) -> Result<Self, ExecutorError> {
         let source = if config.source.is_empty() {
             format!("executor://{}", crate::remediate::config::host_name())
         } else {
             config.source.clone()
         };
-        let kubernetes = config
-            .drivers
-            .iter()
-            .any(|d| d == "kubernetes")
-            .then(|| kubernetes::Kubernetes::new(&config));
+        let kubernetes = if config.drivers.iter().any(|d| d == "kubernetes") {
+            Some(kubernetes::Kubernetes::new(&config).map_err(ExecutorError::Kubernetes)?)
+        } else {
+            None
+        };
         let seen = if config.journal.is_empty() {
             Seen::new(config.dedupe)
         } else {

@@ -34,8 +34,12 @@ pub struct ExecutorConfig {
     pub exec: BTreeMap<String, String>,
     /// `webhook`: the URL every command is POSTed to (structured CloudEvent).
     pub webhook_url: String,
-    /// `kubernetes`: the API server's base URL (empty: the in-cluster one).
+    /// `kubernetes`: the API server's base URL, `http://` or `https://`
+    /// (empty: in a pod the cluster's own, else `kubectl proxy`'s).
     pub kubernetes_api: String,
+    /// `kubernetes`: the CA certificates (PEM) an `https` API server's
+    /// certificate is checked against (empty: in a pod, the service account's).
+    pub kubernetes_ca_file: String,
     /// `kubernetes`: a bearer token file (empty: the service account's).
     pub kubernetes_token_file: String,
 }

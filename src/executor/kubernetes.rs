@@ -12,16 +12,23 @@
 //! The Deployment is `params.k8s_deployment`, else the target's
 //! `k8s.deployment.name`, else the service; its namespace
 //! `params.k8s_namespace`, else the target's `k8s.namespace.name`, else its
-//! `service.namespace`, else `default`. The API is reached over plain HTTP (`executor.kubernetes_api`,
-//! typically `kubectl proxy` or a proxy sidecar at http://127.0.0.1:8001); the
-//! bearer token is read from `executor.kubernetes_token_file` at each call, as
-//! service-account tokens rotate. TLS to the API server directly is not built
-//! in (the HTTP client is built without TLS).
+//! `service.namespace`, else `default`.
+//!
+//! The API server is `executor.kubernetes_api`: `http://` through `kubectl
+//! proxy` or a proxy sidecar, or `https://` straight to the server, checked
+//! against `executor.kubernetes_ca_file`. Unset, in a pod it is the cluster's
+//! own (`KUBERNETES_SERVICE_HOST`, with the service account's CA and token),
+//! elsewhere `kubectl proxy`'s (see [`super::kube_http`]). The bearer token is
+//! read from `executor.kubernetes_token_file` at each call, as
+//! service-account tokens rotate.
 
 use serde_json::{Value, json};
 
+use hyper::Method;
+
 use super::config::ExecutorConfig;
 use super::drivers::Done;
+use super::kube_http::{ApiClient, endpoint};
 use crate::remediate::command::{Command, rfc3339};
 use crate::remediate::playbook::Action;
 
@@ -32,59 +39,67 @@ pub fn handles(action: Action) -> bool {
 
 /// A client of one API server.
 pub struct Kubernetes {
-    base: String,
+    api: ApiClient,
     token_file: String,
-    client: reqwest::Client,
 }
 
 impl Kubernetes {
-    pub fn new(config: &ExecutorConfig) -> Self {
-        let base = if config.kubernetes_api.is_empty() {
-            "http://127.0.0.1:8001".to_string()
-        } else {
-            config.kubernetes_api.trim_end_matches('/').to_string()
-        };
-        Self {
-            base,
-            token_file: config.kubernetes_token_file.clone(),
-            client: reqwest::Client::builder()
-                .timeout(config.timeout)
-                .build()
-                .unwrap_or_default(),
-        }
+    /// The driver for the configured (or the in-cluster) API server; a bad
+    /// URL or CA file is an error now, not at the first remediation.
+    pub fn new(config: &ExecutorConfig) -> Result<Self, String> {
+        let at = endpoint(
+            &config.kubernetes_api,
+            &config.kubernetes_ca_file,
+            &config.kubernetes_token_file,
+            |name| std::env::var(name).ok(),
+        );
+        Ok(Self {
+            api: ApiClient::new(&at.base, &at.ca_file, config.timeout)?,
+            token_file: at.token_file,
+        })
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
+    /// One call: `body`, if any, is sent with its content type.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Value)>,
+    ) -> Result<Value, String> {
+        let mut headers = vec![("accept", "application/json".to_string())];
         if !self.token_file.is_empty()
             && let Ok(token) = std::fs::read_to_string(&self.token_file)
         {
-            request = request.bearer_auth(token.trim());
+            headers.push(("authorization", format!("Bearer {}", token.trim())));
         }
-        request
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, String> {
-        let response = request
-            .send()
+        let bytes = match body {
+            Some((content_type, body)) => {
+                headers.push(("content-type", content_type.to_string()));
+                body.to_string().into_bytes()
+            }
+            None => Vec::new(),
+        };
+        let (status, answer) = self
+            .api
+            .send(method, path, &headers, bytes)
             .await
             .map_err(|e| format!("kubernetes API: {e}"))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
         if status.is_success() {
-            Ok(body)
+            Ok(answer)
         } else {
-            let message = body["message"].as_str().unwrap_or("").to_string();
+            let message = answer["message"].as_str().unwrap_or("");
             Err(format!("kubernetes API answered {status}: {message}"))
         }
     }
 
+    async fn get(&self, path: &str) -> Result<Value, String> {
+        self.call(Method::GET, path, None).await
+    }
+
     async fn patch(&self, path: &str, content_type: &str, body: Value) -> Result<Value, String> {
-        let request = self
-            .request(reqwest::Method::PATCH, path)
-            .header("content-type", content_type)
-            .body(body.to_string());
-        self.send(request).await
+        self.call(Method::PATCH, path, Some((content_type, body)))
+            .await
     }
 
     /// Carries out `command`, if it is an action this driver handles.
@@ -145,9 +160,7 @@ impl Kubernetes {
 
     async fn scale(&self, path: &str, command: &Command) -> Result<String, String> {
         let scale_path = format!("{path}/scale");
-        let current = self
-            .send(self.request(reqwest::Method::GET, &scale_path))
-            .await?;
+        let current = self.get(&scale_path).await?;
         let replicas = current["spec"]["replicas"].as_u64().unwrap_or(1);
         let params = &command.data.params;
         let by = params.get("by").map(String::as_str).unwrap_or("1");
@@ -183,7 +196,7 @@ impl Kubernetes {
         if to.is_empty() || from.is_empty() {
             return Err("rollback needs the running and the previous version".into());
         }
-        let deployment = self.send(self.request(reqwest::Method::GET, path)).await?;
+        let deployment = self.get(path).await?;
         let containers = deployment["spec"]["template"]["spec"]["containers"]
             .as_array()
             .cloned()
@@ -254,7 +267,8 @@ mod tests {
         })
     }
 
-    async fn server() -> (String, Seen) {
+    /// The fake API server's routes, what they saw, and a listener for them.
+    async fn fake_app() -> (axum::Router, Seen, tokio::net::TcpListener) {
         let seen: Seen = Arc::default();
         let app = axum::Router::new()
             .route("/{*path}", any(fake))
@@ -262,9 +276,121 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        (app, seen, listener)
+    }
+
+    async fn server() -> (String, Seen) {
+        let (app, seen, listener) = fake_app().await;
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await });
         (format!("http://{addr}"), seen)
+    }
+
+    /// A self-signed certificate for 127.0.0.1: (its PEM, the server's TLS
+    /// settings).
+    fn certificate() -> (String, rustls::ServerConfig) {
+        let issued =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(issued.key_pair.serialize_der());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![issued.cert.der().clone()], key.into())
+            .expect("server config");
+        (issued.cert.pem(), config)
+    }
+
+    /// The fake API server over TLS: its `https://` base, what it saw, and the
+    /// PEM of its certificate.
+    async fn tls_server() -> (String, Seen, String) {
+        let (pem, config) = certificate();
+        let (app, seen, listener) = fake_app().await;
+        let addr = listener.local_addr().expect("addr");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        (format!("https://{addr}"), seen, pem)
+    }
+
+    fn tls_driver(base: &str, ca: &std::path::Path) -> Result<Kubernetes, String> {
+        let mut executor = crate::config::Config::from_toml_str("")
+            .expect("defaults")
+            .executor;
+        executor.kubernetes_api = base.to_string();
+        executor.kubernetes_ca_file = ca.display().to_string();
+        Kubernetes::new(&executor)
+    }
+
+    #[tokio::test]
+    async fn over_tls_the_server_is_checked_against_the_configured_ca() {
+        let (base, seen, pem) = tls_server().await;
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, &pem).expect("write");
+        let k = tls_driver(&base, &ca).expect("driver");
+        let done = k.carry_out(&cmd(Action::Restart, &[])).await;
+        assert!(matches!(done, Done::Succeeded(_)), "{done:?}");
+        let (method, at, ctype, _, _) = seen.lock().expect("lock").remove(0);
+        assert_eq!(method, "PATCH");
+        assert_eq!(at, "/apis/apps/v1/namespaces/shop/deployments/cart");
+        assert_eq!(ctype, "application/strategic-merge-patch+json");
+
+        // Another CA: the server is not trusted and nothing is sent.
+        let (other, _) = certificate();
+        std::fs::write(&ca, other).expect("write");
+        let k = tls_driver(&base, &ca).expect("driver");
+        let Done::Failed(why) = k.carry_out(&cmd(Action::Restart, &[])).await else {
+            panic!("an untrusted server was trusted")
+        };
+        assert!(why.contains("TLS"), "{why}");
+        assert!(seen.lock().expect("lock").is_empty());
+
+        // No CA, or no certificate in the file: refused at start, clearly.
+        let none = tls_driver(&base, std::path::Path::new(""))
+            .err()
+            .expect("no CA");
+        assert!(none.contains("kubernetes_ca_file"), "{none}");
+        std::fs::write(&ca, "not a certificate\n").expect("write");
+        let empty = tls_driver(&base, &ca).err().expect("empty CA");
+        assert!(empty.contains("no certificate"), "{empty}");
+    }
+
+    #[test]
+    fn in_a_pod_the_cluster_api_and_the_service_account_are_used() {
+        use super::super::kube_http::{Endpoint, PROXY, SERVICE_ACCOUNT};
+        let pod = |name: &str| match name {
+            "KUBERNETES_SERVICE_HOST" => Some("10.96.0.1".to_string()),
+            "KUBERNETES_SERVICE_PORT" => Some("443".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            endpoint("", "", "", pod),
+            Endpoint {
+                base: "https://10.96.0.1:443".into(),
+                ca_file: format!("{SERVICE_ACCOUNT}/ca.crt"),
+                token_file: format!("{SERVICE_ACCOUNT}/token"),
+            }
+        );
+        assert_eq!(endpoint("", "", "", |_| None).base, PROXY);
+        let set = endpoint("https://api.example:6443/", "/etc/ca.pem", "", pod);
+        assert_eq!(set.base, "https://api.example:6443");
+        assert_eq!(set.ca_file, "/etc/ca.pem");
+        assert_eq!(set.token_file, "");
     }
 
     fn cmd(action: Action, params: &[(&str, &str)]) -> Command {
@@ -281,7 +407,7 @@ mod tests {
         let mut executor = config.executor;
         executor.kubernetes_api = base.to_string();
         executor.kubernetes_token_file = token.map(|p| p.display().to_string()).unwrap_or_default();
-        Kubernetes::new(&executor)
+        Kubernetes::new(&executor).expect("driver")
     }
 
     #[tokio::test]
