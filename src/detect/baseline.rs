@@ -160,7 +160,7 @@ pub struct Deviation {
 impl Deviation {
     /// Two-sided Gaussian strength of the deviation, in [0, 1].
     pub fn score(&self) -> f64 {
-        erf(self.z.abs() / std::f64::consts::SQRT_2)
+        statrs::function::erf::erf(self.z.abs() / std::f64::consts::SQRT_2)
     }
 }
 
@@ -299,39 +299,10 @@ pub(crate) fn median(values: Vec<f64>) -> f64 {
     Data::new(values).median()
 }
 
-/// The error function (Abramowitz-Stegun 7.1.26 refined; |error| < 1.2e-7).
-pub fn erf(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -z * z - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let erfc = t * poly.exp();
-    if x >= 0.0 { 1.0 - erfc } else { erfc - 1.0 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::loadgen::fleet::Rng;
-
-    #[test]
-    fn erf_matches_known_values() {
-        for (x, want) in [
-            (0.0, 0.0),
-            (0.5, 0.520_499_9),
-            (1.0, 0.842_700_8),
-            (2.0, 0.995_322_3),
-            (-1.0, -0.842_700_8),
-        ] {
-            assert!((erf(x) - want).abs() < 1e-6, "erf({x}) = {}", erf(x));
-        }
-    }
 
     #[test]
     fn learns_level_and_spread_then_flags_a_jump() {
