@@ -32,7 +32,7 @@ pub struct History {
     /// Start of each window held, oldest first.
     starts: VecDeque<i64>,
     series: HashMap<SeriesKey, VecDeque<f64>>,
-    /// The `edge` series held, by caller (rebuilt once per window).
+    /// The `edge` series held, by caller (kept as series come and go).
     edges: HashMap<String, Vec<SeriesKey>>,
     refused: u64,
 }
@@ -97,6 +97,10 @@ impl History {
             }
             let mut series: VecDeque<f64> = std::iter::repeat_n(f64::NAN, held).collect();
             series.push_back(value);
+            if key.signal == "edge" {
+                let calls = self.edges.entry(key.service.clone()).or_default();
+                calls.push(key.clone());
+            }
             self.series.insert(key, series);
         }
         if self.starts.len() > self.windows {
@@ -105,13 +109,15 @@ impl History {
                 series.pop_front();
             }
         }
+        let before = self.series.len();
         self.series.retain(|_, s| s.iter().any(|v| v.is_finite()));
-        self.edges.clear();
-        for key in self.series.keys().filter(|k| k.signal == "edge") {
-            self.edges
-                .entry(key.service.clone())
-                .or_default()
-                .push(key.clone());
+        if self.series.len() != before {
+            // Only when series were dropped: the index is kept as series come.
+            let series = &self.series;
+            self.edges.retain(|_, calls| {
+                calls.retain(|k| series.contains_key(k));
+                !calls.is_empty()
+            });
         }
     }
 }
@@ -239,6 +245,23 @@ mod tests {
             .expect("self time");
         let own: Vec<f64> = own.iter().map(|v| v.round()).collect();
         assert_eq!(own, vec![10.0, 10.0], "waiting on `back` is not own time");
+    }
+
+    #[test]
+    fn the_call_index_follows_the_series_held() {
+        let mut history = History::new(3, 100);
+        history.on_window(&window(0, 50.0, 40.0));
+        assert_eq!(history.edges_from("front").len(), EDGE.len());
+        assert!(history.edges_from("back").is_empty());
+        // Windows without the call: its series age out, and the index with them.
+        for w in 1..4 {
+            let mut tables = window(w, 50.0, 40.0);
+            tables.batches[2] = TableBuilder::new(2, w * W, (w + 1) * W)
+                .finish()
+                .expect("edge");
+            history.on_window(&tables);
+        }
+        assert!(history.edges_from("front").is_empty());
     }
 
     #[test]

@@ -19,6 +19,18 @@ const CHAIN: [(&str, &str); 3] = [
     ("payments", "postgres"),
 ];
 
+/// A stage on [`CHAIN`] with one incident: `service` anomalous from window 1,
+/// ended at window 4.
+fn one_ended(service: &str) -> (IncidentStage, IncidentLog) {
+    let log = IncidentLog::default();
+    let mut stage = IncidentStage::new(params(), log.clone());
+    stage.on_window(&window(0, &CHAIN));
+    let a = anomaly(service, 1);
+    stage.on_event(&AnomalyEvent::Opened(a.clone()));
+    stage.on_event(&ended(&a, 4));
+    (stage, log)
+}
+
 #[test]
 fn connected_anomalies_are_one_incident_and_others_another() {
     let mut stage = IncidentStage::new(params(), IncidentLog::default());
@@ -57,12 +69,7 @@ fn far_in_time_is_another_incident() {
 
 #[test]
 fn resolves_after_quiet_windows_and_reopens_on_recurrence() {
-    let log = IncidentLog::default();
-    let mut stage = IncidentStage::new(params(), log.clone());
-    stage.on_window(&window(0, &CHAIN));
-    let a = anomaly("payments", 1);
-    stage.on_event(&AnomalyEvent::Opened(a.clone()));
-    stage.on_event(&ended(&a, 4));
+    let (mut stage, log) = one_ended("payments");
     // Healthy from window 4: resolved at the end of its third healthy window.
     for w in 4..6 {
         stage.on_window(&window(w, &CHAIN));
@@ -85,12 +92,7 @@ fn resolves_after_quiet_windows_and_reopens_on_recurrence() {
 
 #[test]
 fn a_neighbour_failing_after_recovery_is_an_incident_of_its_own() {
-    let log = IncidentLog::default();
-    let mut stage = IncidentStage::new(params(), log.clone());
-    stage.on_window(&window(0, &CHAIN));
-    let a = anomaly("payments", 1);
-    stage.on_event(&AnomalyEvent::Opened(a.clone()));
-    stage.on_event(&ended(&a, 4));
+    let (mut stage, _) = one_ended("payments");
     // Recovering (every member ended), not yet resolved: a caller that fails
     // now is a failure of its own, not more of the same.
     stage.on_window(&window(4, &CHAIN));
@@ -274,11 +276,7 @@ fn the_graph_records_new_and_gone_edges_once_learned() {
 /// joins the dependency's new incident instead of reopening its own.
 #[test]
 fn a_caller_failing_because_of_its_dependency_does_not_reopen_its_own_incident() {
-    let mut stage = IncidentStage::new(params(), IncidentLog::default());
-    stage.on_window(&window(0, &CHAIN));
-    let a = anomaly("checkout", 1);
-    stage.on_event(&AnomalyEvent::Opened(a.clone()));
-    stage.on_event(&ended(&a, 4));
+    let (mut stage, _) = one_ended("checkout");
     for w in 4..7 {
         stage.on_window(&window(w, &CHAIN));
     }
