@@ -80,6 +80,8 @@ pub enum IncidentEvent {
     Deployment(crate::window::deployments::VersionChange),
     /// A service's live instances changed.
     Instances(crate::window::inventory::Instances),
+    /// Per-instance health of a closed window (before the window).
+    InstanceHealth(std::sync::Arc<crate::window::instance_health::InstanceWindow>),
 }
 
 /// `open` or `resolved`.
@@ -561,6 +563,7 @@ impl Stage for IncidentStage {
             }
             DetectOutput::Deployment(change) => out.push(IncidentEvent::Deployment(change)),
             DetectOutput::Instances(i) => out.push(IncidentEvent::Instances(i)),
+            DetectOutput::InstanceHealth(h) => out.push(IncidentEvent::InstanceHealth(h)),
         }
     }
 

@@ -46,6 +46,8 @@ pub enum WindowEvent {
     Deployment(VersionChange),
     /// A service's live instances changed.
     Instances(crate::window::inventory::Instances),
+    /// Per-instance health of a closed window (before the window itself).
+    InstanceHealth(Arc<crate::window::instance_health::InstanceWindow>),
     /// Humans' verdicts for detection (from the API, not the window stage).
     Feedback(Vec<crate::detect::feedback::Tolerance>),
 }
@@ -82,6 +84,8 @@ pub struct WindowStage {
     deployments: Deployments,
     /// Which instances each service runs.
     inventory: crate::window::inventory::Inventory,
+    /// Per-instance health of services with several instances.
+    health: crate::window::instance_health::InstanceHealth,
     deployment_log: DeploymentLog,
     /// Where the version changes are kept across restarts.
     deployment_file: Option<std::path::PathBuf>,
@@ -142,6 +146,9 @@ impl WindowStage {
             assignment: 0,
             deployments: Deployments::new(DEPLOY_GAP_MS, window.max_series),
             inventory: crate::window::inventory::Inventory::new(window.max_series),
+            health: crate::window::instance_health::InstanceHealth::new(
+                window.size.as_millis() as i64
+            ),
             deployment_log: DeploymentLog::new(MAX_DEPLOYMENTS),
             deployment_file: None,
         })
@@ -247,6 +254,18 @@ impl WindowStage {
         let inventory = self.inventory.observe(&decoded.batch, time_column);
         if self.downstream {
             out.extend(inventory.into_iter().map(WindowEvent::Instances));
+            let closed = self.windows.closed_through_ms();
+            match decoded.signal {
+                Signal::Traces => {
+                    self.health
+                        .observe_spans(&decoded.batch, &self.inventory, closed)
+                }
+                Signal::Metrics => {
+                    self.health
+                        .observe_metrics(&decoded.batch, &self.inventory, closed)
+                }
+                Signal::Logs => {}
+            }
         }
         let changes = self.deployments.observe(&decoded.batch, time_column);
         if !changes.is_empty() {
@@ -298,6 +317,9 @@ impl WindowStage {
         let closed_through = self.windows.closed_through_ms();
         let horizon = closed_through - self.retain_ms;
         if self.downstream {
+            for health in self.health.close(closed_through) {
+                out.push(WindowEvent::InstanceHealth(Arc::new(health)));
+            }
             out.extend(
                 closed
                     .iter()

@@ -21,6 +21,7 @@
 //! window of attention, see `prune`), the governor's and the log's bounds.
 
 pub mod canary;
+pub mod canary_judge;
 pub mod case;
 pub mod command;
 pub mod config;
@@ -87,6 +88,12 @@ pub struct RemediateStage {
     versions: BTreeMap<String, (String, String)>,
     /// Per service: its live instances and Kubernetes identity.
     instances: BTreeMap<String, crate::window::inventory::Instances>,
+    /// Per service with several instances: its last windows' per-instance
+    /// health (window start, rows), oldest first.
+    health: BTreeMap<
+        String,
+        std::collections::VecDeque<(i64, Vec<crate::window::instance_health::InstanceRow>)>,
+    >,
     /// Incidents a human stopped remediating.
     stopped: std::collections::HashSet<u64>,
     /// Where the state is kept across restarts.
@@ -114,6 +121,7 @@ impl RemediateStage {
             tops: HashMap::new(),
             versions: BTreeMap::new(),
             instances: BTreeMap::new(),
+            health: BTreeMap::new(),
             stopped: std::collections::HashSet::new(),
             state_path: None,
             unconfirmed: Vec::new(),
@@ -143,11 +151,11 @@ impl RemediateStage {
         self.now_ms = self.now_ms.max(end_ms);
         self.services = services;
         let mut active = HashMap::new();
-        let mut members = HashMap::new();
+        let mut listed = HashMap::new();
         for incident in incidents {
             let back = recovered(incident);
             active.insert(incident.id, back);
-            members.insert(incident.id, incident.anomalies().count());
+            listed.insert(incident.id, incident);
             let Some(top) = incident.root_causes.first() else {
                 continue;
             };
@@ -172,8 +180,9 @@ impl RemediateStage {
         for id in ids {
             // Not listed: neither open nor changed, so resolved before.
             let back = active.get(&id).copied().unwrap_or(true);
-            if let (Some(case), Some(&n)) = (self.cases.get_mut(&id), members.get(&id)) {
-                case.members = n;
+            if let (Some(case), Some(incident)) = (self.cases.get_mut(&id), listed.get(&id)) {
+                case.members = incident.anomalies().count();
+                case.measures = canary_judge::measures(incident, &case.context.service);
             }
             self.drive(id, back, out);
         }
@@ -188,6 +197,7 @@ impl RemediateStage {
         let Some((ctx, evidence)) = context(incident, &self.versions) else {
             return;
         };
+        let measures = canary_judge::measures(incident, &ctx.service);
         let Some(index) = self.playbooks.playbooks.iter().position(|p| p.fits(&ctx)) else {
             return;
         };
@@ -218,6 +228,7 @@ impl RemediateStage {
                 updated_ms: self.now_ms,
                 members: incident.anomalies().count(),
                 canary: None,
+                measures,
             },
         );
     }
@@ -539,6 +550,9 @@ impl Stage for RemediateStage {
             }) => self.on_incidents(end_ms, services, &incidents, out),
             RemediateInput::Incident(IncidentEvent::Instances(i)) => {
                 self.instances.insert(i.service.clone(), i);
+            }
+            RemediateInput::Incident(IncidentEvent::InstanceHealth(window)) => {
+                self.on_health(&window);
             }
             RemediateInput::Incident(IncidentEvent::Deployment(change)) => {
                 self.versions.insert(

@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod deployments;
+pub mod instance_health;
 pub mod inventory;
 pub mod metric_series;
 pub mod pairing;

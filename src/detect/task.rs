@@ -24,6 +24,8 @@ pub enum DetectOutput {
     Deployment(crate::window::deployments::VersionChange),
     /// A service's live instances changed (passed on for canary remediation).
     Instances(crate::window::inventory::Instances),
+    /// Per-instance health of a closed window (passed on for canaries).
+    InstanceHealth(Arc<crate::window::instance_health::InstanceWindow>),
 }
 
 /// The detection stage in the pipeline.
@@ -52,6 +54,7 @@ impl Stage for DetectTask {
             WindowEvent::Logs(batch) => self.stage.on_logs(&batch),
             WindowEvent::Feedback(verdicts) => self.stage.tolerate(verdicts),
             WindowEvent::Instances(instances) => out.push(DetectOutput::Instances(instances)),
+            WindowEvent::InstanceHealth(h) => out.push(DetectOutput::InstanceHealth(h)),
             WindowEvent::Deployment(change) => {
                 self.stage.on_deployment(change.clone());
                 out.push(DetectOutput::Deployment(change));

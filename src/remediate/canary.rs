@@ -2,21 +2,33 @@
 //! `rollback` first acts on a small share of them (`canary_share`, at least
 //! one, never all), then on the rest.
 //!
-//! The canary is judged by what the engine sees: the executor's success, then
-//! `canary_windows` windows in which no new anomaly joins the incident. Per
-//! instance recovery is not observed (the incident's series are per service),
-//! so the canary guards against a remedy that makes things worse; a remedy that
-//! does nothing is caught by the verification after widening. A canary that
-//! fails aborts the remediation and escalates. If the incident recovers during
+//! The canary is judged by what the engine sees: the executor's success, no
+//! new anomaly joining the incident, then after `canary_windows` windows the
+//! instances acted on against the rest, per instance, in the windows since
+//! acting but the first (the remedy takes effect) against the two windows
+//! before ([`super::canary_judge`]): recovered, it widens to the rest; no better,
+//! worse or silent, it aborts the remediation and escalates. When the
+//! instances report nothing the incident's anomalies measure, quiet windows
+//! are all there is to go on, and it widens (the verification after widening
+//! still catches a remedy that does nothing). If the incident recovers during
 //! the canary, the remaining instances are left alone.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::RemediateStage;
+use super::canary_judge::{Judgement, judge};
 use super::case::{Attempt, Case, State};
 use super::command::Command;
 use super::playbook::Action;
 use crate::flow::Emit;
+use crate::window::instance_health::{InstanceRow, InstanceWindow};
+
+/// Windows of per-instance health kept (longer than a canary runs).
+const HEALTH_KEPT_WINDOWS: i64 = 16;
+/// Windows before acting that a canary's "before" is read from.
+const BEFORE_WINDOWS: i64 = 2;
 
 /// A canary in progress.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -25,6 +37,9 @@ pub struct Canary {
     pub rest: Vec<String>,
     /// Member anomalies of the incident when the canary went out.
     pub members: usize,
+    /// The target's per-instance health before acting.
+    #[serde(default)]
+    pub before: Vec<InstanceRow>,
 }
 
 /// Whether `action` acts per instance (so a canary makes sense).
@@ -59,10 +74,61 @@ impl RemediateStage {
         let params = &mut command.data.params;
         params.insert("instances".into(), first.join(","));
         params.insert("canary".into(), "true".into());
+        let before = self.rows_since(
+            &case.context.service,
+            self.now_ms - BEFORE_WINDOWS * self.params.window_ms,
+        );
         case.canary = Some(Canary {
             rest,
             members: case.members,
+            before,
         });
+    }
+
+    /// Keeps the last windows' per-instance health of each service.
+    pub(super) fn on_health(&mut self, window: &InstanceWindow) {
+        let mut by_service: BTreeMap<&str, Vec<InstanceRow>> = BTreeMap::new();
+        for row in &window.rows {
+            by_service
+                .entry(&row.service)
+                .or_default()
+                .push(row.clone());
+        }
+        for (service, rows) in by_service {
+            let kept = self.health.entry(service.to_string()).or_default();
+            kept.push_back((window.start_ms, rows));
+        }
+        let horizon = window.start_ms - HEALTH_KEPT_WINDOWS * self.params.window_ms;
+        self.health.retain(|_, kept| {
+            while kept.front().is_some_and(|(start, _)| *start < horizon) {
+                kept.pop_front();
+            }
+            !kept.is_empty()
+        });
+    }
+
+    /// `service`'s per-instance rows of the windows that began at or after
+    /// `since_ms`.
+    fn rows_since(&self, service: &str, since_ms: i64) -> Vec<InstanceRow> {
+        self.health
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter(|(start, _)| *start >= since_ms)
+            .flat_map(|(_, rows)| rows.iter().cloned())
+            .collect()
+    }
+
+    /// The canary's verdict from the target's per-instance health since
+    /// acting at `since_ms`, the first window after skipped (the remedy takes
+    /// effect) when there are later ones.
+    fn judge_canary(&self, case: &Case, canary: &Canary, since_ms: i64) -> Judgement {
+        let service = &case.context.service;
+        let mut after = self.rows_since(service, since_ms + self.params.window_ms);
+        if after.is_empty() {
+            after = self.rows_since(service, since_ms);
+        }
+        judge(&case.measures, &canary.rest, &canary.before, &after)
     }
 
     /// A canary verifying: widens after `canary_windows` quiet windows, aborts
@@ -89,12 +155,29 @@ impl RemediateStage {
         if self.now_ms - attempt.since_ms < wait {
             return;
         }
+        let acted_on = attempt.command.data.params.get("instances").cloned();
+        let result = match self.judge_canary(case, &canary, attempt.since_ms) {
+            Judgement::Failed(why) => {
+                let why = format!("canary on {}: {why}", acted_on.unwrap_or_default());
+                case.canary = None;
+                self.abort(case, &why, out);
+                return;
+            }
+            Judgement::Recovered(how) => format!("recovered per instance: {how}"),
+            Judgement::Unobserved => {
+                format!(
+                    "no new anomalies for {} windows (not observed per instance)",
+                    self.params.canary_windows
+                )
+            }
+        };
         // Widen: the same step on the rest, as a continuation of the canary.
         let data = &attempt.command.data;
         self.governor.conclude_untried(&attempt.command.id);
         let mut params = data.params.clone();
         params.insert("instances".into(), canary.rest.join(","));
         params.insert("canary".into(), "false".into());
+        params.insert("canary_result".into(), result);
         let playbook = data.playbook.clone();
         let command = self.command(case, data.action, params, &playbook);
         case.canary = None;

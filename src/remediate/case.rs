@@ -76,6 +76,10 @@ pub struct Case {
     /// A canary in progress.
     #[serde(default)]
     pub canary: Option<super::canary::Canary>,
+    /// What the incident's own anomalies on the target measure (what a
+    /// canary is judged on), at the last window.
+    #[serde(default)]
+    pub measures: Vec<super::canary_judge::Measure>,
 }
 
 /// Whether every member anomaly of the incident has ended (its series are back

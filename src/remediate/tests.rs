@@ -452,15 +452,84 @@ fn a_canary_that_makes_things_worse_aborts_and_escalates() {
     worse.key.name = "p99_ms".into();
     l.incidents.on_event(&AnomalyEvent::Opened(worse));
     let after = l.tick();
-    assert_eq!(actions(&after), ["notify"], "no widening, a human is told");
+    assert_escalated_without_widening(&l, &after, "canary: new anomalies after acting on cart-0");
+}
+
+/// The canary aborted for `reason`: a human told, nothing widened.
+fn assert_escalated_without_widening(l: &Loop, after: &[Command], reason: &str) {
+    assert_eq!(actions(after), ["notify"], "no widening, a human is told");
     assert_eq!(l.state(), State::Escalated);
     let decisions = l.remediate.log.decisions();
     assert!(
-        decisions.iter().any(|d| d
-            .reason
-            .contains("canary: new anomalies after acting on cart-0")),
+        decisions.iter().any(|d| d.reason.contains(reason)),
         "{decisions:?}"
     );
+}
+
+/// The cart instances' memory in the window that closes next.
+fn memory(l: &mut Loop, pods: &[(&str, f64)]) {
+    use crate::window::instance_health::{InstanceRow, InstanceWindow};
+    let rows = pods
+        .iter()
+        .map(|(pod, bytes)| InstanceRow {
+            service: "cart".into(),
+            instance: pod.to_string(),
+            requests: 50,
+            duration_ms: 500.0,
+            gauges: vec![("process.memory.usage".into(), *bytes)],
+            ..Default::default()
+        })
+        .collect();
+    let window = InstanceWindow {
+        start_ms: l.w * W,
+        end_ms: (l.w + 1) * W,
+        rows,
+    };
+    let event = IncidentEvent::InstanceHealth(std::sync::Arc::new(window));
+    l.remediate
+        .on_data(RemediateInput::Incident(event), &mut Vec::new());
+}
+
+/// A leak on two cart pods, its canary restart out and succeeded, then the
+/// pods' memory in the two windows that follow; the commands of the second.
+fn canary_then(after: [(&str, f64); 2]) -> (Loop, Vec<Command>) {
+    let mut l = Loop::new(limits());
+    pods(&mut l, 2);
+    let mut leak = anomaly("cart", l.w);
+    leak.class = FailureClass::MemoryLeak;
+    leak.key.signal = "metric".into();
+    leak.key.name = "process.memory.usage".into();
+    l.incidents.on_event(&AnomalyEvent::Opened(leak));
+    memory(&mut l, &[("cart-0", 900.0), ("cart-1", 910.0)]);
+    l.tick();
+    memory(&mut l, &[("cart-0", 920.0), ("cart-1", 930.0)]);
+    let canary = l.tick();
+    assert_eq!(canary[0].data.params["instances"], "cart-0");
+    l.report(&canary[0], Status::Succeeded);
+    memory(&mut l, &after);
+    assert!(l.tick().is_empty());
+    memory(&mut l, &after);
+    let then = l.tick();
+    (l, then)
+}
+
+#[test]
+fn a_canary_whose_pod_recovered_while_the_rest_still_leak_widens() {
+    // Restarted, the canary pod comes back under a new name.
+    let (_, widened) = canary_then([("cart-0-b7x", 150.0), ("cart-1", 990.0)]);
+    assert_eq!(actions(&widened), ["restart"]);
+    let params = &widened[0].data.params;
+    assert_eq!(params["instances"], "cart-1");
+    assert!(
+        params["canary_result"].starts_with("recovered per instance: process.memory.usage"),
+        "{params:?}"
+    );
+}
+
+#[test]
+fn a_canary_whose_pod_did_not_recover_aborts_and_escalates() {
+    let (l, after) = canary_then([("cart-0", 985.0), ("cart-1", 990.0)]);
+    assert_escalated_without_widening(&l, &after, "canary on cart-0: no better than the rest");
 }
 
 #[test]

@@ -46,6 +46,8 @@ struct Entry {
 pub struct Inventory {
     services: FastMap<[String; 3], Entry>,
     max_services: usize,
+    /// Services with two or more live instances.
+    several: usize,
 }
 
 impl Inventory {
@@ -53,7 +55,21 @@ impl Inventory {
         Self {
             services: FastMap::default(),
             max_services,
+            several: 0,
         }
+    }
+
+    /// Whether some service runs two or more live instances.
+    pub fn any_several(&self) -> bool {
+        self.several > 0
+    }
+
+    /// How many live instances the service `key` (namespace, name,
+    /// environment) runs.
+    pub fn instances(&self, key: [&str; 3]) -> usize {
+        self.services
+            .get(&key.map(str::to_string))
+            .map_or(0, |e| e.live.len())
     }
 
     /// Reads a batch's resource columns and event times (`time_column`, ns);
@@ -140,6 +156,14 @@ impl Inventory {
             }
             None => {}
         }
+        let after = live.len();
+        if (before >= 2) != (after >= 2) {
+            if after >= 2 {
+                self.several += 1;
+            } else {
+                self.several -= 1;
+            }
+        }
         changed
     }
 }
@@ -158,11 +182,14 @@ mod tests {
             !inv.sighting(key, "cart-1", k8s, 1_000),
             "seen again: no change"
         );
+        assert!(!inv.any_several());
         assert!(inv.sighting(key, "cart-2", k8s, 2_000));
+        assert!(inv.any_several());
         // cart-1 silent past the TTL: gone when the service is next seen.
         assert!(inv.sighting(key, "cart-2", k8s, INSTANCE_TTL_MS + 1_001));
         let entry = &inv.services[&key.map(str::to_string)];
         assert_eq!((entry.live.len(), entry.k8s[1].as_str()), (1, "cart"));
+        assert!(!inv.any_several(), "one left");
         assert!(inv.sighting(
             key,
             "cart-2",

@@ -3,6 +3,7 @@
 //! Integration tests: one binary, one module per area. Real OTLP exporters, real
 //! HTTP/2 gRPC, a real Kafka-protocol broker (started by `scripts/test.sh`).
 
+mod canary;
 mod cli;
 mod detection;
 mod golden;
