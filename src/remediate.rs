@@ -72,6 +72,7 @@ pub struct RemediateParams {
     pub canary: bool,
     pub canary_share: f64,
     pub canary_windows: u32,
+    pub canary_actions: Vec<Action>,
 }
 
 /// The remediation stage.

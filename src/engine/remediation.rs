@@ -85,6 +85,7 @@ impl Remediation {
                 canary: rc.canary,
                 canary_share: rc.canary_share,
                 canary_windows: rc.canary_windows,
+                canary_actions: rc.canary_actions.clone(),
             },
             playbooks,
             Governor::new(rc.limits()),

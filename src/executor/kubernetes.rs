@@ -2,12 +2,17 @@
 //! through the Kubernetes API, as `kubectl` does them.
 //!
 //! - restart: a strategic-merge PATCH of the pod template's
-//!   `kubectl.kubernetes.io/restartedAt` annotation;
+//!   `kubectl.kubernetes.io/restartedAt` annotation; with `params.instances`
+//!   (a canary, or the rest after it) a DELETE of each of those pods instead,
+//!   which the Deployment replaces (instances are pod names where Kubernetes
+//!   runs a service, see `window::inventory`);
 //! - scale: GET the `scale` subresource, then a merge PATCH of `spec.replicas`
 //!   (`by` a count or a percentage, rounded up, `direction` out or in, never
 //!   under one replica);
 //! - rollback: the containers whose image is tagged with the running version
 //!   get the previous version's tag (images tagged by `service.version`).
+//!   A canary rollback (`params.canary = "true"`) is refused: a Deployment
+//!   rolls back all its pods at once.
 //!
 //! The Deployment is `params.k8s_deployment`, else the target's
 //! `k8s.deployment.name`, else the service; its namespace
@@ -133,8 +138,19 @@ impl Kubernetes {
             "default",
         );
         let path = format!("/apis/apps/v1/namespaces/{namespace}/deployments/{name}");
+        let pods: Vec<&str> = d
+            .params
+            .get("instances")
+            .map(|i| i.split(',').filter(|p| !p.is_empty()).collect())
+            .unwrap_or_default();
         let result = match d.action {
+            Action::Restart if !pods.is_empty() => self.delete_pods(&namespace, &pods).await,
             Action::Restart => self.restart(&path, command).await,
+            Action::Rollback if d.params.get("canary").is_some_and(|c| c == "true") => Err(
+                "a Deployment rolls back all its pods at once: no canary rollback \
+                 (keep rollback out of remediation.canary_actions)"
+                    .into(),
+            ),
             Action::Scale => self.scale(&path, command).await,
             _ => self.rollback(&path, command).await,
         };
@@ -156,6 +172,16 @@ impl Kubernetes {
         self.patch(path, "application/strategic-merge-patch+json", body)
             .await?;
         Ok("rollout restarted".into())
+    }
+
+    /// Deletes `pods` (their Deployment starts new ones): a restart of some
+    /// instances only.
+    async fn delete_pods(&self, namespace: &str, pods: &[&str]) -> Result<String, String> {
+        for pod in pods {
+            let path = format!("/api/v1/namespaces/{namespace}/pods/{pod}");
+            self.call(Method::DELETE, &path, None).await?;
+        }
+        Ok(format!("deleted pods {}", pods.join(",")))
     }
 
     async fn scale(&self, path: &str, command: &Command) -> Result<String, String> {
@@ -468,5 +494,39 @@ mod tests {
         };
         assert!(why.contains("tagged 9.9"), "{why}");
         assert_eq!(k.carry_out(&cmd(Action::Notify, &[])).await, Done::NotMine);
+    }
+
+    #[tokio::test]
+    async fn a_canary_restart_deletes_its_pods_and_a_canary_rollback_is_refused() {
+        let (base, seen) = server().await;
+        let k = driver(&base, None);
+        let restart = cmd(
+            Action::Restart,
+            &[("instances", "cart-7d9-x2"), ("canary", "true")],
+        );
+        let Done::Succeeded(detail) = k.carry_out(&restart).await else {
+            panic!("restart")
+        };
+        assert!(detail.contains("deleted pods cart-7d9-x2"), "{detail}");
+        let calls: Vec<_> = seen.lock().expect("lock").drain(..).collect();
+        let calls: Vec<(&str, &str)> = calls.iter().map(|c| (c.0.as_str(), c.1.as_str())).collect();
+        assert_eq!(
+            calls,
+            [("DELETE", "/api/v1/namespaces/shop/pods/cart-7d9-x2")]
+        );
+
+        let rollback = cmd(
+            Action::Rollback,
+            &[
+                ("to_version", "2.0"),
+                ("from_version", "2.1"),
+                ("canary", "true"),
+            ],
+        );
+        let Done::Failed(why) = k.carry_out(&rollback).await else {
+            panic!("a canary rollback")
+        };
+        assert!(why.contains("no canary rollback"), "{why}");
+        assert!(seen.lock().expect("lock").is_empty(), "nothing sent");
     }
 }

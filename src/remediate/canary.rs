@@ -62,7 +62,7 @@ impl RemediateStage {
     /// Makes `command` a canary when the step acts per instance and the target
     /// runs several; remembers the rest in the case.
     pub(super) fn canary(&self, case: &mut Case, command: &mut Command) {
-        if !self.params.canary || !per_instance(command.data.action) {
+        if !self.params.canary || !self.params.canary_actions.contains(&command.data.action) {
             return;
         }
         let Some(instances) = self.instances.get(&case.context.service) else {

@@ -70,6 +70,8 @@ pub struct RemediationConfig {
     pub canary_share: f64,
     /// Windows the canary must run without new anomalies before widening.
     pub canary_windows: u32,
+    /// The actions that go to a canary first (`restart`, `rollback`).
+    pub canary_actions: Vec<super::playbook::Action>,
 }
 
 impl RemediationConfig {
@@ -122,6 +124,14 @@ impl RemediationConfig {
                 "remediation.canary_share must be in (0, 1), not {}",
                 self.canary_share
             ));
+        }
+        for action in &self.canary_actions {
+            if !super::canary::per_instance(*action) {
+                problems.push(format!(
+                    "remediation.canary_actions: {} does not act per instance (restart or rollback)",
+                    action.as_str()
+                ));
+            }
         }
         if !(self.max_share > 0.0 && self.max_share <= 1.0) {
             problems.push(format!(

@@ -36,6 +36,7 @@ fn stage(limits: Limits) -> RemediateStage {
         canary: true,
         canary_share: 0.25,
         canary_windows: 2,
+        canary_actions: vec![Action::Restart, Action::Rollback],
     };
     let playbooks = Playbooks::built_in().expect("playbooks");
     RemediateStage::new(

@@ -5,8 +5,8 @@
 //! Per (service, instance, window): requests (SERVER and CONSUMER spans, and
 //! roots without a kind), errors among them, their summed duration, and the
 //! mean of each gauge or non-monotonic sum reported (by metric name, over all
-//! its points and attribute sets). An instance is `service.instance.id`, else
-//! `k8s.pod.name`, as in the inventory. Services with one live instance are
+//! its points and attribute sets). Instances are named as in the inventory
+//! (the pod, else `service.instance.id`). Services with one live instance are
 //! skipped: nothing to compare.
 //!
 //! Records are counted as they arrive, before the windows' de-duplication: a
@@ -99,22 +99,12 @@ impl<'a> Columns<'a> {
         })
     }
 
-    fn instance(&self, i: usize) -> &'a str {
-        if self.id.is_valid(i) && !self.id.value(i).is_empty() {
-            self.id.value(i)
-        } else if self.pod.is_valid(i) {
-            self.pod.value(i)
-        } else {
-            ""
-        }
-    }
-
     fn identity(&self, i: usize) -> [&'a str; 4] {
         [
             self.ns.value(i),
             self.svc.value(i),
             self.env.value(i),
-            self.instance(i),
+            super::inventory::instance_name(self.pod, self.id, i),
         ]
     }
 }

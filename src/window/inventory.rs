@@ -1,6 +1,6 @@
-//! Which instances each service runs (`service.instance.id`, else
-//! `k8s.pod.name`), from the resource of every signal: what a canary
-//! remediation needs to act on one instance first.
+//! Which instances each service runs ([`instance_name`]), from the resource
+//! of every signal: what a canary remediation needs to act on one instance
+//! first.
 //!
 //! An instance is live until it has sent nothing for [`INSTANCE_TTL_MS`] of
 //! event time. A change of a service's live set (an instance new, or aged out
@@ -12,6 +12,19 @@ use arrow::record_batch::RecordBatch;
 
 use super::FastMap;
 use super::deployments::ResourceRows;
+
+/// An instance's name from its resource: `k8s.pod.name` where Kubernetes runs
+/// it (the name its API acts on: a canary restart deletes that pod), else
+/// `service.instance.id`; empty when neither is set.
+pub fn instance_name<'a>(pod: &'a StringArray, id: &'a StringArray, row: usize) -> &'a str {
+    if pod.is_valid(row) && !pod.value(row).is_empty() {
+        pod.value(row)
+    } else if id.is_valid(row) {
+        id.value(row)
+    } else {
+        ""
+    }
+}
 
 /// Event time after which a silent instance is gone.
 pub const INSTANCE_TTL_MS: i64 = 10 * 60 * 1000;
@@ -89,13 +102,7 @@ impl Inventory {
         ) else {
             return Vec::new();
         };
-        let instance = |i: usize| {
-            if id.is_valid(i) && !id.value(i).is_empty() {
-                Some(id.value(i))
-            } else {
-                pod.is_valid(i).then(|| pod.value(i))
-            }
-        };
+        let instance = |i: usize| Some(instance_name(pod, id, i));
         let mut changed: Vec<[String; 3]> = Vec::new();
         for (i, key, at_ms) in rows.sightings(instance) {
             let owned = key.map(str::to_string);
