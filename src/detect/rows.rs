@@ -1,12 +1,13 @@
 //! Reads the rows of a closed window's tables into plain values the detectors use.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use arrow::array::{Array, Float64Array, StringArray, UInt64Array};
 use arrow::record_batch::RecordBatch;
 
-use super::catalogue::SeriesKind;
-use crate::window::WindowTables;
+use super::catalogue::{Pattern, SeriesKind, glob_match};
+use crate::window::{FastMap, WindowTables};
 
 /// One row of one table.
 #[derive(Debug, Clone)]
@@ -169,5 +170,58 @@ fn read(batch: &RecordBatch, kind: SeriesKind, out: &mut Vec<Row>) {
             tag,
             values,
         });
+    }
+}
+
+/// The patterns that watch `row`, in catalogue order; a fallback pattern only
+/// when no other pattern of the row's kind does. Cached per row identity.
+pub(super) fn patterns_for(
+    matched: &mut FastMap<(SeriesKind, String), Arc<[usize]>>,
+    patterns: &[Pattern],
+    row: &Row,
+) -> Arc<[usize]> {
+    let identity = match row.kind {
+        SeriesKind::Metric => row.metric.clone(),
+        SeriesKind::Edge | SeriesKind::Log => row.tag.clone(),
+        _ => String::new(),
+    };
+    if let Some(found) = matched.get(&(row.kind, identity.clone())) {
+        return found.clone();
+    }
+    let mut out = Vec::new();
+    let mut claimed = false;
+    for (index, pattern) in ordered(patterns) {
+        if pattern.series != row.kind || !matches(pattern, row) || (pattern.fallback && claimed) {
+            continue;
+        }
+        claimed |= !pattern.fallback;
+        out.push(index);
+    }
+    let out: Arc<[usize]> = out.into();
+    matched.insert((row.kind, identity), out.clone());
+    out
+}
+
+/// Non-fallback patterns first, so that fallbacks see which rows are claimed.
+fn ordered(patterns: &[Pattern]) -> impl Iterator<Item = (usize, &Pattern)> {
+    let (main, fallback): (Vec<_>, Vec<_>) =
+        patterns.iter().enumerate().partition(|(_, p)| !p.fallback);
+    main.into_iter().chain(fallback)
+}
+
+fn matches(p: &Pattern, row: &Row) -> bool {
+    match row.kind {
+        SeriesKind::Metric => {
+            (p.metrics.is_empty() || p.metrics.iter().any(|g| glob_match(g, &row.metric)))
+                && !p.exclude_metrics.iter().any(|g| glob_match(g, &row.metric))
+        }
+        SeriesKind::Edge => p.callee_kinds.is_empty() || p.callee_kinds.contains(&row.tag),
+        SeriesKind::Log => {
+            p.severities.is_empty()
+                || p.severities
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(&row.tag))
+        }
+        _ => true,
     }
 }

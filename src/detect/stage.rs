@@ -19,11 +19,11 @@ use tracing::info;
 use super::anomaly::{AnomalyEvent, AnomalyLog, FailureClass, SeriesKey};
 use super::bands::Band;
 use super::baseline::{BaselineParams, BaselineState};
-use super::catalogue::{Catalogue, Detector, Pattern, SeriesKind, glob_match};
+use super::catalogue::{Catalogue, Detector, Pattern, SeriesKind};
 use super::detectors::{Candidate, Eval, Learn, Scope, WindowContext};
 use super::drain::Drain;
 use super::episodes::Episodes;
-use super::rows::{Row, rows};
+use super::rows::{Row, patterns_for, rows};
 use super::series::{SeriesLimits, SeriesTable, key_for};
 use super::snapshot::Snapshot;
 use super::univariate::UnivariateParams;
@@ -519,59 +519,6 @@ impl DetectStage {
             templates = self.drain.len(),
             "restored detection baselines"
         );
-    }
-}
-
-/// The patterns that watch `row`, in catalogue order; a fallback pattern only
-/// when no other pattern of the row's kind does. Cached per row identity.
-fn patterns_for(
-    matched: &mut FastMap<(SeriesKind, String), Arc<[usize]>>,
-    patterns: &[Pattern],
-    row: &Row,
-) -> Arc<[usize]> {
-    let identity = match row.kind {
-        SeriesKind::Metric => row.metric.clone(),
-        SeriesKind::Edge | SeriesKind::Log => row.tag.clone(),
-        _ => String::new(),
-    };
-    if let Some(found) = matched.get(&(row.kind, identity.clone())) {
-        return found.clone();
-    }
-    let mut out = Vec::new();
-    let mut claimed = false;
-    for (index, pattern) in ordered(patterns) {
-        if pattern.series != row.kind || !matches(pattern, row) || (pattern.fallback && claimed) {
-            continue;
-        }
-        claimed |= !pattern.fallback;
-        out.push(index);
-    }
-    let out: Arc<[usize]> = out.into();
-    matched.insert((row.kind, identity), out.clone());
-    out
-}
-
-/// Non-fallback patterns first, so that fallbacks see which rows are claimed.
-fn ordered(patterns: &[Pattern]) -> impl Iterator<Item = (usize, &Pattern)> {
-    let (main, fallback): (Vec<_>, Vec<_>) =
-        patterns.iter().enumerate().partition(|(_, p)| !p.fallback);
-    main.into_iter().chain(fallback)
-}
-
-fn matches(p: &Pattern, row: &Row) -> bool {
-    match row.kind {
-        SeriesKind::Metric => {
-            (p.metrics.is_empty() || p.metrics.iter().any(|g| glob_match(g, &row.metric)))
-                && !p.exclude_metrics.iter().any(|g| glob_match(g, &row.metric))
-        }
-        SeriesKind::Edge => p.callee_kinds.is_empty() || p.callee_kinds.contains(&row.tag),
-        SeriesKind::Log => {
-            p.severities.is_empty()
-                || p.severities
-                    .iter()
-                    .any(|s| s.eq_ignore_ascii_case(&row.tag))
-        }
-        _ => true,
     }
 }
 

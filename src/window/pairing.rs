@@ -19,8 +19,14 @@
 //! staging and of production stay two nodes. Every edge carries the trace id of the
 //! call it came from, as an exemplar.
 
+mod records;
+mod symbols;
+
 use super::FastMap;
 use std::sync::Arc;
+
+use records::{Recent, Record, caller_expiry};
+use symbols::Symbols;
 
 use crate::columnar::spans::kind;
 
@@ -150,187 +156,9 @@ pub struct PairSpan<'a> {
     pub entry: Option<Arc<EntryKey>>,
 }
 
-/// A waiting span, 24 bytes: names are symbol ids, the duration an `f32`, the expiry
-/// derived from the end time and the kind.
-#[derive(Debug, Clone, Copy)]
-struct Record {
-    end_ns: u64,
-    duration_ms: f32,
-    service: u32,
-    /// Callers: the peer's symbol (0 = none). Callees: the entry key's id (0 = none).
-    extra: u32,
-    kind: u8,
-    error: bool,
-}
-
-const _: () = assert!(std::mem::size_of::<Record>() == 24);
-
-impl Record {
-    const EMPTY: Record = Record {
-        end_ns: 0,
-        duration_ms: 0.0,
-        service: 0,
-        extra: 0,
-        kind: 0,
-        error: false,
-    };
-}
-
-/// SERVER and CONSUMER spans as possible callers, in a fixed table indexed by key:
-/// a newer span takes its slot, and an expired one reads as absent.
-///
-/// Their callees are rare (a SERVER span directly under another SERVER span means an
-/// uninstrumented client or a proxy; a CONSUMER under a CONSUMER, a forwarder), yet
-/// every request has one, so holding each until its window closes would take most
-/// of the store at a high rate. The table keeps its memory fixed at any rate; a
-/// callee arriving after its SERVER parent pairs unless a newer span took the slot
-/// (counted as `displaced`). A callee arriving *before* its parent never needs this
-/// table: it waits in the callee map.
-#[derive(Debug, Default)]
-struct Recent {
-    slots: Vec<(u64, Record)>,
-    size: usize,
-}
-
-impl Recent {
-    /// At most 2^24 slots (512 MiB), whatever the configured capacity.
-    const MAX_SLOTS: usize = 1 << 24;
-
-    fn new(size: usize) -> Self {
-        Recent {
-            slots: Vec::new(),
-            size: size.clamp(1, Self::MAX_SLOTS).next_power_of_two(),
-        }
-    }
-
-    fn index(&self, key: u64) -> usize {
-        (key as usize) & (self.size - 1)
-    }
-
-    /// The record under `key`, if it is still there and expires after `closed_ns`.
-    fn get(&self, key: u64, closed_ns: u64, window_ns: u64, ttl_ns: u64) -> Option<Record> {
-        let (k, r) = self.slots.get(self.index(key))?;
-        (*k == key && caller_expiry(r, window_ns, ttl_ns) > closed_ns).then_some(*r)
-    }
-
-    /// Stores `record` under `key`; true when it displaced a live record.
-    fn put(
-        &mut self,
-        key: u64,
-        record: Record,
-        closed_ns: u64,
-        window_ns: u64,
-        ttl_ns: u64,
-    ) -> bool {
-        if self.slots.is_empty() {
-            // Allocated on first use: most stores (replays, tests) never need it.
-            self.slots = vec![(0, Record::EMPTY); self.size];
-        }
-        let index = self.index(key);
-        let (old_key, old) = self.slots[index];
-        self.slots[index] = (key, record);
-        old_key != 0 && old_key != key && caller_expiry(&old, window_ns, ttl_ns) > closed_ns
-    }
-}
-
 /// Stored kind of a span: OTLP kinds are 0..=5; anything else is kept as "other".
 fn kind_u8(kind: i32) -> u8 {
     u8::try_from(kind).unwrap_or(u8::MAX)
-}
-
-/// A node identity as the symbol table holds it. It hashes by its name alone: one
-/// name in several namespaces or environments is rare, and equality still tells
-/// them apart, so a lookup costs one short hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Node([Arc<str>; 3]);
-
-impl std::hash::Hash for Node {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (*self.0[1]).hash(state);
-    }
-}
-
-/// A borrowed node identity to look a [`Node`] up without building one.
-struct NodeRef<'a>([&'a str; 3]);
-
-impl std::hash::Hash for NodeRef<'_> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.0[1].hash(state);
-    }
-}
-
-impl hashbrown::Equivalent<Node> for NodeRef<'_> {
-    fn equivalent(&self, key: &Node) -> bool {
-        // The name first: it is what tells most nodes apart.
-        self.0[1] == &*key.0[1] && self.0[0] == &*key.0[0] && self.0[2] == &*key.0[2]
-    }
-}
-
-/// Nodes held by waiting spans, as dense ids (0 is "none"). Compacted on expiry
-/// once it has grown well past what the waiting spans use.
-///
-/// Looked up by the three parts (hashbrown's `Equivalent`), so a span costs one
-/// hash of its parts and no joined string; the joined [`node_id`] is built once
-/// per node, for the edges that leave the store.
-#[derive(Debug)]
-struct Symbols {
-    nodes: Vec<Node>,
-    names: Vec<Arc<str>>,
-    ids: hashbrown::HashMap<Node, u32, foldhash::fast::RandomState>,
-    last: u32,
-}
-
-impl Default for Symbols {
-    fn default() -> Self {
-        let empty: Arc<str> = Arc::from("");
-        Symbols {
-            nodes: vec![Node([empty.clone(), empty.clone(), empty.clone()])],
-            names: vec![empty],
-            ids: hashbrown::HashMap::default(),
-            last: 0,
-        }
-    }
-}
-
-impl Symbols {
-    /// The id of a node identity; spans of one resource come in a row, so the
-    /// last id is checked first.
-    fn node(&mut self, parts: [&str; 3]) -> u32 {
-        let probe = NodeRef(parts);
-        if self.last != 0
-            && hashbrown::Equivalent::equivalent(&probe, &self.nodes[self.last as usize])
-        {
-            return self.last;
-        }
-        let id = match self.ids.get(&probe) {
-            Some(&id) => id,
-            None => {
-                let id = self.nodes.len() as u32;
-                let node = Node(parts.map(Arc::from));
-                self.names.push(Arc::from(node_id(parts)));
-                self.nodes.push(node.clone());
-                self.ids.insert(node, id);
-                id
-            }
-        };
-        self.last = id;
-        id
-    }
-
-    /// The joined identity of `id`.
-    fn name(&self, id: u32) -> &Arc<str> {
-        &self.names[id as usize]
-    }
-
-    /// The parts of `id`.
-    fn parts(&self, id: u32) -> [&str; 3] {
-        let [a, b, c] = &self.nodes[id as usize].0;
-        [a, b, c]
-    }
-
-    fn len(&self) -> usize {
-        self.nodes.len()
-    }
 }
 
 /// Counters the store keeps about itself.
@@ -381,26 +209,6 @@ pub struct PairingStore {
 }
 
 const COMPACT_MIN: usize = 4096;
-
-/// CLIENT, SERVER and CONSUMER callers leave when their window closes; the others
-/// wait `ttl` past their end.
-fn caller_expiry(r: &Record, window_ns: u64, ttl_ns: u64) -> u64 {
-    if matches!(
-        i32::from(r.kind),
-        kind::CLIENT | kind::SERVER | kind::CONSUMER
-    ) {
-        window_end(r.end_ns, window_ns)
-    } else {
-        r.end_ns.saturating_add(ttl_ns)
-    }
-}
-
-/// End of the window holding `end_ns`, as the window stage computes it.
-fn window_end(end_ns: u64, window_ns: u64) -> u64 {
-    let ms = end_ns / 1_000_000;
-    let window_ms = (window_ns / 1_000_000).max(1);
-    (ms - ms % window_ms + window_ms).saturating_mul(1_000_000)
-}
 
 /// A span's key: never 0 (an empty slot of the recent table).
 fn key(trace: u128, span: u64) -> u64 {
