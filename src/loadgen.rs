@@ -29,7 +29,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use crate::columnar::Signal;
-use fleet::{Fleet, FleetSpec, mix64};
+use fleet::{Fleet, FleetSpec};
 use patch::{Finder, PatchPlan};
 use target::{Endpoint, Failure, Sender};
 
@@ -152,7 +152,11 @@ impl Template {
     }
 
     fn patch(&self, (body, plan): &(Vec<u8>, PatchPlan), seq: u64, now_ns: Option<u64>) -> Bytes {
-        let key = mix64(seq.wrapping_add(0x5EED)) | 1;
+        // The send's key: a fixed hash of its number, never 0 (ids stay ids).
+        let key = {
+            use std::hash::BuildHasher;
+            foldhash::quality::FixedState::with_seed(0x5EED).hash_one(seq) | 1
+        };
         let shift = now_ns.map_or(0, |now| now as i64 - self.last_time as i64);
         Bytes::from(plan.apply(body, key, shift))
     }

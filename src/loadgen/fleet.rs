@@ -22,6 +22,9 @@ use opentelemetry_proto::tonic::trace::v1::{
     ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode,
 };
 use prost::Message;
+use rand::rngs::SmallRng;
+use rand::{Rng as _, RngCore, SeedableRng};
+use rand_distr::StandardNormal;
 
 /// Event time the templates are generated at; every timestamp is later patched
 /// relative to it (see [`super::patch`]).
@@ -66,37 +69,36 @@ impl Default for FleetSpec {
     }
 }
 
-/// A small, fast, seedable generator (SplitMix64).
+/// A seedable generator for synthetic telemetry: rand's `SmallRng` (fast, not
+/// cryptographic; one stream per seed within a build) and rand_distr's
+/// normal, with the few draws the generators and the tests need.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(SmallRng);
 
 impl Rng {
     /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+        Rng(SmallRng::seed_from_u64(seed))
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix64(self.0)
+        self.0.next_u64()
     }
 
     /// Uniform in [0, 1).
     pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.random::<f64>()
     }
 
-    /// Uniform in [0, n).
+    /// Uniform in [0, n); 0 when n is 0.
     pub fn below(&mut self, n: usize) -> usize {
-        (self.unit() * n as f64) as usize % n.max(1)
+        if n == 0 { 0 } else { self.0.random_range(0..n) }
     }
 
-    /// Standard normal (Box-Muller).
+    /// Standard normal.
     pub fn normal(&mut self) -> f64 {
-        let u = self.unit().max(f64::MIN_POSITIVE);
-        let v = self.unit();
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+        self.0.sample(StandardNormal)
     }
 
     /// Log-normal with the given median and sigma.
@@ -104,24 +106,15 @@ impl Rng {
         median * (sigma * self.normal()).exp()
     }
 
+    /// Random id bytes, never all zero (an invalid OTLP id).
     fn id<const N: usize>(&mut self) -> [u8; N] {
         let mut out = [0u8; N];
-        for chunk in out.chunks_mut(8) {
-            let bytes = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&bytes[..chunk.len()]);
-        }
+        self.0.fill_bytes(&mut out);
         if out.iter().all(|b| *b == 0) {
             out[0] = 1;
         }
         out
     }
-}
-
-/// The SplitMix64 finaliser.
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 const NAMES: [&str; 24] = [
@@ -332,7 +325,7 @@ impl Fleet {
 
     /// Generates round number `index` (deterministic for a seed and index).
     pub fn round(&self, index: u64) -> Round {
-        let mut rng = Rng::new(self.spec.seed.wrapping_mul(0x100_0001) ^ mix64(index + 1));
+        let mut rng = Rng::new(self.spec.seed.wrapping_mul(0x100_0001) ^ (index + 1));
         let mut tg = TraceGen {
             fleet: self,
             rng: &mut rng,

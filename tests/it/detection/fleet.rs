@@ -161,9 +161,7 @@ fn operation_rows(
     requests: u64,
     slow: bool,
 ) {
-    let mut noise = Noise::new(homeostat::loadgen::fleet::mix64(
-        ((w as u64) << 8) ^ i as u64,
-    ));
+    let mut noise = Noise::new(((w as u64) << 8) ^ i as u64);
     for (op, share, base) in [("GET /items", 0.7, 1.0), ("POST /checkout", 0.3, 1.6)] {
         let n = ((requests as f64 * share).round() as u64).max(1);
         let errors = count(&mut noise, n as f64 * 0.01).min(n);
