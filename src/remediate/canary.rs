@@ -74,10 +74,7 @@ impl RemediateStage {
         let params = &mut command.data.params;
         params.insert("instances".into(), first.join(","));
         params.insert("canary".into(), "true".into());
-        let before = self.rows_since(
-            &case.context.service,
-            self.now_ms - BEFORE_WINDOWS * self.params.window_ms,
-        );
+        let before = self.rows_since(case, self.now_ms - BEFORE_WINDOWS * self.params.window_ms);
         case.canary = Some(Canary {
             rest,
             members: case.members,
@@ -107,15 +104,19 @@ impl RemediateStage {
         });
     }
 
-    /// `service`'s per-instance rows of the windows that began at or after
-    /// `since_ms`.
-    fn rows_since(&self, service: &str, since_ms: i64) -> Vec<InstanceRow> {
+    /// The case target's per-instance rows of the windows that began at or
+    /// after `since_ms` (rows of a namesake in another namespace or
+    /// environment left out).
+    fn rows_since(&self, case: &Case, since_ms: i64) -> Vec<InstanceRow> {
+        let ctx = &case.context;
         self.health
-            .get(service)
+            .get(&ctx.service)
             .into_iter()
             .flatten()
             .filter(|(start, _)| *start >= since_ms)
-            .flat_map(|(_, rows)| rows.iter().cloned())
+            .flat_map(|(_, rows)| rows.iter())
+            .filter(|r| r.namespace == ctx.namespace && r.environment == ctx.environment)
+            .cloned()
             .collect()
     }
 
@@ -123,10 +124,9 @@ impl RemediateStage {
     /// acting at `since_ms`, the first window after skipped (the remedy takes
     /// effect) when there are later ones.
     fn judge_canary(&self, case: &Case, canary: &Canary, since_ms: i64) -> Judgement {
-        let service = &case.context.service;
-        let mut after = self.rows_since(service, since_ms + self.params.window_ms);
+        let mut after = self.rows_since(case, since_ms + self.params.window_ms);
         if after.is_empty() {
-            after = self.rows_since(service, since_ms);
+            after = self.rows_since(case, since_ms);
         }
         judge(&case.measures, &canary.rest, &canary.before, &after)
     }

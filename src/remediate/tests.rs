@@ -467,12 +467,14 @@ fn assert_escalated_without_widening(l: &Loop, after: &[Command], reason: &str) 
     );
 }
 
-/// The cart instances' memory in the window that closes next.
+/// The cart instances' memory in the window that closes next; a pod named
+/// `namespace/pod` is a namesake's in that namespace.
 fn memory(l: &mut Loop, pods: &[(&str, f64)]) {
     use crate::window::instance_health::{InstanceRow, InstanceWindow};
     let rows = pods
         .iter()
         .map(|(pod, bytes)| InstanceRow {
+            namespace: pod.split_once('/').map_or("", |(ns, _)| ns).into(),
             service: "cart".into(),
             instance: pod.to_string(),
             requests: 50,
@@ -493,7 +495,7 @@ fn memory(l: &mut Loop, pods: &[(&str, f64)]) {
 
 /// A leak on two cart pods, its canary restart out and succeeded, then the
 /// pods' memory in the two windows that follow; the commands of the second.
-fn canary_then(after: [(&str, f64); 2]) -> (Loop, Vec<Command>) {
+fn canary_then(after: &[(&str, f64)]) -> (Loop, Vec<Command>) {
     let mut l = Loop::new(limits());
     pods(&mut l, 2);
     let mut leak = anomaly("cart", l.w);
@@ -507,9 +509,9 @@ fn canary_then(after: [(&str, f64); 2]) -> (Loop, Vec<Command>) {
     let canary = l.tick();
     assert_eq!(canary[0].data.params["instances"], "cart-0");
     l.report(&canary[0], Status::Succeeded);
-    memory(&mut l, &after);
+    memory(&mut l, after);
     assert!(l.tick().is_empty());
-    memory(&mut l, &after);
+    memory(&mut l, after);
     let then = l.tick();
     (l, then)
 }
@@ -517,7 +519,7 @@ fn canary_then(after: [(&str, f64); 2]) -> (Loop, Vec<Command>) {
 #[test]
 fn a_canary_whose_pod_recovered_while_the_rest_still_leak_widens() {
     // Restarted, the canary pod comes back under a new name.
-    let (_, widened) = canary_then([("cart-0-b7x", 150.0), ("cart-1", 990.0)]);
+    let (_, widened) = canary_then(&[("cart-0-b7x", 150.0), ("cart-1", 990.0)]);
     assert_eq!(actions(&widened), ["restart"]);
     let params = &widened[0].data.params;
     assert_eq!(params["instances"], "cart-1");
@@ -529,7 +531,18 @@ fn a_canary_whose_pod_recovered_while_the_rest_still_leak_widens() {
 
 #[test]
 fn a_canary_whose_pod_did_not_recover_aborts_and_escalates() {
-    let (l, after) = canary_then([("cart-0", 985.0), ("cart-1", 990.0)]);
+    let (l, after) = canary_then(&[("cart-0", 985.0), ("cart-1", 990.0)]);
+    assert_escalated_without_widening(&l, &after, "canary on cart-0: no better than the rest");
+}
+
+#[test]
+fn a_namesake_in_another_namespace_does_not_pass_for_the_canary() {
+    // A fresh `cart` pod of staging, not acted on, must not count.
+    let (l, after) = canary_then(&[
+        ("cart-0", 985.0),
+        ("cart-1", 990.0),
+        ("staging/cart-9", 90.0),
+    ]);
     assert_escalated_without_widening(&l, &after, "canary on cart-0: no better than the rest");
 }
 
