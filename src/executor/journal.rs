@@ -165,15 +165,19 @@ impl Seen {
         };
         let mut text = serde_json::to_string(&line).unwrap_or_default();
         text.push('\n');
-        let path = path.clone();
-        file.write_all(text.as_bytes())
+        if let Err(source) = file
+            .write_all(text.as_bytes())
             .and_then(|()| file.sync_data())
-            .map_err(|source| JournalError {
+        {
+            return Err(JournalError {
                 path: path.clone(),
                 source,
-            })?;
+            });
+        }
         self.lines += 1;
         if self.lines > 2 * self.capacity {
+            // Once per compaction: the path is borrowed from the journal it rewrites.
+            let path = path.clone();
             self.rewrite(&path)
                 .map_err(|source| JournalError { path, source })?;
         }
