@@ -116,7 +116,7 @@ pub fn judge(
 ) -> Judgement {
     let in_rest = |r: &&InstanceRow| rest.contains(&r.instance);
     let in_canary = |r: &&InstanceRow| !rest.contains(&r.instance);
-    if before.iter().filter(in_canary).count() > 0 && after.iter().filter(in_canary).count() == 0 {
+    if before.iter().any(|r| in_canary(&r)) && !after.iter().any(|r| in_canary(&r)) {
         return Judgement::Failed("the canary instances sent nothing since".into());
     }
     let mut better = Vec::new();

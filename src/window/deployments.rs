@@ -35,7 +35,8 @@ pub struct VersionChange {
     pub at_ms: i64,
 }
 
-fn text_column<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
+/// A Utf8 column of `batch` by name.
+pub(super) fn text_column<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
     batch
         .column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<StringArray>())

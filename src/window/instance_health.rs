@@ -89,7 +89,7 @@ struct Columns<'a> {
 
 impl<'a> Columns<'a> {
     fn of(batch: &'a RecordBatch) -> Option<Self> {
-        let text = |name: &str| batch.column_by_name(name)?.as_string_opt::<i32>();
+        let text = |name: &str| super::deployments::text_column(batch, name);
         Some(Self {
             ns: text("service_namespace")?,
             svc: text("service_name")?,
@@ -177,11 +177,7 @@ impl InstanceHealth {
         if !inv.any_several() {
             return;
         }
-        let text = |name: &str| {
-            batch
-                .column_by_name(name)
-                .and_then(|c| c.as_string_opt::<i32>())
-        };
+        let text = |name: &str| super::deployments::text_column(batch, name);
         let (Some(cols), Some(name), Some(kind), Some(monotonic), Some(time), Some(value)) = (
             Columns::of(batch),
             text("metric_name"),
@@ -243,23 +239,21 @@ impl InstanceHealth {
         let identity = cols.identity(i);
         if run.identity != Some(identity) {
             let [ns, svc, env, instance] = identity;
-            run.tracked = !instance.is_empty() && inv.instances([ns, svc, env]) > 1;
+            let tracked = !instance.is_empty() && inv.instances([ns, svc, env]) > 1;
+            run.key = tracked.then(|| ([ns, svc, env].map(str::to_string), instance.to_string()));
             run.identity = Some(identity);
         }
-        if !run.tracked {
-            return None;
-        }
+        let key = run.key.as_ref()?;
         let window = self.open.entry(start).or_default();
-        let [ns, svc, env, instance] = identity;
-        let key: Key = ([ns, svc, env].map(str::to_string), instance.to_string());
-        if !window.contains_key(&key) {
+        if !window.contains_key(key) {
             if self.rows >= MAX_ROWS {
                 self.dropped += 1;
                 return None;
             }
             self.rows += 1;
+            window.insert(key.clone(), Sums::default());
         }
-        Some(window.entry(key).or_default())
+        window.get_mut(key)
     }
 
     /// The windows that ended at or before `closed_through_ms`, oldest first.
@@ -278,11 +272,12 @@ impl InstanceHealth {
     }
 }
 
-/// The identity of the last record looked at, and whether it is tracked.
+/// The identity of the last record looked at, and its key when it is
+/// tracked (built once per run of records of one resource).
 #[derive(Default)]
 struct Run<'a> {
     identity: Option<[&'a str; 4]>,
-    tracked: bool,
+    key: Option<Key>,
 }
 
 fn finish(start_ms: i64, end_ms: i64, sums: FastMap<Key, Sums>) -> InstanceWindow {
