@@ -24,10 +24,12 @@
 //! the detector rests (returns 0) for `rest` values or `rest_time` of event time,
 //! whichever ends first: one alert per event, at any sampling interval.
 //!
-//! What the views learn is kept honest in two ways. The seasonal residual and the
-//! profiles learn values clipped to the body of the residuals (`learn_clip`), so
-//! an incident neither becomes part of the daily profile nor widens the tail the
-//! next incident is judged by. And the smallest step between values (1 for
+//! What the views learn is kept honest in three ways. The seasonal residual and
+//! the profiles learn values clipped to the body of the residuals (`learn_clip`),
+//! so an incident does not become part of the daily profile. The residuals of
+//! the rest after an alert are held back and, when the excursion proves
+//! transient, declustered (`release_held`): an incident does not widen the tail
+//! the next like one is judged by. And the smallest step between values (1 for
 //! counts) floors every fitted tail's scale, so a crash count one above its
 //! record is one step, not a far outlier.
 //!
@@ -207,7 +209,7 @@ impl UnivariateParams {
         std::mem::size_of::<Univariate>()
             + 6 * self.tail_shape().bytes()
             + 8 * self.season_slots * slot
-            + (Univariate::keep(self) + 1) * std::mem::size_of::<f64>()
+            + (Univariate::keep(self) + 1 + self.rest + 1) * std::mem::size_of::<f64>()
     }
 }
 
@@ -242,6 +244,14 @@ impl Profile {
 
 const ERROR_DECAY: f64 = 0.99;
 
+/// How far, in widths of the body of the residuals' history (1/8 to 7/8
+/// quantiles, see [`TailWindow::body_range`]), a residual held during a
+/// transient excursion may lie and still be learned. Four widths about the
+/// median is 4.6 standard deviations of gaussian noise (a two-sided chance of
+/// 4e-6, far below the alert budget `1 - fire`): what lies beyond is the
+/// excursion, not noise.
+const DECLUSTER_BODY: f64 = 4.0;
+
 /// The streaming univariate detector (see the module docs).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Univariate {
@@ -270,6 +280,12 @@ pub struct Univariate {
     /// The smallest non-zero step between two values so far.
     #[serde(default)]
     quantum: Option<f64>,
+    /// Whether the seasonal residual view's learning is held back (in the rest
+    /// after an alert), and the values held (see [`Self::release_held`]).
+    #[serde(default)]
+    holding: bool,
+    #[serde(default)]
+    held: Vec<f64>,
 }
 
 fn empty_tail() -> TailWindow {
@@ -296,6 +312,8 @@ impl Univariate {
             local: TailWindow::new(shape),
             alert_secs: None,
             quantum: None,
+            holding: false,
+            held: Vec::new(),
             params,
         }
     }
@@ -335,24 +353,60 @@ impl Univariate {
     /// during the warm-up and the rest after an alert. Non-finite values score 0
     /// and are not learned.
     pub fn observe(&mut self, unix_secs: i64, value: f64) -> f64 {
+        if !value.is_finite() {
+            return 0.0;
+        }
+        // The rest ends before this value is scored: what it held back is
+        // learned first, so the value is judged against the whole history.
+        let resting = self.resting(unix_secs);
+        if self.holding && !resting {
+            self.release_held();
+        }
         let score = self.observe_raw(unix_secs, value);
-        if !value.is_finite() || self.seen <= self.params.warmup {
+        if self.seen <= self.params.warmup {
             return 0.0;
         }
         self.since_alert = self.since_alert.saturating_add(1);
-        let rest_secs = i64::try_from(self.params.rest_time.as_secs()).unwrap_or(i64::MAX);
-        let resting = self.since_alert <= self.params.rest
-            && self
-                .alert_secs
-                .is_some_and(|at| unix_secs.saturating_sub(at) < rest_secs);
         if resting {
             return 0.0;
         }
         if score >= self.params.fire {
             self.since_alert = 0;
             self.alert_secs = Some(unix_secs);
+            self.holding = true;
         }
         score
+    }
+
+    /// Whether a value at `unix_secs` falls in the rest after the last alert:
+    /// within `rest` values and `rest_time` of it.
+    fn resting(&self, unix_secs: i64) -> bool {
+        let rest_secs = i64::try_from(self.params.rest_time.as_secs()).unwrap_or(i64::MAX);
+        self.since_alert.saturating_add(1) <= self.params.rest
+            && self
+                .alert_secs
+                .is_some_and(|at| unix_secs.saturating_sub(at) < rest_secs)
+    }
+
+    /// Ends the hold on the seasonal residual view after an alert's rest. When
+    /// the last residual held is back inside the body of the view's history,
+    /// the excursion was transient and is declustered, as peaks over a
+    /// threshold are before a tail is fitted: the alert's own value stands for
+    /// it, and held residuals beyond the body stretched [`DECLUSTER_BODY`]-fold
+    /// are dropped. So an incident does not widen the tail the next like one is
+    /// judged by. When the last one is still outside, the series has moved and
+    /// everything held is learned.
+    fn release_held(&mut self) {
+        self.holding = false;
+        let held = std::mem::take(&mut self.held);
+        let body = self.residual.body_range(DECLUSTER_BODY);
+        let inside = |x: &f64| body.is_none_or(|(lo, hi)| *x >= lo && *x <= hi);
+        let transient = held.last().is_some_and(inside);
+        for x in held {
+            if !transient || inside(&x) {
+                self.residual.push(x);
+            }
+        }
     }
 
     /// Like [`Self::observe`] but without the rest after an alert (for callers
@@ -409,9 +463,15 @@ impl Univariate {
 
         for (i, (history, x)) in two_sided.into_iter().enumerate() {
             if let Some(x) = x {
-                // Only the seasonal residual is clipped: see `learn_clip`.
-                let learned = if i == 0 { clipped(history, x, clip) } else { x };
-                history.push(learned);
+                // Only the seasonal residual is clipped (see `learn_clip`),
+                // and held back after an alert (see `release_held`).
+                if i > 0 {
+                    history.push(x);
+                } else if self.holding {
+                    self.held.push(clipped(history, x, clip));
+                } else {
+                    history.push(clipped(history, x, clip));
+                }
             }
         }
         if let Some(x) = spread {

@@ -239,11 +239,10 @@ fn clustered(seed: u64) -> (Vec<(i64, f64)>, Vec<usize>, usize) {
 }
 
 #[test]
-#[ignore = "known gap (issue 11): the first of three incidents fires in about 9 \
-            draws of 10, the second and third in about 7"]
 fn clustered_incidents_fire_as_the_first_did() {
     // The first incident must not teach the detector that the next two are
-    // normal: what the seasonal view learns is clipped (`learn_clip`).
+    // normal: the seasonal residuals of a transient excursion are declustered
+    // (`release_held`). Without it: 90%, 83% and 53% of draws.
     let rates = caught(clustered);
     assert!(
         rates.iter().all(|r| *r >= rates[0] - 0.1),
