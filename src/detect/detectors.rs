@@ -28,6 +28,11 @@ pub struct Candidate {
     /// Where the episode really began, when the detector knows better than "now".
     pub onset: Option<i64>,
     pub detail: String,
+    /// Held so strongly that this window alone is as unlikely by chance as the
+    /// pattern's `consecutive` windows in a row at its threshold: new evidence,
+    /// not the last episode flapping, so it may open an episode during the
+    /// cooldown (see `episodes.rs`).
+    pub decisive: bool,
 }
 
 /// Values a window teaches, learned once every pattern has evaluated it.

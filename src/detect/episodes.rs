@@ -1,7 +1,12 @@
 //! Hysteresis: a pattern's condition must hold `consecutive` windows in a row to
 //! open an episode (one [`Anomaly`]), which is updated while the condition holds
 //! and ends the first window it does not; the series is then quiet for
-//! `cooldown` windows. Each change is an [`AnomalyEvent`].
+//! `cooldown` windows, so a failure that flaps raises one anomaly, not one per
+//! flap. A new failure on a series that recovered minutes ago is not a flap: a
+//! run in the cooldown still opens an episode when every window of it is
+//! decisive ([`Candidate::decisive`]) and deviates at least [`ESCALATION`] times
+//! as far as the last episode did at its peak. Each change is an
+//! [`AnomalyEvent`].
 //!
 //! An open episode on a call edge or an operation that stops appearing in the
 //! windows (the callers were rerouted away from a failed dependency, the
@@ -28,12 +33,21 @@ struct Episode {
     windows: u64,
     /// Start of the last window the series appeared in.
     seen: i64,
+    /// The largest deviation (|observed - expected|) of the last episode, and
+    /// of the run of windows under way.
+    peak: f64,
+    run_peak: f64,
     /// The series and pattern of an open episode on a signal that may go silent.
     silent_end: Option<(SeriesKey, String, i64)>,
 }
 
 /// Windows an edge or operation may be absent before its open episode ends.
 pub(crate) const SILENT_WINDOWS: i64 = 2;
+
+/// How many times as far as the last episode's peak a decisive run in the
+/// cooldown must deviate to open a new episode: a flap of the same failure
+/// deviates about as far again; a different, worse failure much further.
+pub(crate) const ESCALATION: f64 = 2.0;
 
 /// Signals whose series end when they stop appearing.
 fn may_go_silent(key: &SeriesKey) -> bool {
@@ -72,8 +86,10 @@ impl Episodes {
                 ended_ms: t,
             });
         };
+        let deviation = (c.observed - c.expected).abs();
         if let Some(onset) = episode.active {
             episode.windows += 1;
+            episode.peak = episode.peak.max(deviation);
             return Some(AnomalyEvent::Updated {
                 key,
                 pattern: pattern.name.clone(),
@@ -82,18 +98,23 @@ impl Episodes {
                 windows: episode.windows,
             });
         }
-        if t < episode.quiet_until {
+        let escalated = c.decisive && deviation >= ESCALATION * episode.peak;
+        if t < episode.quiet_until && !escalated {
+            episode.run = 0;
             return None;
         }
         if episode.run == 0 {
             episode.run_onset = c.onset.unwrap_or(t).min(t);
+            episode.run_peak = 0.0;
         }
+        episode.run_peak = episode.run_peak.max(deviation);
         episode.run += 1;
         if episode.run < pattern.consecutive {
             return None;
         }
         episode.active = Some(episode.run_onset);
         episode.windows = u64::from(episode.run);
+        episode.peak = episode.run_peak;
         if may_go_silent(&key) {
             let cooldown = i64::from(pattern.cooldown) * window_ms;
             episode.silent_end = Some((key.clone(), pattern.name.clone(), cooldown));
@@ -155,5 +176,74 @@ impl Episodes {
     pub(crate) fn prune(&mut self, t: i64) {
         self.map
             .retain(|_, e| e.active.is_some() || e.run > 0 || e.quiet_until > t);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::catalogue::Catalogue;
+
+    const W: i64 = 10_000;
+
+    /// A window of one series: None, the condition did not hold; else how far
+    /// it deviated and whether decisively.
+    type Window = Option<(f64, bool)>;
+
+    /// Steps one series through `windows`; returns those an episode opened in.
+    fn opened(windows: &[Window]) -> Vec<usize> {
+        let catalogue = Catalogue::built_in().expect("the built-in catalogue loads");
+        let pattern = &catalogue.patterns[0];
+        assert_eq!((pattern.consecutive, pattern.cooldown), (2, 30));
+        let key = SeriesKey {
+            service: "api".into(),
+            signal: "service".into(),
+            name: "error_rate".into(),
+            attributes: String::new(),
+        };
+        let mut episodes = Episodes::default();
+        let mut out = Vec::new();
+        for (i, w) in windows.iter().enumerate() {
+            let c = w.map(|(deviation, decisive)| Candidate {
+                observed: deviation,
+                expected: 0.0,
+                score: 1.0,
+                onset: None,
+                detail: String::new(),
+                decisive,
+            });
+            let event = episodes.step((0, pattern), key.clone(), c, i as i64 * W, W);
+            if matches!(event, Some(AnomalyEvent::Opened(_))) {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_cooldown_mutes_flaps_but_not_a_worse_failure() {
+        let (calm, held, strong) = (None, Some((0.1, false)), Some((0.1, true)));
+        let worse = Some((0.3, true));
+        // An episode in windows 0-1, ended in 2: a like run in 5-6 is a flap,
+        // muted even when decisive.
+        assert_eq!(opened(&[held, held, calm, calm, calm, held, held]), vec![1]);
+        assert_eq!(
+            opened(&[strong, strong, calm, calm, strong, strong]),
+            vec![1]
+        );
+        // A decisive run three times as far opens a new episode; half of one
+        // does not.
+        assert_eq!(opened(&[held, held, calm, calm, worse, worse]), vec![1, 5]);
+        assert_eq!(
+            opened(&[held, held, calm, worse, held, worse, calm]),
+            vec![1]
+        );
+        // A worse run that is not decisive waits for the cooldown's end.
+        let far = Some((0.3, false));
+        assert_eq!(opened(&[held, held, calm, far, far]), vec![1]);
+        let mut long = vec![held, held];
+        long.extend(std::iter::repeat_n(calm, 31));
+        long.extend([held, held]);
+        assert_eq!(opened(&long), vec![1, 34]);
     }
 }

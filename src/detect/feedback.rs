@@ -93,6 +93,7 @@ mod tests {
             score: 1.0,
             onset: None,
             detail: String::new(),
+            decisive: false,
         }
     }
 

@@ -9,6 +9,11 @@ use crate::detect::catalogue::{Direction, SeriesKind};
 /// change is at least `min_delta` (absolute) and `min_ratio` (observed /
 /// expected, or its inverse going down), the window's volume (requests or calls)
 /// is at least `min_volume` and the expectation at least `min_expected`.
+///
+/// It is decisive when its two-sided tail, `1 - score`, is at most
+/// `(1 - min_score)^consecutive`: this window alone is as unlikely under the
+/// baseline as the pattern's whole run at the threshold (z >= 5.7 for 0.9999
+/// and two windows).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Deviation {
@@ -64,6 +69,8 @@ impl Detect for Deviation {
                 value * self.min_ratio <= d.expected
             };
         let score = d.score();
+        let run = i32::try_from(eval.pattern.consecutive.max(1)).unwrap_or(i32::MAX);
+        let decisive = 1.0 - score <= (1.0 - self.min_score).powi(run);
         (ok_direction
             && score >= self.min_score
             && (value - d.expected).abs() >= self.min_delta
@@ -81,6 +88,7 @@ impl Detect for Deviation {
                     short(d.expected),
                     d.z
                 ),
+                decisive,
             })
     }
 }

@@ -182,6 +182,7 @@ fn judge(
             short(start),
             short(end)
         ),
+        decisive: false,
     })
 }
 
@@ -225,6 +226,7 @@ fn slow(
             short(start + rise),
             relative * 100.0 * 3_600_000.0 / span.as_millis().max(1) as f64
         ),
+        decisive: false,
     })
 }
 

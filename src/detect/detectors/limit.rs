@@ -92,6 +92,7 @@ impl Detect for Limit {
             score,
             onset: None,
             detail: format!("{:.0}% of limit {}{eta}", fraction * 100.0, short(limit)),
+            decisive: false,
         })
     }
 }

@@ -41,6 +41,7 @@ impl Detect for NewTemplate {
             score: 1.0,
             onset: None,
             detail: format!("new {severity} log template: {}", row.tag),
+            decisive: false,
         })
     }
 }

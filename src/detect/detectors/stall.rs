@@ -76,6 +76,7 @@ impl Detect for Stall {
             score: (1.0 - requests / expected.max(f64::MIN_POSITIVE)).clamp(0.0, 1.0),
             onset: None,
             detail,
+            decisive: false,
         })
     }
 }

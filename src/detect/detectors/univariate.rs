@@ -51,6 +51,7 @@ impl Detect for UnivariateRule {
                     short(value),
                     short(expected)
                 ),
+                decisive: false,
             }
         })
     }
