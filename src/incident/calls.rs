@@ -24,7 +24,7 @@
 
 use std::collections::BTreeSet;
 
-use super::history::{History, derived_key};
+use super::history::History;
 use super::rank::implicated;
 use crate::detect::{Anomaly, FailureClass, SeriesKey};
 
@@ -38,6 +38,8 @@ pub const WEIGHT: f64 = 0.5;
 const MIN_BEFORE: usize = 3;
 /// Relative growth of a caller's exclusive time that makes it slow itself.
 const OWN_GROWTH: f64 = 0.5;
+/// Share of a caller's slowdown its own time must make up to count as slow itself.
+const OWN_SHARE: f64 = 0.5;
 
 /// The pattern name of a degraded call's record.
 pub const PATTERN: &str = "degraded_calls";
@@ -80,28 +82,20 @@ pub fn below(history: &History, nodes: &BTreeSet<String>, onset: i64, hops: usiz
     out
 }
 
-/// Means of `key` before `onset` and since, if it has enough of both.
-fn before_after(history: &History, key: &SeriesKey, onset: i64) -> Option<(f64, f64)> {
-    let values = history.values(key)?;
-    let (mut before, mut after) = (Vec::new(), Vec::new());
-    for (t, v) in history.starts().iter().zip(values) {
-        if v.is_finite() {
-            if *t < onset { &mut before } else { &mut after }.push(*v);
-        }
-    }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    (before.len() >= MIN_BEFORE && !after.is_empty()).then(|| (mean(&before), mean(&after)))
-}
-
-/// Whether `node`'s exclusive time grew since onset.
+/// Whether `node`'s exclusive time grew since onset, and makes up most of
+/// the rise of its request time (not a caller's few milliseconds of its own on
+/// top of seconds of waiting on a dead dependency).
 fn slow_itself(history: &History, node: &str, onset: i64) -> bool {
-    before_after(history, &derived_key(node, "self_ms"), onset)
-        .is_some_and(|(before, after)| after > before * (1.0 + OWN_GROWTH) && after - before > 1.0)
+    history
+        .own_time(node, onset, MIN_BEFORE)
+        .is_some_and(|own| {
+            own.relative() > OWN_GROWTH && own.after - own.before > 1.0 && own.share >= OWN_SHARE
+        })
 }
 
 /// The record of call series `key`, if it degraded since onset.
 fn degraded(history: &History, key: &SeriesKey, onset: i64) -> Option<Anomaly> {
-    let (before, after) = before_after(history, key, onset)?;
+    let (before, after) = history.before_after(key, onset, MIN_BEFORE)?;
     let bad = match key.name.as_str() {
         "error_rate" => after - before >= MIN_ERROR_RISE && after >= 2.0 * before,
         "mean_ms" | "p99_ms" => before > 0.0 && after >= MIN_SLOWDOWN * before,

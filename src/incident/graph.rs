@@ -226,6 +226,68 @@ impl ServiceGraph {
     pub fn near(&self, a: &str, b: &str, hops: usize) -> bool {
         a == b || within(a, b, hops, |node| self.adjacent.get(node))
     }
+
+    /// How `a` stands to `b` along calls, within `hops` edges: a failure
+    /// spreads from a node to its callers, so `a` calling `b` (directly or
+    /// through others) makes `a` a possible symptom of `b`, `b` calling `a`
+    /// makes `a` a possible cause, and both calling one node makes them
+    /// symptoms of one cause. Two nodes one caller shares are not related by
+    /// that: a failing recommendation service does not make the order
+    /// notifier the front end also reaches fail.
+    pub fn relation(&self, a: &str, b: &str, hops: usize) -> Relation {
+        if a == b {
+            return Relation::Same;
+        }
+        let below_a = self.downstream(a, hops);
+        if below_a.contains_key(b) {
+            return Relation::Calls;
+        }
+        let below_b = self.downstream(b, hops);
+        if below_b.contains_key(a) {
+            return Relation::CalledBy;
+        }
+        let shared = below_a
+            .iter()
+            .any(|(node, da)| below_b.get(node).is_some_and(|db| da + db <= hops));
+        if shared {
+            Relation::Share
+        } else {
+            Relation::Unrelated
+        }
+    }
+
+    /// The nodes `from` reaches following calls, at most `hops`, with how many
+    /// calls away each is (`from` itself at 0).
+    fn downstream<'a>(&'a self, from: &'a str, hops: usize) -> HashMap<&'a str, usize> {
+        let mut seen: HashMap<&str, usize> = HashMap::from([(from, 0)]);
+        let mut frontier: VecDeque<(&str, usize)> = VecDeque::from([(from, 0)]);
+        while let Some((node, depth)) = frontier.pop_front() {
+            if depth == hops {
+                continue;
+            }
+            for step in self.callees(node) {
+                if !seen.contains_key(step) {
+                    seen.insert(step, depth + 1);
+                    frontier.push_back((step, depth + 1));
+                }
+            }
+        }
+        seen
+    }
+}
+
+/// How one node stands to another on the call graph ([`ServiceGraph::relation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relation {
+    Same,
+    /// It calls the other (directly or through others).
+    Calls,
+    /// The other calls it.
+    CalledBy,
+    /// Both call a common node.
+    Share,
+    /// None of these within the hops (at most a common caller).
+    Unrelated,
 }
 
 /// Breadth-first search from `from` for `to`, at most `hops` steps along `next`.

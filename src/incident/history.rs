@@ -2,8 +2,8 @@
 //! measures, every edge's calls, every metric (its `auto` measure), and two
 //! measures derived per service from the span pairs the window stage makes:
 //! exclusive time (`self_ms`: the mean request time not spent waiting on
-//! callees) and originated errors (`own_error_rate`: errors not explained by a
-//! failing call).
+//! callees, next to the whole mean, `mean_ms`) and originated errors
+//! (`own_error_rate`: errors not explained by a failing call).
 //!
 //! Keys are the [`SeriesKey`]s detection gives the same series, so an anomaly
 //! finds its own history. Memory: at most `max_series` series of `windows`
@@ -74,6 +74,53 @@ impl History {
         self.series.get(key)
     }
 
+    /// The means of `key` over the windows before `onset` and since, if it
+    /// has at least `min_before` values before and one since.
+    pub fn before_after(
+        &self,
+        key: &SeriesKey,
+        onset: i64,
+        min_before: usize,
+    ) -> Option<(f64, f64)> {
+        let values = self.values(key)?;
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        for (t, v) in self.starts.iter().zip(values) {
+            if v.is_finite() {
+                if *t < onset { &mut before } else { &mut after }.push(*v);
+            }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        (before.len() >= min_before.max(1) && !after.is_empty())
+            .then(|| (mean(&before), mean(&after)))
+    }
+
+    /// How `node`'s exclusive time moved since `onset`: its means before and
+    /// since, and the share of the rise of its whole mean request time that
+    /// the exclusive time's rise makes up. A caller waiting on a dependency
+    /// that stopped answering gains a few milliseconds of its own (timeouts
+    /// end its calls a little before its requests, requests straddle windows)
+    /// on top of seconds of waiting: from nearly nothing that is a large
+    /// relative rise, but a share near 0. Where the whole mean is missing the
+    /// share is 1.
+    pub fn own_time(&self, node: &str, onset: i64, min_before: usize) -> Option<OwnTime> {
+        let (before, after) =
+            self.before_after(&derived_key(node, "self_ms"), onset, min_before)?;
+        let rise = after - before;
+        let whole = self
+            .before_after(&derived_key(node, "mean_ms"), onset, min_before)
+            .map_or(rise, |(b, a)| a - b);
+        let share = if rise > 0.0 {
+            rise / whole.max(rise)
+        } else {
+            0.0
+        };
+        Some(OwnTime {
+            before,
+            after,
+            share,
+        })
+    }
+
     /// The `edge` series held whose caller is `caller`.
     pub fn edges_from(&self, caller: &str) -> &[SeriesKey] {
         self.edges.get(caller).map_or(&[], Vec::as_slice)
@@ -119,6 +166,23 @@ impl History {
                 !calls.is_empty()
             });
         }
+    }
+}
+
+/// A node's exclusive time before and since an onset ([`History::own_time`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OwnTime {
+    pub before: f64,
+    pub after: f64,
+    /// Of the rise of its whole mean request time, the part that is its own
+    /// (0..1; 0 when its exclusive time did not rise).
+    pub share: f64,
+}
+
+impl OwnTime {
+    /// The exclusive time's rise relative to what it was.
+    pub fn relative(&self) -> f64 {
+        (self.after - self.before) / self.before.abs().max(1e-9)
     }
 }
 
@@ -185,6 +249,7 @@ fn window_values(rows: &[Row]) -> HashMap<SeriesKey, f64> {
         if let Some(mean) = row.measure("mean_ms") {
             let own = (mean - wait / requests).max(0.0);
             out.insert(derived_key(&row.service, "self_ms"), own);
+            out.insert(derived_key(&row.service, "mean_ms"), mean);
         }
         let errors = row.values.get("errors").copied().unwrap_or(0.0);
         let own_errors = (errors - failed).max(0.0) / requests;
@@ -194,7 +259,7 @@ fn window_values(rows: &[Row]) -> HashMap<SeriesKey, f64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::window::tables::{Cell, TableBuilder};
 
@@ -202,7 +267,7 @@ mod tests {
 
     /// A window where `front` serves 100 requests of `mean` ms calling `back`
     /// 100 times at `back_ms` each.
-    fn window(w: i64, mean: f64, back_ms: f64) -> WindowTables {
+    pub(crate) fn window(w: i64, mean: f64, back_ms: f64) -> WindowTables {
         let (start, end) = (w * W, (w + 1) * W);
         let mut service = TableBuilder::new(0, start, end);
         let mut red = crate::window::tables::Red::default();
@@ -245,6 +310,32 @@ mod tests {
             .expect("self time");
         let own: Vec<f64> = own.iter().map(|v| v.round()).collect();
         assert_eq!(own, vec![10.0, 10.0], "waiting on `back` is not own time");
+    }
+
+    #[test]
+    fn own_time_says_what_share_of_a_slowdown_is_the_nodes_own() {
+        // `back` stops answering: `front` waits 1.5 s on it and gains 10 ms
+        // of its own on top.
+        let mut waiting = History::new(10, 100);
+        for w in 0..6 {
+            let (mean, back) = if w < 3 {
+                (50.0, 50.0)
+            } else {
+                (1510.0, 1500.0)
+            };
+            waiting.on_window(&window(w, mean, back));
+        }
+        let own = waiting.own_time("front", 3 * W, 3).expect("own time");
+        assert_eq!((own.before.round(), own.after.round()), (0.0, 10.0));
+        assert!(own.relative() > 1e6 && own.share < 0.01, "{own:?}");
+        // `front` itself slows down by 40 ms; `back` is as fast as ever.
+        let mut slow = History::new(10, 100);
+        for w in 0..6 {
+            slow.on_window(&window(w, if w < 3 { 50.0 } else { 90.0 }, 40.0));
+        }
+        let own = slow.own_time("front", 3 * W, 3).expect("own time");
+        assert!((own.share - 1.0).abs() < 1e-9, "{own:?}");
+        assert!(slow.own_time("front", 3 * W, 4).is_none(), "too few before");
     }
 
     #[test]

@@ -374,42 +374,26 @@ fn topology_signal(inputs: &Inputs<'_>, node: &str, anomalous: &[&str]) -> Evide
     evidence(Signal::Topology, 0.5 * healthy + 0.5 * explains, detail)
 }
 
-/// Mean of the finite values of `series` in `[from, to)` of the history.
-fn mean_between(history: &History, key: &SeriesKey, from: i64, to: i64) -> Option<f64> {
-    let values = history.values(key)?;
-    let picked: Vec<f64> = history
-        .starts()
-        .iter()
-        .zip(values)
-        .filter(|(t, v)| **t >= from && **t < to && v.is_finite())
-        .map(|(_, v)| *v)
-        .collect();
-    (!picked.is_empty()).then(|| picked.iter().sum::<f64>() / picked.len() as f64)
-}
-
-/// Relative rise of a derived measure from before `onset` to since it.
-fn rise(history: &History, node: &str, name: &str, onset: i64) -> Option<(f64, f64, f64)> {
-    let key = derived_key(node, name);
-    let before = mean_between(history, &key, i64::MIN, onset)?;
-    let after = mean_between(history, &key, onset, i64::MAX)?;
-    Some((before, after, (after - before) / before.abs().max(1e-9)))
-}
-
 fn trace_signal(history: &History, node: &str, onset: i64) -> Evidence {
     let mut parts = Vec::new();
     let mut value: f64 = 0.0;
-    if let Some((before, after, rel)) = rise(history, node, "self_ms", onset)
-        && rel > 0.0
-        && after - before > 1.0
+    if let Some(own) = history.own_time(node, onset, 1)
+        && own.after - own.before > 1.0
+        && own.share > 0.0
     {
-        value = value.max(rel / (1.0 + rel));
-        parts.push(format!("exclusive time {before:.1} -> {after:.1} ms"));
+        // A large relative rise that is a sliver of the slowdown is not blame.
+        let rel = own.relative();
+        value = value.max((rel / (1.0 + rel)).min(own.share));
+        parts.push(format!(
+            "exclusive time {:.1} -> {:.1} ms ({:.0}% of its slowdown)",
+            own.before,
+            own.after,
+            own.share * 100.0
+        ));
     }
     let own = derived_key(node, "own_error_rate");
-    if let (Some(before), Some(after)) = (
-        mean_between(history, &own, i64::MIN, onset),
-        mean_between(history, &own, onset, i64::MAX),
-    ) && after - before > 0.005
+    if let Some((before, after)) = history.before_after(&own, onset, 1)
+        && after - before > 0.005
     {
         value = value.max(((after - before) * 10.0).min(1.0));
         parts.push(format!(

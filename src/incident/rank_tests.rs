@@ -233,3 +233,24 @@ fn a_dependency_new_just_before_onset_speaks_as_a_change() {
     );
     assert_eq!(ranked[0].service, "checkout");
 }
+
+#[test]
+fn a_caller_waiting_on_a_dead_dependency_is_not_blamed_for_its_own_time() {
+    use crate::incident::history::tests::window as calls;
+    let (mut waiting, mut slow) = (History::new(10, 100), History::new(10, 100));
+    for w in 0..6 {
+        let after = w >= 3;
+        // Waits 1.5 s on `back`, 10 ms more of its own (from none).
+        waiting.on_window(&calls(
+            w,
+            if after { 1510.0 } else { 50.0 },
+            if after { 1500.0 } else { 50.0 },
+        ));
+        // Slow itself: 40 ms more of its own, `back` unchanged.
+        slow.on_window(&calls(w, if after { 90.0 } else { 50.0 }, 40.0));
+    }
+    let waiting = trace_signal(&waiting, "front", 3 * W);
+    let slow = trace_signal(&slow, "front", 3 * W);
+    assert!(waiting.value < 0.01, "{waiting:?}");
+    assert!(slow.value > 0.7, "{slow:?}");
+}

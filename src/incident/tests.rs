@@ -164,12 +164,13 @@ fn the_entry_points_are_the_anomalous_operations_nothing_calls() {
 
 #[test]
 fn an_incident_stops_gathering_after_max_join_windows() {
-    // Anomalies keep beginning every 4 windows on the same chain: the first 30
+    // Anomalies keep beginning every 4 windows on the same chain, deepest
+    // first (a later one is on a caller, or on the same node): the first 30
     // windows' are one incident, what begins later opens another.
     let mut stage = IncidentStage::new(params(), IncidentLog::default());
     stage.on_window(&window(0, &CHAIN));
-    for w in (1..=41).step_by(4) {
-        let service = CHAIN[(w as usize / 4) % 3].0;
+    for w in (1..=33).step_by(4) {
+        let service = CHAIN[2 - (w as usize / 4) % 3].0;
         stage.on_event(&AnomalyEvent::Opened(anomaly(service, w)));
     }
     let opened: Vec<i64> = stage.incidents().iter().map(|i| i.opened_ms / W).collect();
@@ -297,4 +298,73 @@ fn a_caller_failing_because_of_its_dependency_does_not_reopen_its_own_incident()
         incidents[1].services().into_iter().collect::<Vec<_>>(),
         vec!["checkout", "payments"]
     );
+}
+
+/// The front end calls a recommender and, through checkout, an order
+/// notifier. While the recommender's incident is still open, the notifier
+/// fails: it shares only a caller with the recommender, and it began too long
+/// after the front end's anomaly to be its cause, so it is an incident of its
+/// own. A dependency failing with the front end is still one incident.
+#[test]
+fn a_failure_a_shared_caller_reaches_is_not_the_open_incidents() {
+    let shop = [
+        ("frontend", "recommendation"),
+        ("frontend", "checkout"),
+        ("checkout", "notifier"),
+    ];
+    let graph = {
+        let mut g = ServiceGraph::new(3_600_000, 100);
+        g.on_window(&window(0, &shop));
+        g
+    };
+    use graph::Relation;
+    assert_eq!(graph.relation("frontend", "notifier", 2), Relation::Calls);
+    assert_eq!(
+        graph.relation("notifier", "frontend", 2),
+        Relation::CalledBy
+    );
+    assert_eq!(
+        graph.relation("notifier", "recommendation", 2),
+        Relation::Unrelated
+    );
+    assert_eq!(
+        graph.relation("checkout", "recommendation", 2),
+        Relation::Unrelated
+    );
+    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    stage.on_window(&window(0, &shop));
+    for service in ["recommendation", "frontend"] {
+        stage.on_event(&AnomalyEvent::Opened(anomaly(service, 1)));
+    }
+    // Within join_windows of the front end's onset, but 3 windows after it.
+    stage.on_event(&AnomalyEvent::Opened(anomaly("notifier", 4)));
+    let services: Vec<Vec<&str>> = stage
+        .incidents()
+        .iter()
+        .map(|i| i.services().into_iter().collect())
+        .collect();
+    assert_eq!(
+        services,
+        vec![vec!["frontend", "recommendation"], vec!["notifier"]]
+    );
+    // Had it begun with the front end, it could have been the front end's cause.
+    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    stage.on_window(&window(0, &shop));
+    for (service, w) in [("frontend", 1), ("notifier", 2)] {
+        stage.on_event(&AnomalyEvent::Opened(anomaly(service, w)));
+    }
+    assert_eq!(stage.incidents().len(), 1);
+}
+
+/// Callers of one database that sends no telemetry of its own are symptoms of
+/// one cause: one incident.
+#[test]
+fn fellow_callers_of_one_dependency_are_one_incident() {
+    let db = [("orders", "postgres"), ("billing", "postgres")];
+    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    stage.on_window(&window(0, &db));
+    for (service, w) in [("orders", 1), ("billing", 3)] {
+        stage.on_event(&AnomalyEvent::Opened(anomaly(service, w)));
+    }
+    assert_eq!(stage.incidents().len(), 1, "{:#?}", stage.incidents());
 }
