@@ -6,7 +6,7 @@
 //! the incident open to later, unrelated failures) and holds a member it is
 //! related to within `hops` calls on the service graph ([`graph`]): the same
 //! node, a node it calls or shares a dependency with, or a node that calls it
-//! if it began soon enough to be that node's cause ([`related`]); else it
+//! if it began soon enough to be that node's cause ([`graph::related`]); else it
 //! opens a new incident. An
 //! incident is `resolved` once every member anomaly has ended and `resolve_windows`
 //! windows passed; an anomaly that would join it within `reopen_windows` after
@@ -444,10 +444,9 @@ impl IncidentStage {
                 _ => {
                     incident.last_onset_ms >= join_from
                         && incident.opened_ms >= gather_from
-                        && incident
-                            .members
-                            .iter()
-                            .any(|m| related(graph, &service, onset, &m.anomaly, p))
+                        && incident.members.iter().any(|m| {
+                            graph::related(graph, &service, onset, &m.anomaly, p.hops, p.window_ms)
+                        })
                 }
             }
         });
@@ -499,31 +498,6 @@ impl IncidentStage {
                 id
             }
         }
-    }
-}
-
-/// Windows after a member's onset within which an anomaly on a node it calls
-/// may still be its cause: a cause shows before its effects, up to detection's
-/// lag (the deepest link of a chain, with fewer calls and a looser baseline,
-/// may cross its bar a window or two after its callers).
-const CAUSE_LAG_WINDOWS: i64 = 2;
-
-/// Whether a new anomaly on `service` from `onset` belongs with `member`: on
-/// the same node; on a caller of the member's node (a symptom of it); on a
-/// fellow caller of a common dependency (symptoms of one cause); or on a node
-/// the member's calls (its cause) if it began by [`CAUSE_LAG_WINDOWS`] after
-/// the member did. Two callees of one caller are not related by it.
-fn related(
-    graph: &ServiceGraph,
-    service: &str,
-    onset: i64,
-    member: &Anomaly,
-    p: &IncidentParams,
-) -> bool {
-    match graph.relation(service, &member.key.service, p.hops) {
-        graph::Relation::Same | graph::Relation::Calls | graph::Relation::Share => true,
-        graph::Relation::CalledBy => onset <= member.onset_ms + CAUSE_LAG_WINDOWS * p.window_ms,
-        graph::Relation::Unrelated => false,
     }
 }
 

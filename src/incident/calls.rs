@@ -20,9 +20,9 @@
 //! 1). It does not descend from a caller whose own exclusive time grew (the
 //! caller is slow itself: its calls wait behind it), nor from one whose calls
 //! to two or more peers degraded (the common factor is the caller, as in
-//! [`super::rank`]'s `slowed_callers`).
+//! [`slowed_callers`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use super::history::History;
 use super::rank::implicated;
@@ -38,6 +38,9 @@ pub const WEIGHT: f64 = 0.5;
 const MIN_BEFORE: usize = 3;
 /// Relative growth of a caller's exclusive time that makes it slow itself.
 const OWN_GROWTH: f64 = 0.5;
+/// How many times slower a peer's calls must have become for a caller to
+/// find it slow, when callers are compared ([`slowed_alone`]).
+const SLOWED: f64 = 1.5;
 /// Share of a caller's slowdown its own time must make up to count as slow itself.
 const OWN_SHARE: f64 = 0.5;
 
@@ -61,6 +64,7 @@ pub fn below(history: &History, nodes: &BTreeSet<String>, onset: i64, hops: usiz
                 .edges_from(caller)
                 .iter()
                 .filter(|key| implicated(key).1)
+                .filter(|key| !slowed_alone(history, caller, implicated(key).0, onset))
                 .filter_map(|key| degraded(history, key, onset))
                 .collect();
             let callees: BTreeSet<&str> = degraded.iter().map(|a| implicated(&a.key).0).collect();
@@ -91,6 +95,55 @@ fn slow_itself(history: &History, node: &str, onset: i64) -> bool {
         .is_some_and(|own| {
             own.relative() > OWN_GROWTH && own.after - own.before > 1.0 && own.share >= OWN_SHARE
         })
+}
+
+/// Callers whose calls to two or more distinct peers degraded in the
+/// incident: the common factor is the caller (its CPU, its network, its
+/// client), not every peer at once, so those anomalies count as its own.
+pub fn slowed_callers<'a>(members: &[&'a Anomaly]) -> HashSet<&'a str> {
+    let mut peers: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
+    for anomaly in members {
+        if let (peer, true) = implicated(&anomaly.key) {
+            peers
+                .entry(anomaly.key.service.as_str())
+                .or_default()
+                .insert(peer);
+        }
+    }
+    peers
+        .into_iter()
+        .filter(|(_, p)| p.len() >= 2)
+        .map(|(caller, _)| caller)
+        .collect()
+}
+
+/// Whether `caller`'s calls to `peer` are the only ones to it that slowed
+/// since `onset`: `peer` has other callers whose calls to it the history
+/// holds, none of which became [`SLOWED`] times slower, and its own requests
+/// (where it reports any) did not either. A peer whose code or network is
+/// slow is slow for every caller; one that a single caller finds slow while
+/// the others do not is waiting on that caller (its CPU, its network, its
+/// client).
+pub fn slowed_alone(history: &History, caller: &str, peer: &str, onset: i64) -> bool {
+    let slowed = |key: &SeriesKey| {
+        history
+            .before_after(key, onset, MIN_BEFORE)
+            .is_some_and(|(before, after)| before > 0.0 && after >= SLOWED * before)
+    };
+    let mut others = 0;
+    for key in history.edges_to(peer) {
+        if key.service == caller || key.name != "mean_ms" {
+            continue;
+        }
+        if history.before_after(key, onset, MIN_BEFORE).is_none() {
+            continue;
+        }
+        if slowed(key) {
+            return false;
+        }
+        others += 1;
+    }
+    others > 0 && !slowed(&super::history::derived_key(peer, "mean_ms"))
 }
 
 /// The record of call series `key`, if it degraded since onset.

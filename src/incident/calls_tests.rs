@@ -162,3 +162,46 @@ fn a_caller_whose_calls_to_two_peers_degraded_is_the_common_factor() {
     let nodes: BTreeSet<String> = ["checkout"].map(String::from).into();
     assert!(below(&history, &nodes, ONSET * W, 2).is_empty());
 }
+
+/// cart is called by checkout and by the front end. `contended`: checkout's
+/// calls to it, timed on checkout's side, take eight times longer (checkout's
+/// CPU is starved), while the front end's calls and cart's own requests are as
+/// fast as ever. `slow_cart`: cart itself slows down, for both callers.
+fn two_callers(contended: bool, slow_cart: bool) -> Shop {
+    let mut shop = outage(false);
+    shop.calls.push(("frontend", "cart", "service", 10.0, 0));
+    if contended {
+        shop.calls[2].3 = 80.0;
+        shop.services[1].1 += 70.0;
+    }
+    if slow_cart {
+        shop.services[3].1 = 80.0;
+        shop.calls[2].3 = 80.0;
+        shop.calls[4].3 = 80.0;
+    }
+    shop
+}
+
+fn checkout_sees_cart_slow() -> [Anomaly; 2] {
+    let mut edge = latency("checkout");
+    edge.key.signal = "edge".into();
+    edge.key.name = "p99_ms".into();
+    edge.key.attributes = "callee=cart,callee_kind=service".into();
+    [edge, latency("checkout")]
+}
+
+#[test]
+fn a_peer_only_one_caller_finds_slow_is_waiting_on_that_caller() {
+    let (history, graph) = history_of(|on| two_callers(on, false));
+    assert!(slowed_alone(&history, "checkout", "cart", ONSET * W));
+    let first = ranked(&checkout_sees_cart_slow(), &history, &graph);
+    assert_eq!(first[0].service, "checkout", "{first:#?}");
+    // A cart slow for every caller is the cart's fault.
+    let (history, graph) = history_of(|on| two_callers(false, on));
+    assert!(!slowed_alone(&history, "checkout", "cart", ONSET * W));
+    let first = ranked(&checkout_sees_cart_slow(), &history, &graph);
+    assert_eq!(first[0].service, "cart", "{first:#?}");
+    // With no other caller to compare with, the peer stays the suspect.
+    let (history, _) = history_of(outage);
+    assert!(!slowed_alone(&history, "payment", "provider", ONSET * W));
+}

@@ -290,6 +290,32 @@ pub enum Relation {
     Unrelated,
 }
 
+/// Windows after a member's onset within which an anomaly on a node it calls
+/// may still be its cause: a cause shows before its effects, up to detection's
+/// lag (the deepest link of a chain, with fewer calls and a looser baseline,
+/// may cross its bar a window or two after its callers).
+const CAUSE_LAG_WINDOWS: i64 = 2;
+
+/// Whether a new anomaly on `service` from `onset` belongs with `member`: on
+/// the same node; on a caller of the member's node (a symptom of it); on a
+/// fellow caller of a common dependency (symptoms of one cause); or on a node
+/// the member's calls (its cause) if it began by [`CAUSE_LAG_WINDOWS`] after
+/// the member did. Two callees of one caller are not related by it.
+pub fn related(
+    graph: &ServiceGraph,
+    service: &str,
+    onset: i64,
+    member: &crate::detect::Anomaly,
+    hops: usize,
+    window_ms: i64,
+) -> bool {
+    match graph.relation(service, &member.key.service, hops) {
+        Relation::Same | Relation::Calls | Relation::Share => true,
+        Relation::CalledBy => onset <= member.onset_ms + CAUSE_LAG_WINDOWS * window_ms,
+        Relation::Unrelated => false,
+    }
+}
+
 /// Breadth-first search from `from` for `to`, at most `hops` steps along `next`.
 fn within<'a>(
     from: &'a str,

@@ -121,6 +121,14 @@ impl History {
         })
     }
 
+    /// The `edge` series held of calls to `peer`, from any caller.
+    pub fn edges_to<'a>(&'a self, peer: &'a str) -> impl Iterator<Item = &'a SeriesKey> + 'a {
+        self.edges
+            .values()
+            .flatten()
+            .filter(move |key| super::rank::implicated(key) == (peer, true))
+    }
+
     /// The `edge` series held whose caller is `caller`.
     pub fn edges_from(&self, caller: &str) -> &[SeriesKey] {
         self.edges.get(caller).map_or(&[], Vec::as_slice)

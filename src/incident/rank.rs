@@ -6,16 +6,23 @@
 //! service, or, for a series that names a peer (an edge's `callee`, a metric's
 //! `peer.service`, `server.address`, ...), that peer: a caller seeing its calls
 //! to a database slow down implicates the database, which need not send any
-//! telemetry of its own. Six signals are weighed, each in 0..1:
+//! telemetry of its own. Not when the caller is the common factor: its calls
+//! to two or more peers degraded at once, or it is the only caller that finds
+//! the peer slower while the peer's other callers, and the peer's own
+//! requests, are as fast as before ([`super::calls::slowed_alone`]); then the
+//! anomaly counts as the caller's. Six signals are weighed, each in 0..1:
 //!
 //! - `anomaly`: how strong the candidate's own (or pointed-at) anomalies are
 //!   (calls to it that degraded but no anomaly names yet weigh half, see
-//!   [`super::calls`]: a node below the anomalous ones is a candidate too);
+//!   [`super::calls`]: a node below the anomalous ones is a candidate too;
+//!   so do metrics of the host it runs on, `node.*`, `host.*`, `system.*`,
+//!   `k8s.node.*`, which move for every service there);
 //! - `topology`: its own dependencies are healthy, and the other anomalous
-//!   nodes call it (directly or through others) - it explains them;
+//!   nodes call it (directly or through others) - it explains them, as far as
+//!   the `anomaly` signal shows it failing (the product of the two);
 //! - `trace_blame`: its exclusive time or originated errors grew (series
 //!   derived from the span pairs, [`super::history`]);
-//! - `time`: its anomalies began first;
+//! - `time`: its anomalies began first (its host's weigh half);
 //! - `correlation`: its anomalous series move with the symptoms (the series of
 //!   the incident's most upstream anomalous nodes), Pearson's r over the
 //!   recent windows, discounted by its significance (Student's t);
@@ -136,24 +143,24 @@ pub fn implicated(key: &SeriesKey) -> (&str, bool) {
     (key.service.as_str(), false)
 }
 
-/// Callers whose calls to two or more distinct peers degraded in the
-/// incident: the common factor is the caller (its CPU, its network, its
-/// client), not every peer at once, so those anomalies count as its own.
-fn slowed_callers<'a>(members: &[&'a Anomaly]) -> HashSet<&'a str> {
-    let mut peers: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
-    for anomaly in members {
-        if let (peer, true) = implicated(&anomaly.key) {
-            peers
-                .entry(anomaly.key.service.as_str())
-                .or_default()
-                .insert(peer);
-        }
-    }
-    peers
-        .into_iter()
-        .filter(|(_, p)| p.len() >= 2)
-        .map(|(caller, _)| caller)
-        .collect()
+/// What an anomaly of a host-level metric weighs in a candidate's anomaly
+/// signal, against 1 for its own series.
+const HOST_WEIGHT: f64 = 0.5;
+
+/// Whether a metric measures the host a service runs on rather than the
+/// service (`node.*`, `host.*`, `system.*`, `k8s.node.*`): every service on
+/// that host sees it move, so it speaks for none of them in particular.
+fn host_level(key: &SeriesKey) -> bool {
+    key.signal == "metric"
+        && (matches!(
+            key.name.split(['.', '_']).next(),
+            Some("node" | "host" | "system")
+        ) || key.name.starts_with("k8s.node."))
+}
+
+/// Whether a series measures how long calls take.
+fn is_latency(key: &SeriesKey) -> bool {
+    key.signal == "edge" && key.name.ends_with("_ms")
 }
 
 /// A candidate's anomalies.
@@ -182,10 +189,15 @@ pub fn rank(inputs: &Inputs<'_>) -> Vec<RootCause> {
     let below = super::calls::below(inputs.history, &implicated_nodes, first, inputs.hops);
     let members: Vec<&Anomaly> = inputs.members.iter().copied().chain(&below).collect();
     let mut candidates: BTreeMap<&str, Candidate<'_>> = BTreeMap::new();
-    let callers = slowed_callers(&members);
+    let callers = super::calls::slowed_callers(&members);
     for anomaly in &members {
         let (mut node, mut pointed) = implicated(&anomaly.key);
-        if pointed && callers.contains(anomaly.key.service.as_str()) {
+        let caller = anomaly.key.service.as_str();
+        if pointed
+            && (callers.contains(caller)
+                || (is_latency(&anomaly.key)
+                    && super::calls::slowed_alone(inputs.history, caller, node, first)))
+        {
             (node, pointed) = (anomaly.key.service.as_str(), false);
         }
         let c = candidates.entry(node).or_insert(Candidate {
@@ -200,9 +212,13 @@ pub fn rank(inputs: &Inputs<'_>) -> Vec<RootCause> {
     let mut ranked: Vec<RootCause> = candidates
         .iter()
         .map(|(node, c)| {
+            let anomaly = anomaly_signal(c);
+            // A node explains its callers as far as it is shown to fail.
+            let mut topology = topology_signal(inputs, node, &nodes);
+            topology.value *= anomaly.value;
             let mut evidence = vec![
-                anomaly_signal(c),
-                topology_signal(inputs, node, &nodes),
+                anomaly,
+                topology,
                 trace_signal(inputs.history, node, first),
                 time_signal(c, first, inputs.window_ms),
                 correlation_signal(inputs.history, node, c, &symptoms),
@@ -278,8 +294,12 @@ fn class_of(c: &Candidate<'_>) -> FailureClass {
     {
         return FailureClass::FaultyDeployment;
     }
-    // Its own series say what failed better than its callers' view of it.
-    let own = c.anomalies.iter().filter(|a| !implicated(&a.key).1);
+    // Its own series say what failed better than its callers' view of it, or
+    // its host's.
+    let own = c
+        .anomalies
+        .iter()
+        .filter(|a| !implicated(&a.key).1 && !host_level(&a.key));
     let pick = |set: &mut dyn Iterator<Item = &&Anomaly>| {
         set.max_by(|a, b| {
             names_a_cause(a.class)
@@ -310,7 +330,7 @@ fn anomaly_signal(c: &Candidate<'_>) -> Evidence {
     let quiet: f64 = c
         .anomalies
         .iter()
-        .map(|a| 1.0 - a.score.clamp(0.0, 1.0))
+        .map(|a| 1.0 - a.score.clamp(0.0, 1.0) * if host_level(&a.key) { HOST_WEIGHT } else { 1.0 })
         .product();
     let strongest = c
         .anomalies
@@ -406,19 +426,25 @@ fn trace_signal(history: &History, node: &str, onset: i64) -> Evidence {
 }
 
 fn time_signal(c: &Candidate<'_>, first: i64, window_ms: i64) -> Evidence {
-    let onset = c
-        .anomalies
-        .iter()
-        .map(|a| a.onset_ms)
-        .min()
-        .unwrap_or(first);
+    // Its own anomalies' onsets; its host's, weighing less, when it has no other.
+    let own = c.anomalies.iter().filter(|a| !host_level(&a.key));
+    let (onset, weight) = match own.map(|a| a.onset_ms).min() {
+        Some(onset) => (onset, 1.0),
+        None => {
+            let host = c.anomalies.iter().map(|a| a.onset_ms).min();
+            (host.unwrap_or(first), HOST_WEIGHT)
+        }
+    };
     let behind = (onset - first).max(0) / window_ms.max(1);
-    let detail = if behind == 0 {
+    let mut detail = if behind == 0 {
         "its anomalies began first".to_string()
     } else {
         format!("began {behind} window(s) after the first")
     };
-    evidence(Signal::Time, 1.0 / (1.0 + behind as f64), detail)
+    if weight < 1.0 {
+        detail.push_str(" (its host's)");
+    }
+    evidence(Signal::Time, weight / (1.0 + behind as f64), detail)
 }
 
 fn change_signal(c: &Candidate<'_>, inputs: &Inputs<'_>, node: &str, onset: i64) -> Evidence {

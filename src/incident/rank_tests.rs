@@ -254,3 +254,26 @@ fn a_caller_waiting_on_a_dead_dependency_is_not_blamed_for_its_own_time() {
     assert!(waiting.value < 0.01, "{waiting:?}");
     assert!(slow.value > 0.7, "{slow:?}");
 }
+
+#[test]
+fn a_busy_host_does_not_make_a_callee_explain_its_caller() {
+    // web's own CPU saturates; cart, which web calls, runs on the same host and
+    // reports the host's CPU too, a window earlier.
+    let metric = |service: &str, name: &str, onset_w: i64| {
+        let mut a = on(service, "metric", "", onset_w, 0.97);
+        a.key.name = name.into();
+        a.class = FailureClass::Saturation;
+        a
+    };
+    let members = [
+        metric("cart", "node.cpu.usage_rate", 1),
+        metric("web", "pod.cpu.usage_rate", 2),
+        on("web", "service", "", 2, 0.9),
+    ];
+    let ranked = ranked(&members, &SHOP);
+    assert_eq!(names(&ranked)[0], "web", "{ranked:#?}");
+    // Its own CPU would have made cart the suspect.
+    let mut own = members.clone();
+    own[0].key.name = "pod.cpu.usage_rate".into();
+    assert_eq!(names(&super::tests::ranked(&own, &SHOP))[0], "cart");
+}
