@@ -120,22 +120,24 @@ pub fn slowed_callers<'a>(members: &[&'a Anomaly]) -> HashSet<&'a str> {
 /// Whether `caller`'s calls to `peer` are the only ones to it that slowed
 /// since `onset`: `peer` has other callers whose calls to it the history
 /// holds, none of which became [`SLOWED`] times slower, and its own requests
-/// (where it reports any) did not either. A peer whose code or network is
+/// (where it reports any) explain less than half of how much longer the
+/// caller's calls take (or, where the history lacks those calls, did not
+/// become [`SLOWED`] times slower either). A peer whose code or network is
 /// slow is slow for every caller; one that a single caller finds slow while
 /// the others do not is waiting on that caller (its CPU, its network, its
 /// client).
 pub fn slowed_alone(history: &History, caller: &str, peer: &str, onset: i64) -> bool {
+    let change = |key: &SeriesKey| history.before_after(key, onset, MIN_BEFORE);
     let slowed = |key: &SeriesKey| {
-        history
-            .before_after(key, onset, MIN_BEFORE)
-            .is_some_and(|(before, after)| before > 0.0 && after >= SLOWED * before)
+        change(key).is_some_and(|(before, after)| before > 0.0 && after >= SLOWED * before)
     };
-    let mut others = 0;
-    for key in history.edges_to(peer) {
-        if key.service == caller || key.name != "mean_ms" {
+    let (mut others, mut own_calls) = (0, None);
+    for key in history.edges_to(peer).filter(|k| k.name == "mean_ms") {
+        if key.service == caller {
+            own_calls = change(key);
             continue;
         }
-        if history.before_after(key, onset, MIN_BEFORE).is_none() {
+        if change(key).is_none() {
             continue;
         }
         if slowed(key) {
@@ -143,7 +145,12 @@ pub fn slowed_alone(history: &History, caller: &str, peer: &str, onset: i64) -> 
         }
         others += 1;
     }
-    others > 0 && !slowed(&super::history::derived_key(peer, "mean_ms"))
+    let served = super::history::derived_key(peer, "mean_ms");
+    let explained = match (own_calls, change(&served)) {
+        (Some((b, a)), Some((sb, sa))) => sa - sb >= 0.5 * (a - b),
+        _ => slowed(&served),
+    };
+    others > 0 && !explained
 }
 
 /// The record of call series `key`, if it degraded since onset.
