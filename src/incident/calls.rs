@@ -64,8 +64,9 @@ pub fn below(history: &History, nodes: &BTreeSet<String>, onset: i64, hops: usiz
                 .edges_from(caller)
                 .iter()
                 .filter(|key| implicated(key).1)
-                .filter(|key| !slowed_alone(history, caller, implicated(key).0, onset))
                 .filter_map(|key| degraded(history, key, onset))
+                // Only for the few degraded calls: it scans every caller's.
+                .filter(|a| !slowed_alone(history, caller, implicated(&a.key).0, onset))
                 .collect();
             let callees: BTreeSet<&str> = degraded.iter().map(|a| implicated(&a.key).0).collect();
             if callees.len() != 1 {
