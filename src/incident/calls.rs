@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use super::history::History;
-use super::rank::implicated;
+use super::rank::{implicated, is_latency};
 use crate::detect::{Anomaly, FailureClass, SeriesKey};
 
 /// A rise of the error rate that counts (absolute), besides doubling.
@@ -65,8 +65,13 @@ pub fn below(history: &History, nodes: &BTreeSet<String>, onset: i64, hops: usiz
                 .iter()
                 .filter(|key| implicated(key).1)
                 .filter_map(|key| degraded(history, key, onset))
-                // Only for the few degraded calls: it scans every caller's.
-                .filter(|a| !slowed_alone(history, caller, implicated(&a.key).0, onset))
+                // A slowdown only this caller sees is its own (as in the
+                // ranking, errors are not compared); only for the few degraded
+                // calls: it scans every caller's.
+                .filter(|a| {
+                    !is_latency(&a.key)
+                        || !slowed_alone(history, caller, implicated(&a.key).0, onset)
+                })
                 .collect();
             let callees: BTreeSet<&str> = degraded.iter().map(|a| implicated(&a.key).0).collect();
             if callees.len() != 1 {

@@ -205,3 +205,23 @@ fn a_peer_only_one_caller_finds_slow_is_waiting_on_that_caller() {
     let (history, _) = history_of(outage);
     assert!(!slowed_alone(&history, "payment", "provider", ONSET * W));
 }
+
+#[test]
+fn calls_failing_for_one_caller_are_followed_though_their_slowdown_is_its_own() {
+    // checkout's calls to cart slow down (checkout's contention: frontend's
+    // calls to cart stay fast) and also fail: the slowdown is checkout's, the
+    // errors are cart's answers, and the walk follows them as the ranking does.
+    let (history, _) = history_of(|on| {
+        let mut shop = two_callers(on, false);
+        if on {
+            shop.calls[2].4 = 30;
+        }
+        shop
+    });
+    assert!(slowed_alone(&history, "checkout", "cart", ONSET * W));
+    let nodes = BTreeSet::from(["checkout".to_string()]);
+    let found = below(&history, &nodes, ONSET * W, 2);
+    let names: Vec<&str> = found.iter().map(|a| a.key.name.as_str()).collect();
+    assert_eq!(names, ["error_rate"], "{found:#?}");
+    assert_eq!(implicated(&found[0].key).0, "cart");
+}

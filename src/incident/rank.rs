@@ -159,7 +159,7 @@ fn host_level(key: &SeriesKey) -> bool {
 }
 
 /// Whether a series measures how long calls take.
-fn is_latency(key: &SeriesKey) -> bool {
+pub(crate) fn is_latency(key: &SeriesKey) -> bool {
     key.signal == "edge" && key.name.ends_with("_ms")
 }
 
