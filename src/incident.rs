@@ -21,6 +21,7 @@ pub mod config;
 pub mod graph;
 pub mod history;
 pub mod log;
+pub mod node;
 pub mod rank;
 pub mod store;
 
@@ -135,6 +136,14 @@ impl Incident {
         self.members
             .iter()
             .map(|m| m.anomaly.key.service.as_str())
+            .collect()
+    }
+
+    /// The nodes of its anomalies' own services ([`node`]).
+    fn nodes(&self) -> BTreeSet<String> {
+        self.members
+            .iter()
+            .map(|m| node::own(&m.anomaly.key))
             .collect()
     }
 
@@ -262,10 +271,7 @@ impl IncidentStage {
     /// deploy and now fails because payments fail is in the payments incident,
     /// not a recurrence of the deploy.
     pub fn on_batch(&mut self, batch: Vec<Anomaly>) {
-        let nodes: BTreeSet<String> = batch
-            .iter()
-            .map(|a| rank::implicated(&a.key).0.to_string())
-            .collect();
+        let nodes: BTreeSet<String> = batch.iter().map(|a| rank::implicated(&a.key).0).collect();
         let reach = self.params.hops.max(1) * 2;
         let mut batch: Vec<(usize, Anomaly)> = batch
             .into_iter()
@@ -273,7 +279,7 @@ impl IncidentStage {
                 let own = rank::implicated(&a.key).0;
                 let below = nodes
                     .iter()
-                    .filter(|n| n.as_str() != own && self.graph.reaches(own, n, reach))
+                    .filter(|n| **n != own && self.graph.reaches(&own, n, reach))
                     .count();
                 (below, a)
             })
@@ -428,12 +434,12 @@ impl IncidentStage {
         let onset = anomaly.onset_ms;
         let join_from = onset - p.join_windows * p.window_ms;
         let reopen_from = onset - p.reopen_windows * p.window_ms;
-        let service = anomaly.key.service.clone();
+        let service = node::own(&anomaly.key);
         let graph = &self.graph;
         let quiet = p.resolve_windows * p.window_ms;
         let gather_from = onset - p.max_join_windows * p.window_ms;
         let found = self.incidents.iter().rposition(|incident| {
-            let own = || incident.services().contains(service.as_str());
+            let own = || incident.nodes().contains(&service);
             match incident.quiet_since(quiet) {
                 // A recurrence is the same service failing again; a neighbour
                 // failing after the incident resolved is a failure of its own.
@@ -470,7 +476,7 @@ impl IncidentStage {
                 if !incident.confirmed {
                     incident.confirmed = corroborated(&incident.members, p.min_anomalies);
                     if incident.confirmed {
-                        info!(incident = incident.id, service = %service, "incident opened");
+                        info!(incident = incident.id, service = %node::name(&service), "incident opened");
                     }
                 }
                 incident.id
@@ -480,7 +486,7 @@ impl IncidentStage {
                 self.next_id += 1;
                 let confirmed = corroborated(std::slice::from_ref(&member), p.min_anomalies);
                 if confirmed {
-                    info!(incident = id, service = %service, "incident opened");
+                    info!(incident = id, service = %node::name(&service), "incident opened");
                 }
                 self.incidents.push(Incident {
                     id,
@@ -526,9 +532,10 @@ fn entry_points(members: &[&Anomaly], graph: &ServiceGraph) -> Vec<String> {
     let mut out = BTreeSet::new();
     for anomaly in members {
         let key = &anomaly.key;
+        let own = node::own(key);
         if !matches!(key.signal.as_str(), "service" | "operation")
-            || !graph.knows(&key.service)
-            || graph.is_called(&key.service)
+            || !graph.knows(&own)
+            || graph.is_called(&own)
         {
             continue;
         }

@@ -85,9 +85,9 @@ pub struct RemediateStage {
     /// Per incident: its top root cause (service and class) and for how many
     /// windows in a row.
     tops: HashMap<u64, (String, crate::detect::FailureClass, u32)>,
-    /// Per service: (version, previous version).
+    /// Per service node ([`crate::incident::node`]): (version, previous version).
     versions: BTreeMap<String, (String, String)>,
-    /// Per service: its live instances and Kubernetes identity.
+    /// Per service node: its live instances and Kubernetes identity.
     instances: BTreeMap<String, crate::window::inventory::Instances>,
     /// Per service with several instances: its last windows' per-instance
     /// health (window start, rows), oldest first.
@@ -183,7 +183,7 @@ impl RemediateStage {
             let back = active.get(&id).copied().unwrap_or(true);
             if let (Some(case), Some(incident)) = (self.cases.get_mut(&id), listed.get(&id)) {
                 case.members = incident.anomalies().count();
-                case.measures = canary_judge::measures(incident, &case.context.service);
+                case.measures = canary_judge::measures(incident, &case.context.node());
             }
             self.drive(id, back, out);
         }
@@ -198,7 +198,7 @@ impl RemediateStage {
         let Some((ctx, evidence)) = context(incident, &self.versions) else {
             return;
         };
-        let measures = canary_judge::measures(incident, &ctx.service);
+        let measures = canary_judge::measures(incident, &ctx.node());
         let Some(index) = self.playbooks.playbooks.iter().position(|p| p.fits(&ctx)) else {
             return;
         };
@@ -305,7 +305,7 @@ impl RemediateStage {
         case.next += 1;
         // The versions of now, not of when the case opened: after a rollback,
         // the "previous" version is the bad release (flagged, so refused).
-        if let Some((version, previous)) = self.versions.get(&case.context.service) {
+        if let Some((version, previous)) = self.versions.get(&case.context.node()) {
             case.context.version.clone_from(version);
             case.context.previous_version.clone_from(previous);
         }
@@ -335,7 +335,7 @@ impl RemediateStage {
         playbook: &str,
     ) -> Command {
         let ctx = &case.context;
-        let inventory = self.instances.get(&ctx.service);
+        let inventory = self.instances.get(&ctx.node());
         command::command(
             &self.params.source,
             self.now_ms,
@@ -550,16 +550,20 @@ impl Stage for RemediateStage {
                 incidents,
             }) => self.on_incidents(end_ms, services, &incidents, out),
             RemediateInput::Incident(IncidentEvent::Instances(i)) => {
-                self.instances.insert(i.service.clone(), i);
+                let node = crate::incident::node::id(&i.namespace, &i.service, &i.environment);
+                self.instances.insert(node, i);
             }
             RemediateInput::Incident(IncidentEvent::InstanceHealth(window)) => {
                 self.on_health(&window);
             }
             RemediateInput::Incident(IncidentEvent::Deployment(change)) => {
-                self.versions.insert(
-                    change.service.clone(),
-                    (change.to.clone(), change.from.clone()),
+                let node = crate::incident::node::id(
+                    &change.namespace,
+                    &change.service,
+                    &change.environment,
                 );
+                self.versions
+                    .insert(node, (change.to.clone(), change.from.clone()));
             }
             RemediateInput::Outcome(outcome) => self.on_outcome(&outcome, out),
             RemediateInput::Control(control) => {

@@ -42,7 +42,7 @@ pub fn to_json(i: &pb::Incident) -> Value {
                 .iter()
                 .map(|e| json!({"signal": e.signal, "value": e.value, "spoke": e.spoke, "detail": e.detail}))
                 .collect();
-            json!({"service": r.service, "class": r.class, "score": r.score, "evidence": evidence})
+            json!({"service": r.service, "namespace": r.namespace, "environment": r.environment, "class": r.class, "score": r.score, "evidence": evidence})
         })
         .collect();
     let mut out = json!({
@@ -148,8 +148,18 @@ pub async fn incident(addr: SocketAddr, id: u64, output: Output) -> anyhow::Resu
             }
             println!("\nroot causes, best first:");
             for (rank, r) in incident.root_causes.iter().enumerate() {
+                // Where the telemetry names them: namespace/environment.
+                let scope: Vec<&str> = [r.namespace.as_str(), r.environment.as_str()]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                let scope = if scope.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", scope.join("/"))
+                };
                 println!(
-                    "{:>3}. {} ({}, score {:.2})",
+                    "{:>3}. {}{scope} ({}, score {:.2})",
                     rank + 1,
                     r.service,
                     r.class,

@@ -10,7 +10,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::detect::AnomalyLog;
-use crate::incident::{Incident, IncidentLog, IncidentState};
+use crate::incident::{Incident, IncidentLog, IncidentState, node};
 
 /// The generated messages and services of `homeostat.v1`.
 #[allow(unreachable_pub, clippy::all)]
@@ -99,6 +99,8 @@ fn root_causes(incident: &Incident) -> Vec<pb::RootCause> {
         .iter()
         .map(|r| pb::RootCause {
             service: r.service.clone(),
+            namespace: r.namespace.clone(),
+            environment: r.environment.clone(),
             class: r.class.as_str().to_string(),
             score: r.score,
             evidence: r
@@ -240,13 +242,22 @@ impl pb::query_server::Query for QueryService {
             .incidents
             .edges()
             .into_iter()
-            .map(|e| pb::Edge {
-                caller: e.caller,
-                callee: e.callee,
-                last_seen_unix_ms: e.last_seen_ms,
-                first_seen_unix_ms: e.first_seen_ms,
-                callee_kind: e.callee_kind,
-                exemplar_trace_id: e.exemplar_trace_id,
+            .map(|e| {
+                let ([caller_namespace, caller, caller_environment], callee_parts) =
+                    (node::parts(&e.caller), node::parts(&e.callee));
+                let [callee_namespace, callee, callee_environment] = callee_parts;
+                pb::Edge {
+                    caller: caller.to_string(),
+                    callee: callee.to_string(),
+                    caller_namespace: caller_namespace.to_string(),
+                    caller_environment: caller_environment.to_string(),
+                    callee_namespace: callee_namespace.to_string(),
+                    callee_environment: callee_environment.to_string(),
+                    last_seen_unix_ms: e.last_seen_ms,
+                    first_seen_unix_ms: e.first_seen_ms,
+                    callee_kind: e.callee_kind,
+                    exemplar_trace_id: e.exemplar_trace_id,
+                }
             })
             .collect();
         let changes = self
@@ -255,8 +266,12 @@ impl pb::query_server::Query for QueryService {
             .into_iter()
             .map(|c| pb::TopologyChange {
                 kind: if c.new { "new" } else { "gone" }.to_string(),
-                caller: c.caller,
-                callee: c.callee,
+                caller: node::name(&c.caller).to_string(),
+                callee: node::name(&c.callee).to_string(),
+                caller_namespace: node::parts(&c.caller)[0].to_string(),
+                caller_environment: node::parts(&c.caller)[2].to_string(),
+                callee_namespace: node::parts(&c.callee)[0].to_string(),
+                callee_environment: node::parts(&c.callee)[2].to_string(),
                 at_unix_ms: c.at_ms,
             })
             .collect();

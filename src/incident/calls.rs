@@ -25,6 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use super::history::History;
+use super::node;
 use super::rank::{implicated, is_latency};
 use crate::detect::{Anomaly, FailureClass, SeriesKey};
 
@@ -70,19 +71,20 @@ pub fn below(history: &History, nodes: &BTreeSet<String>, onset: i64, hops: usiz
                 // calls: it scans every caller's.
                 .filter(|a| {
                     !is_latency(&a.key)
-                        || !slowed_alone(history, caller, implicated(&a.key).0, onset)
+                        || !slowed_alone(history, caller, &implicated(&a.key).0, onset)
                 })
                 .collect();
-            let callees: BTreeSet<&str> = degraded.iter().map(|a| implicated(&a.key).0).collect();
+            let callees: BTreeSet<String> = degraded.iter().map(|a| implicated(&a.key).0).collect();
             if callees.len() != 1 {
                 continue;
             }
             for anomaly in degraded {
-                let callee = implicated(&anomaly.key).0.to_string();
+                let callee = implicated(&anomaly.key).0;
+                let new = !nodes.contains(&callee);
                 if known.insert(callee.clone()) {
                     next.push(callee);
                 }
-                if !nodes.contains(implicated(&anomaly.key).0) {
+                if new {
                     out.push(anomaly);
                 }
             }
@@ -106,12 +108,12 @@ fn slow_itself(history: &History, node: &str, onset: i64) -> bool {
 /// Callers whose calls to two or more distinct peers degraded in the
 /// incident: the common factor is the caller (its CPU, its network, its
 /// client), not every peer at once, so those anomalies count as its own.
-pub fn slowed_callers<'a>(members: &[&'a Anomaly]) -> HashSet<&'a str> {
-    let mut peers: BTreeMap<&str, HashSet<&str>> = BTreeMap::new();
+pub fn slowed_callers(members: &[&Anomaly]) -> HashSet<String> {
+    let mut peers: BTreeMap<String, HashSet<String>> = BTreeMap::new();
     for anomaly in members {
         if let (peer, true) = implicated(&anomaly.key) {
             peers
-                .entry(anomaly.key.service.as_str())
+                .entry(node::own(&anomaly.key))
                 .or_default()
                 .insert(peer);
         }
@@ -139,7 +141,7 @@ pub fn slowed_alone(history: &History, caller: &str, peer: &str, onset: i64) -> 
     };
     let (mut others, mut own_calls) = (0, None);
     for key in history.edges_to(peer).filter(|k| k.name == "mean_ms") {
-        if key.service == caller {
+        if node::own(key) == caller {
             own_calls = change(key);
             continue;
         }

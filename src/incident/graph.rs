@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use arrow::array::{Array, StringArray};
 
+use super::node;
 use crate::window::WindowTables;
 
 /// Index of `edge_stats` in [`WindowTables::batches`].
@@ -89,12 +90,22 @@ impl ServiceGraph {
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>())
         };
         let (kinds, exemplars) = (text("callee_kind"), text("exemplar_trace_id"));
+        let scope = [
+            text("caller_namespace"),
+            text("caller_environment"),
+            text("callee_namespace"),
+            text("callee_environment"),
+        ];
         if let (Some(caller), Some(callee)) = (text("caller"), text("callee")) {
             for i in 0..batch.num_rows() {
                 if caller.is_null(i) || callee.is_null(i) {
                     continue;
                 }
-                let key = (caller.value(i).to_string(), callee.value(i).to_string());
+                let [cns, cenv, ens, eenv] = scope.map(|c| value(c, i));
+                let key = (
+                    node::id(cns, caller.value(i), cenv),
+                    node::id(ens, callee.value(i), eenv),
+                );
                 if !self.edges.contains_key(&key) && self.edges.len() >= self.max_edges {
                     self.refused += 1;
                     continue;
@@ -309,7 +320,7 @@ pub fn related(
     hops: usize,
     window_ms: i64,
 ) -> bool {
-    match graph.relation(service, &member.key.service, hops) {
+    match graph.relation(service, &super::node::own(&member.key), hops) {
         Relation::Same | Relation::Calls | Relation::Share => true,
         Relation::CalledBy => onset <= member.onset_ms + CAUSE_LAG_WINDOWS * window_ms,
         Relation::Unrelated => false,

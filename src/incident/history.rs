@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use super::node;
 use crate::detect::SeriesKey;
 use crate::detect::catalogue::SeriesKind;
 use crate::detect::rows::{Row, rows};
@@ -123,10 +124,10 @@ impl History {
 
     /// The `edge` series held of calls to `peer`, from any caller.
     pub fn edges_to<'a>(&'a self, peer: &'a str) -> impl Iterator<Item = &'a SeriesKey> + 'a {
-        self.edges
-            .values()
-            .flatten()
-            .filter(move |key| super::rank::implicated(key) == (peer, true))
+        self.edges.values().flatten().filter(move |key| {
+            let (node, pointed) = super::rank::implicated(key);
+            pointed && node == peer
+        })
     }
 
     /// The `edge` series held whose caller is `caller`.
@@ -153,7 +154,7 @@ impl History {
             let mut series: VecDeque<f64> = std::iter::repeat_n(f64::NAN, held).collect();
             series.push_back(value);
             if key.signal == "edge" {
-                let calls = self.edges.entry(key.service.clone()).or_default();
+                let calls = self.edges.entry(super::node::own(&key)).or_default();
                 calls.push(key.clone());
             }
             self.series.insert(key, series);
@@ -208,10 +209,10 @@ pub fn row_key(row: &Row, name: &str) -> SeriesKey {
     }
 }
 
-/// The key of a derived measure of `service`.
-pub fn derived_key(service: &str, name: &str) -> SeriesKey {
+/// The key of a derived measure of node `node` ([`super::node`]).
+pub fn derived_key(node: &str, name: &str) -> SeriesKey {
     SeriesKey {
-        service: service.to_string(),
+        service: node.to_string(),
         signal: DERIVED.to_string(),
         name: name.to_string(),
         attributes: String::new(),
@@ -227,7 +228,7 @@ struct Outgoing {
 
 fn window_values(rows: &[Row]) -> HashMap<SeriesKey, f64> {
     let mut out = HashMap::new();
-    let mut outgoing: HashMap<&str, Outgoing> = HashMap::new();
+    let mut outgoing: HashMap<String, Outgoing> = HashMap::new();
     for row in rows {
         let names: &[&str] = match row.kind {
             SeriesKind::Service | SeriesKind::Operation => &RED,
@@ -242,7 +243,9 @@ fn window_values(rows: &[Row]) -> HashMap<SeriesKey, f64> {
         }
         if row.kind == SeriesKind::Edge {
             let calls = row.volume();
-            let sums = outgoing.entry(row.service.as_str()).or_default();
+            let sums = outgoing
+                .entry(node::of(&row.service, &row.attributes))
+                .or_default();
             sums.wait_ms += calls * row.measure("mean_ms").unwrap_or(0.0);
             sums.errors += row.values.get("errors").copied().unwrap_or(0.0);
         }
@@ -252,16 +255,17 @@ fn window_values(rows: &[Row]) -> HashMap<SeriesKey, f64> {
         if requests <= 0.0 {
             continue;
         }
-        let sums = outgoing.get(row.service.as_str());
+        let id = node::of(&row.service, &row.attributes);
+        let sums = outgoing.get(&id);
         let (wait, failed) = sums.map_or((0.0, 0.0), |s| (s.wait_ms, s.errors));
         if let Some(mean) = row.measure("mean_ms") {
             let own = (mean - wait / requests).max(0.0);
-            out.insert(derived_key(&row.service, "self_ms"), own);
-            out.insert(derived_key(&row.service, "mean_ms"), mean);
+            out.insert(derived_key(&id, "self_ms"), own);
+            out.insert(derived_key(&id, "mean_ms"), mean);
         }
         let errors = row.values.get("errors").copied().unwrap_or(0.0);
         let own_errors = (errors - failed).max(0.0) / requests;
-        out.insert(derived_key(&row.service, "own_error_rate"), own_errors);
+        out.insert(derived_key(&id, "own_error_rate"), own_errors);
     }
     out
 }

@@ -18,6 +18,8 @@ use crate::read_model::TableSource;
 /// last carried traffic, what the callee is, and a trace id to look at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GraphEdge {
+    /// The caller's and callee's identities ([`super::node`]); their names,
+    /// namespaces and environments by [`super::node::parts`].
     pub caller: String,
     pub callee: String,
     pub first_seen_ms: i64,

@@ -43,6 +43,7 @@ use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use super::graph::ServiceGraph;
 use super::history::{History, derived_key};
+use super::node;
 use crate::detect::{Anomaly, FailureClass, SeriesKey};
 
 /// Attributes naming the peer a series measures calls to.
@@ -108,28 +109,40 @@ pub struct Evidence {
     pub detail: String,
 }
 
-/// A ranked candidate.
+/// A ranked candidate: a service (or database, external endpoint) with its
+/// namespace and environment (empty where its telemetry names none).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RootCause {
     pub service: String,
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default)]
+    pub environment: String,
     pub class: FailureClass,
     pub score: f64,
     pub evidence: Vec<Evidence>,
 }
 
-/// The node a series implicates, and whether it is a peer the series' own
-/// service calls: an edge's callee, or the peer a client-side metric names
-/// (a `client` segment in its name, as in OpenTelemetry's `rpc.client.duration`
-/// or `http.client.request.duration`; on server-side metrics the same
-/// attributes name the caller or the server itself).
-pub fn implicated(key: &SeriesKey) -> (&str, bool) {
+impl RootCause {
+    /// The candidate's node identity ([`super::node`]).
+    pub fn node(&self) -> String {
+        node::id(&self.namespace, &self.service, &self.environment)
+    }
+}
+
+/// The node a series implicates ([`super::node`]), and whether it is a peer
+/// the series' own service calls: an edge's callee, or the peer a client-side
+/// metric names (a `client` segment in its name, as in OpenTelemetry's
+/// `rpc.client.duration` or `http.client.request.duration`; on server-side
+/// metrics the same attributes name the caller or the server itself).
+pub fn implicated(key: &SeriesKey) -> (String, bool) {
     let client_side = match key.signal.as_str() {
         "edge" => true,
         "metric" => key.name.split(['.', '_']).any(|s| s == "client"),
         _ => false,
     };
     if !client_side {
-        return (key.service.as_str(), false);
+        return (node::own(key), false);
     }
     for pair in key.attributes.split(',') {
         if let Some((k, v)) = pair.split_once('=')
@@ -137,10 +150,10 @@ pub fn implicated(key: &SeriesKey) -> (&str, bool) {
             && !v.is_empty()
             && v != key.service
         {
-            return (v, true);
+            return (node::peer(key, v), true);
         }
     }
-    (key.service.as_str(), false)
+    (node::own(key), false)
 }
 
 /// What an anomaly of a host-level metric weighs in a candidate's anomaly
@@ -184,21 +197,21 @@ pub fn rank(inputs: &Inputs<'_>) -> Vec<RootCause> {
     let implicated_nodes = inputs
         .members
         .iter()
-        .map(|a| implicated(&a.key).0.to_string())
+        .map(|a| implicated(&a.key).0)
         .collect();
     let below = super::calls::below(inputs.history, &implicated_nodes, first, inputs.hops);
     let members: Vec<&Anomaly> = inputs.members.iter().copied().chain(&below).collect();
-    let mut candidates: BTreeMap<&str, Candidate<'_>> = BTreeMap::new();
+    let mut candidates: BTreeMap<String, Candidate<'_>> = BTreeMap::new();
     let callers = super::calls::slowed_callers(&members);
     for anomaly in &members {
         let (mut node, mut pointed) = implicated(&anomaly.key);
-        let caller = anomaly.key.service.as_str();
+        let caller = node::own(&anomaly.key);
         if pointed
-            && (callers.contains(caller)
+            && (callers.contains(&caller)
                 || (is_latency(&anomaly.key)
-                    && super::calls::slowed_alone(inputs.history, caller, node, first)))
+                    && super::calls::slowed_alone(inputs.history, &caller, &node, first)))
         {
-            (node, pointed) = (anomaly.key.service.as_str(), false);
+            (node, pointed) = (caller, false);
         }
         let c = candidates.entry(node).or_insert(Candidate {
             anomalies: Vec::new(),
@@ -207,7 +220,7 @@ pub fn rank(inputs: &Inputs<'_>) -> Vec<RootCause> {
         c.anomalies.push(anomaly);
         c.pointed &= pointed;
     }
-    let nodes: Vec<&str> = candidates.keys().copied().collect();
+    let nodes: Vec<&str> = candidates.keys().map(String::as_str).collect();
     let symptoms = symptom_series(inputs, &candidates);
     let mut ranked: Vec<RootCause> = candidates
         .iter()
@@ -231,8 +244,11 @@ pub fn rank(inputs: &Inputs<'_>) -> Vec<RootCause> {
                 .sum::<f64>()
                 .clamp(0.0, 1.0);
             evidence.retain(|e| e.value > 0.0 || e.signal == Signal::Anomaly);
+            let [namespace, name, environment] = node::parts(node);
             RootCause {
-                service: node.to_string(),
+                service: name.to_string(),
+                namespace: namespace.to_string(),
+                environment: environment.to_string(),
                 class: class_of(c),
                 score,
                 evidence,
@@ -240,7 +256,11 @@ pub fn rank(inputs: &Inputs<'_>) -> Vec<RootCause> {
         })
         .collect();
     mark_spoken(&mut ranked);
-    ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.service.cmp(&b.service)));
+    ranked.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.node().cmp(&b.node()))
+    });
     ranked
 }
 
@@ -387,7 +407,8 @@ fn topology_signal(inputs: &Inputs<'_>, node: &str, anomalous: &[&str]) -> Evide
         if sick.is_empty() {
             String::new()
         } else {
-            format!(" (anomalous: {})", sick.join(", "))
+            let names: Vec<&str> = sick.iter().map(|n| node::name(n)).collect();
+            format!(" (anomalous: {})", names.join(", "))
         },
         others.len()
     );
@@ -463,7 +484,7 @@ fn change_signal(c: &Candidate<'_>, inputs: &Inputs<'_>, node: &str, onset: i64)
         .iter()
         .filter(|t| t.new && (t.caller == node || t.callee == node))
         .filter(|t| t.at_ms >= from && t.at_ms <= onset + inputs.window_ms)
-        .map(|t| format!("{} -> {}", t.caller, t.callee))
+        .map(|t| format!("{} -> {}", node::name(&t.caller), node::name(&t.callee)))
         .collect();
     if new.is_empty() {
         return evidence(Signal::Change, 0.0, String::new());
@@ -476,9 +497,9 @@ fn change_signal(c: &Candidate<'_>, inputs: &Inputs<'_>, node: &str, onset: i64)
 /// the keys of their anomalous series.
 fn symptom_series<'a>(
     inputs: &Inputs<'_>,
-    candidates: &BTreeMap<&'a str, Candidate<'a>>,
+    candidates: &'a BTreeMap<String, Candidate<'a>>,
 ) -> Vec<(&'a str, SeriesKey)> {
-    let nodes: Vec<&str> = candidates.keys().copied().collect();
+    let nodes: Vec<&str> = candidates.keys().map(String::as_str).collect();
     let front: HashSet<&str> = nodes
         .iter()
         .copied()
@@ -490,8 +511,8 @@ fn symptom_series<'a>(
         .collect();
     candidates
         .iter()
-        .filter(|(n, _)| front.contains(*n))
-        .flat_map(|(n, c)| c.anomalies.iter().map(move |a| (*n, a.key.clone())))
+        .filter(|(n, _)| front.contains(n.as_str()))
+        .flat_map(|(n, c)| c.anomalies.iter().map(move |a| (n.as_str(), a.key.clone())))
         .collect()
 }
 

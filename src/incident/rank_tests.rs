@@ -82,12 +82,12 @@ fn a_silent_database_is_blamed_through_its_callers_edges() {
 fn a_metric_naming_a_peer_implicates_the_peer() {
     let mut a = on("web", "metric", "peer.service=cart", 1, 0.9);
     a.key.name = "rpc.client.duration".into();
-    assert_eq!(implicated(&a.key), ("cart", true));
+    assert_eq!(implicated(&a.key), ("cart".to_string(), true));
     // On the server side the same attribute names the caller.
     a.key.name = "rpc.server.duration".into();
-    assert_eq!(implicated(&a.key), ("web", false));
+    assert_eq!(implicated(&a.key), ("web".to_string(), false));
     let own = on("web", "metric", "host=a", 1, 0.9);
-    assert_eq!(implicated(&own.key), ("web", false));
+    assert_eq!(implicated(&own.key), ("web".to_string(), false));
 }
 
 #[test]

@@ -31,17 +31,22 @@ pub(crate) fn window(w: i64, edges: &[(&str, &str)]) -> crate::window::WindowTab
     for (caller, callee) in edges {
         edge.row(
             &["", caller, "", "", callee, "", "service", ""],
-            &[
-                Cell::U64(Some(10)),
-                Cell::U64(Some(0)),
-                Cell::F64(Some(0.0)),
-                Cell::F64(Some(1.0)),
-                Cell::F64(Some(2.0)),
-                Cell::F64(Some(1.0)),
-            ],
+            &healthy_calls(),
         );
     }
     tables((start, end), TableBuilder::new(0, start, end), edge)
+}
+
+/// The measures of an edge row of 10 healthy calls.
+pub(crate) fn healthy_calls() -> [Cell; 6] {
+    [
+        Cell::U64(Some(10)),
+        Cell::U64(Some(0)),
+        Cell::F64(Some(0.0)),
+        Cell::F64(Some(1.0)),
+        Cell::F64(Some(2.0)),
+        Cell::F64(Some(1.0)),
+    ]
 }
 
 /// The closed window of `service` and `edge` rows (the other tables empty).

@@ -368,3 +368,74 @@ fn fellow_callers_of_one_dependency_are_one_incident() {
     }
     assert_eq!(stage.incidents().len(), 1, "{:#?}", stage.incidents());
 }
+
+/// A closed window of the same call chain in environments `envs` of one
+/// namespace.
+fn chain_in(w: i64, envs: &[&str]) -> crate::window::WindowTables {
+    let (start, end) = (w * W, (w + 1) * W);
+    let mut edge = TableBuilder::new(2, start, end);
+    for env in envs {
+        for (caller, callee) in CHAIN {
+            edge.row(
+                &["shop", caller, env, "shop", callee, env, "service", ""],
+                &super::testing::healthy_calls(),
+            );
+        }
+    }
+    super::testing::tables((start, end), TableBuilder::new(0, start, end), edge)
+}
+
+fn anomaly_in(service: &str, env: &str, w: i64) -> Anomaly {
+    let mut a = anomaly(service, w);
+    a.key.attributes = format!("namespace=shop,environment={env}");
+    a
+}
+
+#[test]
+fn the_same_service_in_two_environments_is_two_nodes() {
+    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    stage.on_window(&chain_in(0, &["prod", "staging"]));
+    // Staging's payments fail and its checkout with them; at the same time
+    // production's frontend fails on its own. Production's frontend calls a
+    // `checkout`, but not staging's.
+    stage.on_batch(vec![
+        anomaly_in("payments", "staging", 1),
+        anomaly_in("checkout", "staging", 1),
+        anomaly_in("frontend", "prod", 1),
+    ]);
+    stage.on_window(&chain_in(1, &["prod", "staging"]));
+    let incidents = stage.incidents();
+    assert_eq!(incidents.len(), 2, "{incidents:#?}");
+    let staging = incidents
+        .iter()
+        .find(|i| i.services().contains("payments"))
+        .expect("staging's incident");
+    assert_eq!(
+        staging.services().into_iter().collect::<Vec<_>>(),
+        vec!["checkout", "payments"]
+    );
+    let top = &staging.root_causes[0];
+    assert_eq!(
+        (
+            top.service.as_str(),
+            top.namespace.as_str(),
+            top.environment.as_str()
+        ),
+        ("payments", "shop", "staging")
+    );
+    // Production's payments failing next joins production's incident (a
+    // callee of its frontend), not staging's, though staging's has a
+    // `payments` failing.
+    stage.on_event(&AnomalyEvent::Opened(anomaly_in("payments", "prod", 2)));
+    let incidents = stage.incidents();
+    assert_eq!(incidents.len(), 2);
+    let prod = incidents
+        .iter()
+        .find(|i| i.services().contains("frontend"))
+        .expect("production's incident");
+    assert_eq!(prod.anomalies().count(), 2);
+    assert!(
+        prod.anomalies()
+            .all(|a| a.key.attributes.contains("environment=prod"))
+    );
+}

@@ -65,7 +65,7 @@ impl RemediateStage {
         if !self.params.canary || !self.params.canary_actions.contains(&command.data.action) {
             return;
         }
-        let Some(instances) = self.instances.get(&case.context.service) else {
+        let Some(instances) = self.instances.get(&case.context.node()) else {
             return;
         };
         let Some((first, rest)) = split(&instances.instances, self.params.canary_share) else {

@@ -81,12 +81,15 @@ impl Measure {
     }
 }
 
-/// The measures of `incident`'s own anomalies on `service` (not those its
+/// The measures of `incident`'s own anomalies on node `node` (not those its
 /// callers see of it).
-pub fn measures(incident: &crate::incident::Incident, service: &str) -> Vec<Measure> {
+pub fn measures(incident: &crate::incident::Incident, node: &str) -> Vec<Measure> {
     let mut out: Vec<Measure> = incident
         .anomalies()
-        .filter(|a| crate::incident::rank::implicated(&a.key) == (service, false))
+        .filter(|a| {
+            let (own, pointed) = crate::incident::rank::implicated(&a.key);
+            !pointed && own == node
+        })
         .filter_map(|a| Measure::of(&a.key))
         .collect();
     out.sort();

@@ -89,35 +89,25 @@ pub fn recovered(incident: &Incident) -> bool {
         || incident.members().all(|(_, ended)| ended.is_some())
 }
 
-/// The context of `incident`'s top root cause: its identity from the members'
-/// attributes, its callers from the members' peer series, and its versions.
+/// The context of `incident`'s top root cause: its identity (name, namespace,
+/// environment) as ranked, its callers from the members' peer series, and its
+/// versions.
 pub fn context(
     incident: &Incident,
     versions: &BTreeMap<String, (String, String)>,
 ) -> Option<(Context, Vec<String>)> {
     let top = incident.root_causes.first()?;
     let service = top.service.clone();
-    let mut namespace = String::new();
-    let mut environment = String::new();
+    let (namespace, environment) = (top.namespace.clone(), top.environment.clone());
+    let node = top.node();
     let mut callers = BTreeSet::new();
     for anomaly in incident.anomalies() {
         let key = &anomaly.key;
-        let (node, peer) = implicated(key);
-        if node != service {
-            continue;
-        }
-        if peer {
+        if implicated(key) == (node.clone(), true) {
             callers.insert(key.service.clone());
         }
-        for pair in key.attributes.split(',') {
-            match pair.split_once('=') {
-                Some(("namespace", v)) if namespace.is_empty() => namespace = v.to_string(),
-                Some(("environment", v)) if environment.is_empty() => environment = v.to_string(),
-                _ => {}
-            }
-        }
     }
-    let (version, previous_version) = versions.get(&service).cloned().unwrap_or_default();
+    let (version, previous_version) = versions.get(&node).cloned().unwrap_or_default();
     let evidence = top
         .evidence
         .iter()

@@ -134,6 +134,11 @@ pub struct Context {
 }
 
 impl Context {
+    /// The root cause's node identity ([`crate::incident::node`]).
+    pub fn node(&self) -> String {
+        crate::incident::node::id(&self.namespace, &self.service, &self.environment)
+    }
+
     fn value(&self, name: &str) -> String {
         match name {
             "service" => self.service.clone(),

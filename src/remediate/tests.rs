@@ -290,6 +290,39 @@ fn a_faulty_deploy_is_rolled_back_to_the_previous_version() {
     assert_eq!(sent[0].data.target.version, "1.5");
 }
 
+#[test]
+fn a_rollback_takes_the_versions_of_the_failing_environment() {
+    let mut l = Loop::new(limits());
+    for (env, from, to) in [("staging", "2.0", "2.1"), ("prod", "1.4", "1.5")] {
+        let change = crate::window::deployments::VersionChange {
+            namespace: "shop".into(),
+            service: "cart".into(),
+            environment: env.into(),
+            from: from.into(),
+            to: to.into(),
+            at_ms: W,
+        };
+        l.remediate.on_data(
+            RemediateInput::Incident(IncidentEvent::Deployment(change)),
+            &mut Vec::new(),
+        );
+    }
+    // Staging's cart fails after its deploy; production's deployed later.
+    let mut a = anomaly("cart", l.w);
+    a.class = FailureClass::FaultyDeployment;
+    a.key.attributes = "namespace=shop,environment=staging".into();
+    l.incidents.on_event(&AnomalyEvent::Opened(a));
+    l.tick();
+    let sent = l.tick();
+    assert_eq!(actions(&sent), ["rollback"]);
+    let target = &sent[0].data.target;
+    assert_eq!(
+        (target.environment.as_str(), target.version.as_str()),
+        ("staging", "2.1")
+    );
+    assert_eq!(sent[0].data.params["to_version"], "2.0");
+}
+
 /// After a rollback healed it, the same incident recurs: the playbook starts
 /// over, but the versions are today's (running 1.4, previous 1.5, the flagged
 /// one), so the rollback guard refuses to "roll back" onto the bad release.
