@@ -114,6 +114,7 @@ fn anomaly(service: &str, signal: &str, name: &str, attributes: &str, onset: i64
         score: 0.9,
         windows: 2,
         detail: String::new(),
+        decisive: false,
     }
 }
 

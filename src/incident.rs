@@ -510,8 +510,9 @@ impl IncidentStage {
 /// Whether anomalies are enough for an incident: `min` distinct series, or one
 /// on requests (a service's, an operation's, or calls to a peer as the caller
 /// sees them), on a log template (the application itself saying something new
-/// or unusual), or right after a deployment. A lone resource metric or log
-/// count is the commonest false alarm and waits for corroboration.
+/// or unusual), right after a deployment, or decisive (a resource's use far
+/// outside its own baseline). A lone resource metric or log count is the
+/// commonest false alarm and otherwise waits for corroboration.
 fn corroborated(members: &[Member], min: usize) -> bool {
     let series: BTreeSet<&crate::detect::SeriesKey> =
         members.iter().map(|m| &m.anomaly.key).collect();
@@ -523,6 +524,7 @@ fn corroborated(members: &[Member], min: usize) -> bool {
                 "service" | "operation" | "edge" | "log_template"
             ) || rank::implicated(key).1
                 || m.anomaly.class == crate::detect::FailureClass::FaultyDeployment
+                || m.anomaly.decisive
         })
 }
 

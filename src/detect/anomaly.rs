@@ -106,6 +106,12 @@ pub struct Anomaly {
     pub windows: u64,
     /// A short human-readable explanation.
     pub detail: String,
+    /// Held decisively when confirmed ([`crate::detect::detectors::Candidate`]):
+    /// as unlikely by chance as the pattern's whole run at its threshold; for
+    /// a resource near its limit, its use left its own baseline as far. Such
+    /// an anomaly needs no other to open an incident.
+    #[serde(default)]
+    pub decisive: bool,
 }
 
 /// How an anomaly episode changes, as detection emits it: the next stages

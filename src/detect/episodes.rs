@@ -131,6 +131,7 @@ impl Episodes {
             score: c.score,
             windows: episode.windows,
             detail: c.detail,
+            decisive: c.decisive,
         };
         info!(
             class = %anomaly.class,

@@ -184,6 +184,7 @@ fn degraded(history: &History, key: &SeriesKey, onset: i64) -> Option<Anomaly> {
             "{} {} {before:.4} -> {after:.4} since onset, not yet an anomaly",
             key.service, key.name
         ),
+        decisive: false,
     })
 }
 

@@ -88,5 +88,6 @@ pub(crate) fn anomaly(service: &str, onset_w: i64) -> Anomaly {
         score: 1.0,
         windows: 2,
         detail: String::new(),
+        decisive: false,
     }
 }

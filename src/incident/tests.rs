@@ -439,3 +439,30 @@ fn the_same_service_in_two_environments_is_two_nodes() {
             .all(|a| a.key.attributes.contains("environment=prod"))
     );
 }
+
+#[test]
+fn a_lone_resource_anomaly_waits_unless_it_left_its_baseline() {
+    let mut p = params();
+    p.min_anomalies = 2;
+    let mut stage = IncidentStage::new(p, IncidentLog::default());
+    stage.on_window(&window(0, &CHAIN));
+    let saturated = |service: &str, decisive: bool| {
+        let mut a = anomaly(service, 1);
+        a.key.signal = "metric".into();
+        a.key.name = "container.cpu.utilization".into();
+        a.class = crate::detect::FailureClass::Saturation;
+        a.decisive = decisive;
+        a
+    };
+    // A service near its CPU limit as it often is: not reported alone.
+    stage.on_event(&AnomalyEvent::Opened(saturated("checkout", false)));
+    // One whose CPU leapt far above its own baseline: reported.
+    stage.on_event(&AnomalyEvent::Opened(saturated("search", true)));
+    let confirmed: Vec<Vec<&str>> = stage
+        .incidents()
+        .iter()
+        .map(|i| (i.confirmed, i.services().into_iter().collect()))
+        .filter_map(|(c, s)| c.then_some(s))
+        .collect();
+    assert_eq!(confirmed, vec![vec!["search"]]);
+}

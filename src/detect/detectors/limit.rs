@@ -2,7 +2,8 @@
 
 use serde::Deserialize;
 
-use super::{Candidate, Detect, Eval, Scope, WindowContext, short};
+use super::{Candidate, Detect, Eval, Scope, WindowContext, resolution, short};
+use crate::detect::baseline::Baseline;
 use crate::detect::catalogue::SeriesKind;
 use crate::detect::rows::Row;
 
@@ -78,6 +79,7 @@ impl Detect for Limit {
         let score = fraction
             .max(tte.map_or(0.0, |s| 1.0 - s / horizon.max(1.0)))
             .clamp(0.0, 1.0);
+        let departed = departed(eval, scope);
         let eta = tte
             .map(|s| {
                 format!(
@@ -91,10 +93,43 @@ impl Detect for Limit {
             expected: limit,
             score,
             onset: None,
-            detail: format!("{:.0}% of limit {}{eta}", fraction * 100.0, short(limit)),
-            decisive: false,
+            detail: format!(
+                "{:.0}% of limit {}{eta}{}",
+                fraction * 100.0,
+                short(limit),
+                if departed {
+                    ", far above its own baseline"
+                } else {
+                    ""
+                }
+            ),
+            decisive: departed,
         })
     }
+}
+
+/// The two-sided tail under its baseline at or below which a use has left
+/// it: as unlikely as two windows in a row at the deviation patterns' bar
+/// (0.9999), z >= 5.7.
+const DEPARTED_TAIL: f64 = 1e-8;
+
+/// Whether the value is far above the series' own baseline: a service that
+/// idled at a few percent of its CPU now burns most of it. A service that
+/// often runs near its limit (the commonest false alarm of this detector)
+/// reaches it within its baseline's spread.
+fn departed(eval: &Eval<'_>, scope: &mut Scope<'_>) -> bool {
+    let volume = eval.row.volume();
+    scope
+        .series
+        .ready(eval.key, eval.measure)
+        .is_some_and(|state| left(&state.baseline, eval.t, eval.value, eval.measure, volume))
+}
+
+/// Whether `value` at `t` is far above `baseline` ([`DEPARTED_TAIL`]).
+fn left(baseline: &Baseline, t: i64, value: f64, measure: &str, volume: f64) -> bool {
+    let floor = resolution(measure, baseline.expected(t), volume);
+    let d = baseline.deviation(t, value, floor);
+    value > d.expected && 1.0 - d.score() <= DEPARTED_TAIL
 }
 
 /// The limit of a usage metric: a sibling named per `pairs`, or 1 / 100 for
@@ -141,4 +176,39 @@ fn slope_per_sec(points: &[(i64, f64)]) -> f64 {
         den += dt * dt;
     }
     if den > 0.0 { num / den } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::baseline::BaselineParams;
+    use crate::loadgen::fleet::Rng;
+
+    const W: i64 = 10_000;
+
+    /// A baseline of 300 windows of `level` plus `swing` times a normal draw.
+    fn learned(level: f64, swing: f64) -> Baseline {
+        let params = BaselineParams::default();
+        let mut rng = Rng::new(7);
+        let mut baseline = Baseline::new(0, level);
+        for w in 1..300 {
+            baseline.learn(
+                w * W,
+                (level + swing * rng.normal()).clamp(0.0, 100.0),
+                &params,
+            );
+        }
+        baseline
+    }
+
+    #[test]
+    fn a_use_far_above_its_own_baseline_has_left_it_a_usual_high_has_not() {
+        let t = 300 * W;
+        // CPU idling at 3% of its limit, now at 90%.
+        assert!(left(&learned(3.0, 1.0), t, 90.0, "last", 0.0));
+        // A service that swings between about 40% and 90%: 88% is its usual.
+        assert!(!left(&learned(65.0, 12.0), t, 88.0, "last", 0.0));
+        // Far below is not a use that left its baseline upward.
+        assert!(!left(&learned(60.0, 1.0), t, 3.0, "last", 0.0));
+    }
 }

@@ -272,7 +272,7 @@ pub fn window_at(
             .round()
             .clamp(0.0, calls as f64);
         edge.row(
-            &["", &svc, "", "", &callee, "", kind, ""],
+            &["shop", &svc, "prod", "shop", &callee, "prod", kind, ""],
             &[
                 Cell::U64(Some(calls)),
                 Cell::U64(Some(edge_errors as u64)),
