@@ -140,7 +140,11 @@ pub fn slowed_alone(history: &History, caller: &str, peer: &str, onset: i64) -> 
         change(key).is_some_and(|(before, after)| before > 0.0 && after >= SLOWED * before)
     };
     let (mut others, mut own_calls) = (0, None);
-    for key in history.edges_to(peer).filter(|k| k.name == "mean_ms") {
+    for key in history
+        .edges_to(peer)
+        .iter()
+        .filter(|k| k.name == "mean_ms")
+    {
         if node::own(key) == caller {
             own_calls = change(key);
             continue;

@@ -33,8 +33,10 @@ pub struct History {
     /// Start of each window held, oldest first.
     starts: VecDeque<i64>,
     series: HashMap<SeriesKey, VecDeque<f64>>,
-    /// The `edge` series held, by caller (kept as series come and go).
+    /// The `edge` series held, by caller node and by the node they implicate
+    /// (the callee), kept as series come and go.
     edges: HashMap<String, Vec<SeriesKey>>,
+    edges_into: HashMap<String, Vec<SeriesKey>>,
     refused: u64,
 }
 
@@ -46,6 +48,7 @@ impl History {
             starts: VecDeque::new(),
             series: HashMap::new(),
             edges: HashMap::new(),
+            edges_into: HashMap::new(),
             refused: 0,
         }
     }
@@ -123,11 +126,8 @@ impl History {
     }
 
     /// The `edge` series held of calls to `peer`, from any caller.
-    pub fn edges_to<'a>(&'a self, peer: &'a str) -> impl Iterator<Item = &'a SeriesKey> + 'a {
-        self.edges.values().flatten().filter(move |key| {
-            let (node, pointed) = super::rank::implicated(key);
-            pointed && node == peer
-        })
+    pub fn edges_to(&self, peer: &str) -> &[SeriesKey] {
+        self.edges_into.get(peer).map_or(&[], Vec::as_slice)
     }
 
     /// The `edge` series held whose caller is `caller`.
@@ -156,6 +156,9 @@ impl History {
             if key.signal == "edge" {
                 let calls = self.edges.entry(super::node::own(&key)).or_default();
                 calls.push(key.clone());
+                if let (callee, true) = super::rank::implicated(&key) {
+                    self.edges_into.entry(callee).or_default().push(key.clone());
+                }
             }
             self.series.insert(key, series);
         }
@@ -170,10 +173,12 @@ impl History {
         if self.series.len() != before {
             // Only when series were dropped: the index is kept as series come.
             let series = &self.series;
-            self.edges.retain(|_, calls| {
-                calls.retain(|k| series.contains_key(k));
-                !calls.is_empty()
-            });
+            for index in [&mut self.edges, &mut self.edges_into] {
+                index.retain(|_, calls| {
+                    calls.retain(|k| series.contains_key(k));
+                    !calls.is_empty()
+                });
+            }
         }
     }
 }
@@ -351,11 +356,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_call_index_follows_the_series_held() {
+    fn the_call_indexes_follow_the_series_held() {
         let mut history = History::new(3, 100);
         history.on_window(&window(0, 50.0, 40.0));
         assert_eq!(history.edges_from("front").len(), EDGE.len());
         assert!(history.edges_from("back").is_empty());
+        assert_eq!(history.edges_to("back").len(), EDGE.len());
+        assert!(history.edges_to("front").is_empty());
         // Windows without the call: its series age out, and the index with them.
         for w in 1..4 {
             let mut tables = window(w, 50.0, 40.0);
@@ -365,6 +372,7 @@ pub(crate) mod tests {
             history.on_window(&tables);
         }
         assert!(history.edges_from("front").is_empty());
+        assert!(history.edges_to("back").is_empty());
     }
 
     #[test]
