@@ -139,12 +139,9 @@ impl Incident {
             .collect()
     }
 
-    /// The nodes of its anomalies' own services ([`node`]).
-    fn nodes(&self) -> BTreeSet<String> {
-        self.members
-            .iter()
-            .map(|m| node::own(&m.anomaly.key))
-            .collect()
+    /// Whether one of its anomalies is on node `id`'s own series ([`node`]).
+    fn has_node(&self, id: &str) -> bool {
+        self.members.iter().any(|m| node::own(&m.anomaly.key) == id)
     }
 
     /// When it resolved, or would resolve had a window closed since: every
@@ -271,15 +268,16 @@ impl IncidentStage {
     /// deploy and now fails because payments fail is in the payments incident,
     /// not a recurrence of the deploy.
     pub fn on_batch(&mut self, batch: Vec<Anomaly>) {
-        let nodes: BTreeSet<String> = batch.iter().map(|a| rank::implicated(&a.key).0).collect();
+        let implicated: Vec<String> = batch.iter().map(|a| rank::implicated(&a.key).0).collect();
+        let nodes: BTreeSet<&String> = implicated.iter().collect();
         let reach = self.params.hops.max(1) * 2;
         let mut batch: Vec<(usize, Anomaly)> = batch
             .into_iter()
-            .map(|a| {
-                let own = rank::implicated(&a.key).0;
+            .zip(&implicated)
+            .map(|(a, own)| {
                 let below = nodes
                     .iter()
-                    .filter(|n| **n != own && self.graph.reaches(&own, n, reach))
+                    .filter(|n| **n != own && self.graph.reaches(own, n, reach))
                     .count();
                 (below, a)
             })
@@ -439,7 +437,7 @@ impl IncidentStage {
         let quiet = p.resolve_windows * p.window_ms;
         let gather_from = onset - p.max_join_windows * p.window_ms;
         let found = self.incidents.iter().rposition(|incident| {
-            let own = || incident.nodes().contains(&service);
+            let own = || incident.has_node(&service);
             match incident.quiet_since(quiet) {
                 // A recurrence is the same service failing again; a neighbour
                 // failing after the incident resolved is a failure of its own.

@@ -93,6 +93,14 @@ fn anomaly(a: &crate::detect::Anomaly, ended: Option<i64>) -> pb::Anomaly {
     }
 }
 
+/// The two ends of an edge from their node identities: caller and callee
+/// names, then the caller's namespace and environment, then the callee's.
+fn ends(caller: &str, callee: &str) -> [String; 6] {
+    let [cns, caller, cenv] = node::parts(caller);
+    let [ens, callee, eenv] = node::parts(callee);
+    [caller, callee, cns, cenv, ens, eenv].map(str::to_string)
+}
+
 fn root_causes(incident: &Incident) -> Vec<pb::RootCause> {
     incident
         .root_causes
@@ -243,16 +251,21 @@ impl pb::query_server::Query for QueryService {
             .edges()
             .into_iter()
             .map(|e| {
-                let ([caller_namespace, caller, caller_environment], callee_parts) =
-                    (node::parts(&e.caller), node::parts(&e.callee));
-                let [callee_namespace, callee, callee_environment] = callee_parts;
+                let [
+                    caller,
+                    callee,
+                    caller_namespace,
+                    caller_environment,
+                    callee_namespace,
+                    callee_environment,
+                ] = ends(&e.caller, &e.callee);
                 pb::Edge {
-                    caller: caller.to_string(),
-                    callee: callee.to_string(),
-                    caller_namespace: caller_namespace.to_string(),
-                    caller_environment: caller_environment.to_string(),
-                    callee_namespace: callee_namespace.to_string(),
-                    callee_environment: callee_environment.to_string(),
+                    caller,
+                    callee,
+                    caller_namespace,
+                    caller_environment,
+                    callee_namespace,
+                    callee_environment,
                     last_seen_unix_ms: e.last_seen_ms,
                     first_seen_unix_ms: e.first_seen_ms,
                     callee_kind: e.callee_kind,
@@ -264,15 +277,25 @@ impl pb::query_server::Query for QueryService {
             .incidents
             .changes()
             .into_iter()
-            .map(|c| pb::TopologyChange {
-                kind: if c.new { "new" } else { "gone" }.to_string(),
-                caller: node::name(&c.caller).to_string(),
-                callee: node::name(&c.callee).to_string(),
-                caller_namespace: node::parts(&c.caller)[0].to_string(),
-                caller_environment: node::parts(&c.caller)[2].to_string(),
-                callee_namespace: node::parts(&c.callee)[0].to_string(),
-                callee_environment: node::parts(&c.callee)[2].to_string(),
-                at_unix_ms: c.at_ms,
+            .map(|c| {
+                let [
+                    caller,
+                    callee,
+                    caller_namespace,
+                    caller_environment,
+                    callee_namespace,
+                    callee_environment,
+                ] = ends(&c.caller, &c.callee);
+                pb::TopologyChange {
+                    kind: if c.new { "new" } else { "gone" }.to_string(),
+                    caller,
+                    callee,
+                    caller_namespace,
+                    caller_environment,
+                    callee_namespace,
+                    callee_environment,
+                    at_unix_ms: c.at_ms,
+                }
             })
             .collect();
         Ok(Response::new(pb::ServiceGraph { edges, changes }))

@@ -67,8 +67,7 @@ pub fn below(history: &History, nodes: &BTreeSet<String>, onset: i64, hops: usiz
                 .filter(|key| implicated(key).1)
                 .filter_map(|key| degraded(history, key, onset))
                 // A slowdown only this caller sees is its own (as in the
-                // ranking, errors are not compared); only for the few degraded
-                // calls: it scans every caller's.
+                // ranking, errors are not compared).
                 .filter(|a| {
                     !is_latency(&a.key)
                         || !slowed_alone(history, caller, &implicated(&a.key).0, onset)

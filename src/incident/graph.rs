@@ -320,7 +320,7 @@ pub fn related(
     hops: usize,
     window_ms: i64,
 ) -> bool {
-    match graph.relation(service, &super::node::own(&member.key), hops) {
+    match graph.relation(service, &node::own(&member.key), hops) {
         Relation::Same | Relation::Calls | Relation::Share => true,
         Relation::CalledBy => onset <= member.onset_ms + CAUSE_LAG_WINDOWS * window_ms,
         Relation::Unrelated => false,

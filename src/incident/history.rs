@@ -154,7 +154,7 @@ impl History {
             let mut series: VecDeque<f64> = std::iter::repeat_n(f64::NAN, held).collect();
             series.push_back(value);
             if key.signal == "edge" {
-                let calls = self.edges.entry(super::node::own(&key)).or_default();
+                let calls = self.edges.entry(node::own(&key)).or_default();
                 calls.push(key.clone());
                 if let (callee, true) = super::rank::implicated(&key) {
                     self.edges_into.entry(callee).or_default().push(key.clone());
