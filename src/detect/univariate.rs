@@ -416,7 +416,7 @@ impl Univariate {
             return 0.0;
         }
         self.seen += 1;
-        self.learn_quantum(value);
+        let last = self.recent.back().copied();
         self.recent.push_back(value);
         while self.recent.len() > Self::keep(&self.params) {
             self.recent.pop_front();
@@ -477,6 +477,10 @@ impl Univariate {
         if let Some(x) = spread {
             self.rough.push(x);
         }
+        // After the score: a value's own step must not floor the tails it is
+        // judged by (the first move of a series that never moved would be "one
+        // step" by definition).
+        self.learn_quantum(last, value);
         self.values.push(value);
         if self.seen <= self.params.warmup {
             return 0.0;
@@ -487,8 +491,8 @@ impl Univariate {
     /// Tracks the smallest step between values (1 for counts) and floors each
     /// view's fitted tails by it, scaled to the view (a mean of m values moves in
     /// steps of 1/m; its noise shrinks like 1/sqrt(m)).
-    fn learn_quantum(&mut self, value: f64) {
-        if let Some(&last) = self.recent.back() {
+    fn learn_quantum(&mut self, last: Option<f64>, value: f64) {
+        if let Some(last) = last {
             let step = (value - last).abs();
             if step > 0.0 && self.quantum.is_none_or(|q| step < q) {
                 self.quantum = Some(step);

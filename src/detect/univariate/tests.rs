@@ -308,3 +308,26 @@ fn zeros_and_flat_stretches_do_not_storm() {
         a.len()
     );
 }
+
+#[test]
+fn the_first_move_of_a_series_that_never_moved_is_not_its_own_yardstick() {
+    // A success rate at exactly 100% for 300 minutes, then 95%: no step was ever
+    // seen, so none floors the tails; the drop's own step of 5 used to, and
+    // scored it 0.985, below the alert threshold (a nearly flat series, with
+    // jitter of 0.5, scored the same drop 0.99998).
+    let params = UnivariateParams::default();
+    let mut d = Univariate::new(params.clone());
+    for i in 0..300 {
+        assert_eq!(d.observe(i * 60, 100.0), 0.0, "flat value {i}");
+    }
+    let drop = d.observe(300 * 60, 95.0);
+    assert!(drop >= params.fire, "the first drop scored {drop}");
+    // Once a step is known it floors the tails: the next like move, after the
+    // rest, is one of a kind already seen, not a far outlier.
+    let mut later = 0.0;
+    for i in 301..450 {
+        let v = if i >= 446 { 97.0 } else { 100.0 };
+        later = d.observe(i * 60, v);
+    }
+    assert!(later < 0.99999, "a move like a known one scored {later}");
+}
