@@ -105,6 +105,8 @@ fn schema() -> SchemaRef {
             Field::new("anomalies", DataType::UInt64, false),
             Field::new("reopened", DataType::UInt64, false),
             Field::new("root_cause", DataType::Utf8, true),
+            Field::new("root_cause_namespace", DataType::Utf8, true),
+            Field::new("root_cause_environment", DataType::Utf8, true),
             Field::new("root_cause_class", DataType::Utf8, true),
             Field::new("root_cause_score", DataType::Float64, true),
             Field::new("entry_points", DataType::Utf8, false),
@@ -141,6 +143,7 @@ impl TableSource for IncidentLog {
             StringBuilder::new(),
             StringBuilder::new(),
         );
+        let (mut top_namespace, mut top_environment) = (StringBuilder::new(), StringBuilder::new());
         let mut top_score = Float64Builder::new();
         let mut opened = TimestampMillisecondBuilder::new().with_timezone("UTC");
         let mut resolved = TimestampMillisecondBuilder::new().with_timezone("UTC");
@@ -160,6 +163,8 @@ impl TableSource for IncidentLog {
             reopened.append_value(incident.reopened);
             let best = incident.root_causes.first();
             top.append_option(best.map(|r| r.service.as_str()));
+            top_namespace.append_option(best.map(|r| r.namespace.as_str()));
+            top_environment.append_option(best.map(|r| r.environment.as_str()));
             top_class.append_option(best.map(|r| r.class.as_str()));
             top_score.append_option(best.map(|r| r.score));
             entry.append_value(incident.entry_points.join(","));
@@ -177,6 +182,8 @@ impl TableSource for IncidentLog {
             Arc::new(anomalies.finish()),
             Arc::new(reopened.finish()),
             Arc::new(top.finish()),
+            Arc::new(top_namespace.finish()),
+            Arc::new(top_environment.finish()),
             Arc::new(top_class.finish()),
             Arc::new(top_score.finish()),
             Arc::new(entry.finish()),

@@ -117,7 +117,7 @@ fn the_table_lists_incidents() {
     stage.on_window(&window(1, &CHAIN));
     let batch = &log.batches().expect("table")[0];
     assert_eq!(batch.num_rows(), 1);
-    assert_eq!(batch.schema().fields().len(), 13);
+    assert_eq!(batch.schema().fields().len(), 15);
 }
 
 #[test]
@@ -393,7 +393,8 @@ fn anomaly_in(service: &str, env: &str, w: i64) -> Anomaly {
 
 #[test]
 fn the_same_service_in_two_environments_is_two_nodes() {
-    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    let log = IncidentLog::default();
+    let mut stage = IncidentStage::new(params(), log.clone());
     stage.on_window(&chain_in(0, &["prod", "staging"]));
     // Staging's payments fail and its checkout with them; at the same time
     // production's frontend fails on its own. Production's frontend calls a
@@ -422,6 +423,25 @@ fn the_same_service_in_two_environments_is_two_nodes() {
             top.environment.as_str()
         ),
         ("payments", "shop", "staging")
+    );
+    // The `incidents` table names the root cause's scope too.
+    use crate::read_model::TableSource;
+    let batch = &log.batches().expect("the incidents table")[0];
+    let text = |name: &str| {
+        let column = batch.column_by_name(name).expect(name);
+        let strings = column.as_any().downcast_ref::<arrow::array::StringArray>();
+        strings.expect("a text column").clone()
+    };
+    let cause = text("root_cause");
+    let row = (0..batch.num_rows())
+        .find(|&i| cause.value(i) == "payments")
+        .expect("staging's incident in the table");
+    assert_eq!(
+        (
+            text("root_cause_namespace").value(row),
+            text("root_cause_environment").value(row)
+        ),
+        ("shop", "staging")
     );
     // Production's payments failing next joins production's incident (a
     // callee of its frontend), not staging's, though staging's has a

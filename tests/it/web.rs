@@ -138,6 +138,11 @@ async fn the_web_view_shows_the_incident_and_its_root_cause() {
         dom.contains("<td class=\"cause\">cart</td>"),
         "no incident with root cause cart:\n{dom}"
     );
+    // ... and its scope: the namespace its telemetry names (no environment).
+    assert!(
+        dom.contains("<td class=\"cause\">cart</td><td class=\"muted\">golden</td>"),
+        "the root cause's scope is not shown:\n{dom}"
+    );
     let node = dom
         .split("data-node=\"cart\"")
         .nth(1)
