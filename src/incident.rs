@@ -6,8 +6,10 @@
 //! the incident open to later, unrelated failures) and holds a member it is
 //! related to within `hops` calls on the service graph ([`graph`]): the same
 //! node, a node it calls or shares a dependency with, or a node that calls it
-//! if it began soon enough to be that node's cause ([`graph::related`]); else it
-//! opens a new incident. An
+//! if it began soon enough to be that node's cause ([`graph::related`]). An
+//! anomaly on a node already in an incident that is still gathering (within
+//! `max_join_windows` of its opening) joins it however long after the last
+//! onset: more of the same failure. Else it opens a new incident. An
 //! incident is `resolved` once every member anomaly has ended and `resolve_windows`
 //! windows passed; an anomaly that would join it within `reopen_windows` after
 //! that reopens it (flapping control) instead of opening another.
@@ -445,12 +447,24 @@ impl IncidentStage {
                 // Every member ended: it is recovering, not gathering; a
                 // neighbour failing now is a failure of its own too.
                 _ if incident.members.iter().all(|m| m.ended_ms.is_some()) => own(),
+                // Still gathering: a node already in it that shows more of
+                // its failure joins however long ago the last one began (a
+                // metric sampled once a minute shows a new symptom minutes
+                // apart); another node joins when it is related and recent.
                 _ => {
-                    incident.last_onset_ms >= join_from
-                        && incident.opened_ms >= gather_from
-                        && incident.members.iter().any(|m| {
-                            graph::related(graph, &service, onset, &m.anomaly, p.hops, p.window_ms)
-                        })
+                    incident.opened_ms >= gather_from
+                        && (own()
+                            || incident.last_onset_ms >= join_from
+                                && incident.members.iter().any(|m| {
+                                    graph::related(
+                                        graph,
+                                        &service,
+                                        onset,
+                                        &m.anomaly,
+                                        p.hops,
+                                        p.window_ms,
+                                    )
+                                }))
                 }
             }
         });

@@ -486,3 +486,29 @@ fn a_lone_resource_anomaly_waits_unless_it_left_its_baseline() {
         .collect();
     assert_eq!(confirmed, vec![vec!["search"]]);
 }
+
+#[test]
+fn more_of_a_failing_node_joins_its_open_incident_minutes_later_a_neighbour_does_not() {
+    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    stage.on_window(&window(0, &CHAIN));
+    // payments' memory climbs from window 1 and is still climbing; a metric
+    // sampled once a minute shows its latency rising 12 windows later, long
+    // after `join_windows` (5) of the last onset.
+    let mut memory = anomaly("payments", 1);
+    memory.key.signal = "metric".into();
+    memory.key.name = "process.memory.usage".into();
+    stage.on_event(&AnomalyEvent::Opened(memory));
+    let mut latency = anomaly("payments", 13);
+    latency.key.name = "p95_ms".into();
+    stage.on_event(&AnomalyEvent::Opened(latency));
+    assert_eq!(stage.incidents().len(), 1, "{:#?}", stage.incidents());
+    // Its caller failing as late is a failure of its own: only a recent
+    // onset gathers neighbours.
+    stage.on_event(&AnomalyEvent::Opened(anomaly("checkout", 20)));
+    assert_eq!(stage.incidents().len(), 2);
+    // And past `max_join_windows` (30) of its opening, payments too opens anew.
+    let mut later = anomaly("payments", 40);
+    later.key.name = "p99_ms".into();
+    stage.on_event(&AnomalyEvent::Opened(later));
+    assert_eq!(stage.incidents().len(), 3);
+}
