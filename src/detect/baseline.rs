@@ -22,6 +22,10 @@ const WEEK_SLOTS: usize = 7 * 24;
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 const WEEK_MS: i64 = 7 * DAY_MS;
+/// Windows beyond the clip that are still a burst of the series' own, not an
+/// incident (see [`BaselineParams::max_hold`]): a pattern firing after two
+/// windows in a row needs at least one more to be an incident of some length.
+pub const BRIEF: usize = 3;
 /// Gaussian sigma per mean absolute deviation.
 const SIGMA_PER_MAD: f64 = 1.2533;
 
@@ -41,6 +45,13 @@ pub struct BaselineParams {
     /// Weight of a new value in its seasonal slot, once the slot has averaged its
     /// first values.
     pub season_alpha: f64,
+    /// An excursion beyond `clip` spreads is learned (clipped) in its first
+    /// window; its next windows, up to this many, are held out of the level and
+    /// spread. A brief one (at most [`BRIEF`] windows) is then learned after
+    /// all: the series' own bursts. A longer one is an incident and is dropped,
+    /// so it does not blind the baseline to the next like it; longer than
+    /// `max_hold` windows, it is a new level and is learned again. 0 never holds.
+    pub max_hold: u32,
 }
 
 impl BaselineParams {
@@ -74,6 +85,7 @@ impl Default for BaselineParams {
             spread_alpha: 0.02,
             clip: 4.0,
             season_alpha: 0.02,
+            max_hold: 30,
         }
     }
 }
@@ -144,6 +156,15 @@ pub struct Baseline {
     last_ms: i64,
     daily: Profile,
     weekly: Profile,
+    /// Windows in a row beyond the clip (see [`BaselineParams::max_hold`]).
+    #[serde(default)]
+    beyond: u32,
+    /// The clipped values held of a brief excursion, with their seasonal offsets.
+    #[serde(default)]
+    held: [(f64, f64); BRIEF - 1],
+    /// How many of `held` are in use.
+    #[serde(default)]
+    held_len: u8,
 }
 
 /// Where a value stands against its baseline.
@@ -178,6 +199,9 @@ impl Baseline {
             last_ms: window_ms,
             daily: Profile::new(DAY_SLOTS),
             weekly: Profile::new(WEEK_SLOTS),
+            beyond: 0,
+            held: [(0.0, 0.0); BRIEF - 1],
+            held_len: 0,
         }
     }
 
@@ -273,7 +297,44 @@ impl Baseline {
         } else {
             value
         };
-        let error = clipped - expected;
+        let within = clipped == value;
+        if within {
+            // A burst of the series' own has ended: learn what was held. An
+            // incident's windows (more than `BRIEF`) are dropped.
+            let held = std::mem::take(&mut self.held_len) as usize;
+            if self.beyond as usize <= BRIEF {
+                let values = self.held;
+                for (c, s) in values.iter().take(held) {
+                    self.learn_level(*c, *s, params);
+                }
+            }
+        }
+        self.beyond = if within {
+            0
+        } else {
+            self.beyond.saturating_add(1)
+        };
+        if self.holds(params) {
+            // A sustained excursion: every clipped window would widen the
+            // spread by a few percent and pull the level a fraction of a spread
+            // along, and a three-minute fault would leave the baseline too wide
+            // to see the next one. The profiles still learn.
+            if let Some(slot) = self.held.get_mut(self.held_len as usize) {
+                *slot = (clipped, seasonal);
+                self.held_len += 1;
+            }
+            self.learn_profiles(window_ms, value, params);
+            self.last_ms = self.last_ms.max(window_ms);
+            return;
+        }
+        self.learn_level(clipped, seasonal, params);
+        self.learn_profiles(window_ms, value, params);
+        self.last_ms = self.last_ms.max(window_ms);
+    }
+
+    /// Learns a (clipped) value into the level and spread.
+    fn learn_level(&mut self, clipped: f64, seasonal: f64, params: &BaselineParams) {
+        let error = clipped - (self.level + seasonal);
         self.spread = if self.windows <= 1 {
             error.abs()
         } else {
@@ -283,13 +344,23 @@ impl Baseline {
             .level_alpha
             .max(1.0 / f64::from(self.windows.saturating_add(1)));
         self.level += a * (clipped - seasonal - self.level);
-        // The profiles learn the value itself: a shape that repeats every day must
-        // be learnable even where it first looked like a jump.
+        self.windows = self.windows.saturating_add(1);
+    }
+
+    /// Whether the current excursion is held out of the level and spread: past
+    /// its first window and not yet `max_hold` windows beyond it.
+    fn holds(&self, params: &BaselineParams) -> bool {
+        self.windows >= params.warmup
+            && self.beyond > 1
+            && self.beyond <= params.max_hold.saturating_add(1)
+    }
+
+    /// The profiles learn the value itself: a shape that repeats every day must
+    /// be learnable even where it first looked like a jump.
+    fn learn_profiles(&mut self, window_ms: i64, value: f64, params: &BaselineParams) {
         let (day, week) = Self::slots(window_ms);
         self.daily.learn(day, value, params.season_alpha);
         self.weekly.learn(week, value, params.season_alpha);
-        self.windows = self.windows.saturating_add(1);
-        self.last_ms = self.last_ms.max(window_ms);
     }
 }
 
@@ -358,6 +429,95 @@ mod tests {
             "level {}",
             b.expected(3_050_000)
         );
+    }
+
+    /// Latency of a call at 7 ms +- 1: a three-minute fault at 3 s (18 windows
+    /// of 10 s), six minutes of normal traffic, then a fault at 600 ms.
+    fn after_a_fault(params: &BaselineParams) -> Baseline {
+        let mut b = Baseline::new(0, 7.0);
+        let mut rng = Rng::new(5);
+        let mut w = 1;
+        for (windows, level) in [(300, 7.0), (18, 3000.0), (36, 7.0)] {
+            for _ in 0..windows {
+                b.learn(w * 10_000, level * (1.0 + 0.15 * rng.normal()), params);
+                w += 1;
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn the_next_incident_is_judged_by_the_baseline_before_the_last_one() {
+        let t = 400 * 10_000;
+        let params = BaselineParams::default();
+        let b = after_a_fault(&params);
+        let next = b.deviation(t, 600.0, 0.0);
+        assert!(next.score() > 0.9999, "{next:?}");
+        assert!(b.expected(t) < 8.0, "level {}", b.expected(t));
+        // Learning every window clipped, as before, the fault widened the
+        // spread about threefold and moved the level by several spreads.
+        let unheld = after_a_fault(&BaselineParams {
+            max_hold: 0,
+            ..params.clone()
+        });
+        assert!(
+            unheld.deviation(t, 0.0, 0.0).sigma > 2.0 * next.sigma,
+            "{:?} vs {next:?}",
+            unheld.deviation(t, 0.0, 0.0)
+        );
+    }
+
+    #[test]
+    fn the_series_own_brief_bursts_are_learned_as_before() {
+        // A service whose p95 jumps for two or three windows now and then (a
+        // garbage collector): those bursts are its noise, learned as they were
+        // without the hold.
+        let run = |params: &BaselineParams| {
+            let mut b = Baseline::new(0, 5.0);
+            let mut rng = Rng::new(9);
+            for w in 1..2000 {
+                let burst = w % 97 < 2 + (w / 97) % 2;
+                let v = if burst && w > 100 {
+                    80.0
+                } else {
+                    5.0 + 0.3 * rng.normal()
+                };
+                b.learn(w * 10_000, v, params);
+            }
+            b.deviation(20_000_000, 80.0, 0.0)
+        };
+        let params = BaselineParams::default();
+        let held = run(&params);
+        let unheld = run(&BaselineParams {
+            max_hold: 0,
+            ..params
+        });
+        // (Not bit-equal: a held window is learned a window or two late.)
+        assert!(
+            (held.sigma - unheld.sigma).abs() < 0.01 * unheld.sigma,
+            "{held:?} {unheld:?}"
+        );
+    }
+
+    #[test]
+    fn a_lasting_new_level_is_learned_after_the_hold() {
+        let params = BaselineParams::default();
+        let mut b = Baseline::new(0, 10.0);
+        let mut rng = Rng::new(7);
+        for w in 1..300 {
+            b.learn(w * 10_000, 10.0 + rng.normal(), &params);
+        }
+        let held = 300 + i64::from(params.max_hold);
+        for w in 300..held {
+            b.learn(w * 10_000, 40.0 + rng.normal(), &params);
+        }
+        assert!(b.expected(held * 10_000) < 11.0);
+        // After the hold, the level moves towards the new one again.
+        for w in held..held + 200 {
+            b.learn(w * 10_000, 40.0 + rng.normal(), &params);
+        }
+        let settled = b.deviation((held + 200) * 10_000, 40.0, 0.0);
+        assert!(settled.score() < 0.9999, "{settled:?}");
     }
 
     #[test]

@@ -73,11 +73,18 @@ pub fn below(history: &History, nodes: &BTreeSet<String>, onset: i64, hops: usiz
                         || !slowed_alone(history, caller, &implicated(&a.key).0, onset)
                 })
                 .collect();
-            let callees: BTreeSet<String> = degraded.iter().map(|a| implicated(&a.key).0).collect();
+            let callees = unexplained(
+                history,
+                degraded.iter().map(|a| implicated(&a.key).0).collect(),
+                onset,
+            );
             if callees.len() != 1 {
                 continue;
             }
-            for anomaly in degraded {
+            for anomaly in degraded
+                .into_iter()
+                .filter(|a| callees.contains(&implicated(&a.key).0))
+            {
                 let callee = implicated(&anomaly.key).0;
                 let new = !nodes.contains(&callee);
                 if known.insert(callee.clone()) {
@@ -91,6 +98,30 @@ pub fn below(history: &History, nodes: &BTreeSet<String>, onset: i64, hops: usiz
         frontier = next;
     }
     out
+}
+
+/// The degraded `callees` whose degradation their own degraded calls to
+/// another of them do not explain: when checkout and currency both answer
+/// slowly and checkout's calls to currency degraded too, the caller of both is
+/// waiting on one thing, currency, not on two.
+fn unexplained(history: &History, callees: BTreeSet<String>, onset: i64) -> BTreeSet<String> {
+    if callees.len() < 2 {
+        return callees;
+    }
+    let waits_on_another = |callee: &String| {
+        history.edges_from(callee).iter().any(|key| {
+            let (peer, pointed) = implicated(key);
+            pointed
+                && peer != *callee
+                && callees.contains(&peer)
+                && degraded(history, key, onset).is_some()
+        })
+    };
+    callees
+        .iter()
+        .filter(|c| !waits_on_another(c))
+        .cloned()
+        .collect()
 }
 
 /// Whether `node`'s exclusive time grew since onset, and makes up most of

@@ -225,3 +225,34 @@ fn calls_failing_for_one_caller_are_followed_though_their_slowdown_is_its_own() 
     assert_eq!(names, ["error_rate"], "{found:#?}");
     assert_eq!(implicated(&found[0].key).0, "cart");
 }
+
+/// The front end calls checkout and currency, checkout calls currency, and
+/// currency's network delays every answer by 600 ms (its own time unchanged).
+fn delayed_currency(on: bool) -> Shop {
+    let currency = if on { 605.0 } else { 5.0 };
+    Shop {
+        services: vec![
+            ("frontend", 3.0 * currency + 200.0),
+            ("checkout", 2.0 * currency + 100.0),
+            ("currency", 1.0),
+        ],
+        calls: vec![
+            ("frontend", "checkout", "service", 2.0 * currency + 100.0, 0),
+            ("frontend", "currency", "service", currency, 0),
+            ("checkout", "currency", "service", currency, 0),
+        ],
+    }
+}
+
+#[test]
+fn a_peer_slow_because_it_waits_on_another_does_not_make_two() {
+    let (history, _) = history_of(delayed_currency);
+    let nodes = BTreeSet::from(["frontend".to_string()]);
+    let found = below(&history, &nodes, ONSET * W, 2);
+    let callees: BTreeSet<String> = found.iter().map(|a| implicated(&a.key).0).collect();
+    assert_eq!(
+        callees,
+        BTreeSet::from(["currency".to_string()]),
+        "{found:#?}"
+    );
+}

@@ -22,6 +22,9 @@ use crate::window::WindowTables;
 const RED: [&str; 5] = ["requests", "error_rate", "p95_ms", "p99_ms", "mean_ms"];
 /// Measures of `edge` rows kept.
 const EDGE: [&str; 4] = ["calls", "error_rate", "p99_ms", "mean_ms"];
+/// Values before an onset that say where a series stood (see
+/// [`History::before_after`]).
+const BEFORE_VALUES: usize = 6;
 /// The signal name of derived series.
 pub const DERIVED: &str = "derived";
 
@@ -78,8 +81,12 @@ impl History {
         self.series.get(key)
     }
 
-    /// The means of `key` over the windows before `onset` and since, if it
-    /// has at least `min_before` values before and one since.
+    /// Where `key` stood just before `onset` and since: the median of its last
+    /// (at most [`BEFORE_VALUES`]) values before and the mean of those since,
+    /// if it has at least `min_before` values before and one since. The
+    /// median of the last few values, not the mean of all held: the windows
+    /// held may reach back into an earlier incident, whose values say nothing
+    /// of how this one began.
     pub fn before_after(
         &self,
         key: &SeriesKey,
@@ -93,9 +100,11 @@ impl History {
                 if *t < onset { &mut before } else { &mut after }.push(*v);
             }
         }
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        (before.len() >= min_before.max(1) && !after.is_empty())
-            .then(|| (mean(&before), mean(&after)))
+        let last = before.split_off(before.len().saturating_sub(BEFORE_VALUES));
+        (last.len() >= min_before.max(1) && !after.is_empty()).then(|| {
+            let mean = after.iter().sum::<f64>() / after.len() as f64;
+            (crate::detect::baseline::median(last), mean)
+        })
     }
 
     /// How `node`'s exclusive time moved since `onset`: its means before and
