@@ -28,6 +28,7 @@ pub mod config;
 pub mod detectors;
 pub mod drain;
 mod episodes;
+pub mod excursion;
 pub mod feedback;
 pub mod replay;
 pub mod rows;

@@ -11,9 +11,11 @@
 //! then `ready`.
 //!
 //! Memory: [`Baseline::BYTES`] per series (the key's strings aside), whatever the
-//! stream: about 1.3 KB, of which the two profiles are 1,152 bytes.
+//! stream: about 1.4 KB, of which the two profiles are 1,152 bytes.
 
 use serde::{Deserialize, Serialize};
+
+use super::excursion::Excursion;
 
 /// Hour-of-day slots.
 const DAY_SLOTS: usize = 24;
@@ -22,10 +24,6 @@ const WEEK_SLOTS: usize = 7 * 24;
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 const WEEK_MS: i64 = 7 * DAY_MS;
-/// Windows beyond the clip that are still a burst of the series' own, not an
-/// incident (see [`BaselineParams::max_hold`]): a pattern firing after two
-/// windows in a row needs at least one more to be an incident of some length.
-pub const BRIEF: usize = 3;
 /// Gaussian sigma per mean absolute deviation.
 const SIGMA_PER_MAD: f64 = 1.2533;
 
@@ -47,10 +45,9 @@ pub struct BaselineParams {
     pub season_alpha: f64,
     /// An excursion beyond `clip` spreads is learned (clipped) in its first
     /// window; its next windows, up to this many, are held out of the level and
-    /// spread. A brief one (at most [`BRIEF`] windows) is then learned after
-    /// all: the series' own bursts. A longer one is an incident and is dropped,
-    /// so it does not blind the baseline to the next like it; longer than
-    /// `max_hold` windows, it is a new level and is learned again. 0 never holds.
+    /// spread (see [`super::excursion`]): learned after all when it ends within
+    /// [`BRIEF`](super::excursion::BRIEF) windows, dropped when longer, learned again beyond this many.
+    /// 0 never holds.
     pub max_hold: u32,
 }
 
@@ -156,15 +153,9 @@ pub struct Baseline {
     last_ms: i64,
     daily: Profile,
     weekly: Profile,
-    /// Windows in a row beyond the clip (see [`BaselineParams::max_hold`]).
+    /// Values beyond the clip (see [`BaselineParams::max_hold`]).
     #[serde(default)]
-    beyond: u32,
-    /// The clipped values held of a brief excursion, with their seasonal offsets.
-    #[serde(default)]
-    held: [(f64, f64); BRIEF - 1],
-    /// How many of `held` are in use.
-    #[serde(default)]
-    held_len: u8,
+    excursion: Excursion,
 }
 
 /// Where a value stands against its baseline.
@@ -199,9 +190,7 @@ impl Baseline {
             last_ms: window_ms,
             daily: Profile::new(DAY_SLOTS),
             weekly: Profile::new(WEEK_SLOTS),
-            beyond: 0,
-            held: [(0.0, 0.0); BRIEF - 1],
-            held_len: 0,
+            excursion: Excursion::default(),
         }
     }
 
@@ -298,31 +287,18 @@ impl Baseline {
             value
         };
         let within = clipped == value;
-        if within {
-            // A burst of the series' own has ended: learn what was held. An
-            // incident's windows (more than `BRIEF`) are dropped.
-            let held = std::mem::take(&mut self.held_len) as usize;
-            if self.beyond as usize <= BRIEF {
-                let values = self.held;
-                for (c, s) in values.iter().take(held) {
-                    self.learn_level(*c, *s, params);
-                }
-            }
+        // A burst of the series' own that has ended is learned after all.
+        for (c, s) in self.excursion.step(within, value > expected, value) {
+            self.learn_level(c, s, params);
         }
-        self.beyond = if within {
-            0
-        } else {
-            self.beyond.saturating_add(1)
-        };
-        if self.holds(params) {
+        if self
+            .excursion
+            .holds(self.windows >= params.warmup, params.max_hold)
+        {
             // A sustained excursion: every clipped window would widen the
             // spread by a few percent and pull the level a fraction of a spread
-            // along, and a three-minute fault would leave the baseline too wide
-            // to see the next one. The profiles still learn.
-            if let Some(slot) = self.held.get_mut(self.held_len as usize) {
-                *slot = (clipped, seasonal);
-                self.held_len += 1;
-            }
+            // along. The profiles still learn.
+            self.excursion.hold(clipped, seasonal);
             self.learn_profiles(window_ms, value, params);
             self.last_ms = self.last_ms.max(window_ms);
             return;
@@ -330,6 +306,12 @@ impl Baseline {
         self.learn_level(clipped, seasonal, params);
         self.learn_profiles(window_ms, value, params);
         self.last_ms = self.last_ms.max(window_ms);
+    }
+
+    /// The highest value of the series' recent bursts upward (see
+    /// [`super::excursion`]), if any.
+    pub fn burst_peak(&self) -> Option<f64> {
+        self.excursion.burst_peak()
     }
 
     /// Learns a (clipped) value into the level and spread.
@@ -345,14 +327,7 @@ impl Baseline {
             .max(1.0 / f64::from(self.windows.saturating_add(1)));
         self.level += a * (clipped - seasonal - self.level);
         self.windows = self.windows.saturating_add(1);
-    }
-
-    /// Whether the current excursion is held out of the level and spread: past
-    /// its first window and not yet `max_hold` windows beyond it.
-    fn holds(&self, params: &BaselineParams) -> bool {
-        self.windows >= params.warmup
-            && self.beyond > 1
-            && self.beyond <= params.max_hold.saturating_add(1)
+        self.excursion.tick();
     }
 
     /// The profiles learn the value itself: a shape that repeats every day must
@@ -580,5 +555,5 @@ mod tests {
         assert!(b.deviation(end + 9 * HOUR_MS, 100.0, 1.0).score() > 0.9999);
     }
 
-    const _: () = assert!(Baseline::BYTES <= 1400);
+    const _: () = assert!(Baseline::BYTES <= 1500);
 }

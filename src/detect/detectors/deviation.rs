@@ -8,7 +8,8 @@ use crate::detect::catalogue::{Direction, SeriesKind};
 /// Fires when the deviation's score reaches `min_score` in `direction`, the
 /// change is at least `min_delta` (absolute) and `min_ratio` (observed /
 /// expected, or its inverse going down), the window's volume (requests or calls)
-/// is at least `min_volume` and the expectation at least `min_expected`.
+/// is at least `min_volume` and the expectation at least `min_expected`; a rise
+/// must also go beyond the series' own recent bursts (`detect::excursion`).
 ///
 /// It is decisive when its two-sided tail, `1 - score`, is at most
 /// `(1 - min_score)^consecutive`: this window alone is as unlikely under the
@@ -68,10 +69,14 @@ impl Detect for Deviation {
             } else {
                 value * self.min_ratio <= d.expected
             };
+        // A rise no higher than the series' own recent bursts is one more of
+        // them (see `detect::excursion`).
+        let usual_burst = up && state.baseline.burst_peak().is_some_and(|p| value <= p);
         let score = d.score();
         let run = i32::try_from(eval.pattern.consecutive.max(1)).unwrap_or(i32::MAX);
         let decisive = 1.0 - score <= (1.0 - self.min_score).powi(run);
         (ok_direction
+            && !usual_burst
             && score >= self.min_score
             && (value - d.expected).abs() >= self.min_delta
             && ratio_ok
