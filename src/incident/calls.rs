@@ -157,32 +157,40 @@ pub fn slowed_callers(members: &[&Anomaly]) -> HashSet<String> {
 
 /// Whether `caller`'s calls to `peer` are the only ones to it that slowed
 /// since `onset`: `peer` has other callers whose calls to it the history
-/// holds, none of which became [`SLOWED`] times slower, and its own requests
-/// (where it reports any) explain less than half of how much longer the
-/// caller's calls take (or, where the history lacks those calls, did not
-/// become [`SLOWED`] times slower either). A peer whose code or network is
-/// slow is slow for every caller; one that a single caller finds slow while
+/// holds, none of which became [`SLOWED`] times slower by at least half as
+/// many milliseconds as `caller`'s calls, and its own requests (where it
+/// reports any) explain less than half of how much longer the caller's calls
+/// take (or, where the history lacks those calls, did not become [`SLOWED`]
+/// times slower either). A peer whose code or network is slow is slow for
+/// every caller, by about as much; one that a single caller finds slow while
 /// the others do not is waiting on that caller (its CPU, its network, its
-/// client).
+/// client). (A caller with a few calls a window sees its mean jump by half
+/// now and then; a few milliseconds of that against hundreds are no sign.)
 pub fn slowed_alone(history: &History, caller: &str, peer: &str, onset: i64) -> bool {
     let change = |key: &SeriesKey| history.before_after(key, onset, MIN_BEFORE);
-    let slowed = |key: &SeriesKey| {
-        change(key).is_some_and(|(before, after)| before > 0.0 && after >= SLOWED * before)
-    };
-    let (mut others, mut own_calls) = (0, None);
-    for key in history
+    let calls: Vec<&SeriesKey> = history
         .edges_to(peer)
         .iter()
         .filter(|k| k.name == "mean_ms")
-    {
-        if node::own(key) == caller {
-            own_calls = change(key);
-            continue;
-        }
+        .collect();
+    let own_calls = calls
+        .iter()
+        .find(|key| node::own(key) == caller)
+        .and_then(|key| change(key));
+    let own_rise = own_calls.map(|(b, a)| a - b);
+    let slowed = |key: &SeriesKey, like: Option<f64>| {
+        change(key).is_some_and(|(before, after)| {
+            before > 0.0
+                && after >= SLOWED * before
+                && like.is_none_or(|rise| after - before >= 0.5 * rise)
+        })
+    };
+    let mut others = 0;
+    for key in calls.iter().filter(|key| node::own(key) != caller) {
         if change(key).is_none() {
             continue;
         }
-        if slowed(key) {
+        if slowed(key, own_rise) {
             return false;
         }
         others += 1;
@@ -190,7 +198,7 @@ pub fn slowed_alone(history: &History, caller: &str, peer: &str, onset: i64) -> 
     let served = super::history::derived_key(peer, "mean_ms");
     let explained = match (own_calls, change(&served)) {
         (Some((b, a)), Some((sb, sa))) => sa - sb >= 0.5 * (a - b),
-        _ => slowed(&served),
+        _ => slowed(&served, None),
     };
     others > 0 && !explained
 }

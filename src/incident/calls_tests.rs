@@ -256,3 +256,26 @@ fn a_peer_slow_because_it_waits_on_another_does_not_make_two() {
         "{found:#?}"
     );
 }
+
+#[test]
+fn a_few_milliseconds_more_for_another_caller_do_not_clear_the_caller() {
+    // checkout's calls to cart take 70 ms more (its CPU is starved); the
+    // front end's, a few a window, happen to average 6 ms more (1.6 times).
+    let (history, _) = history_of(|on| {
+        let mut shop = two_callers(on, false);
+        if on {
+            shop.calls[4].3 = 16.0;
+        }
+        shop
+    });
+    assert!(slowed_alone(&history, "checkout", "cart", ONSET * W));
+    // Slowed by as much as checkout's, they would.
+    let (history, _) = history_of(|on| {
+        let mut shop = two_callers(on, false);
+        if on {
+            shop.calls[4].3 = 60.0;
+        }
+        shop
+    });
+    assert!(!slowed_alone(&history, "checkout", "cart", ONSET * W));
+}
