@@ -287,25 +287,21 @@ impl Baseline {
             value
         };
         let within = clipped == value;
+        self.last_ms = self.last_ms.max(window_ms);
         // A burst of the series' own that has ended is learned after all.
         for (c, s) in self.excursion.step(within, value > expected, value) {
             self.learn_level(c, s, params);
         }
-        if self
-            .excursion
-            .holds(self.windows >= params.warmup, params.max_hold)
-        {
+        let ready = self.windows >= params.warmup;
+        if self.excursion.holds(ready, params.max_hold) {
             // A sustained excursion: every clipped window would widen the
             // spread by a few percent and pull the level a fraction of a spread
             // along. The profiles still learn.
             self.excursion.hold(clipped, seasonal);
-            self.learn_profiles(window_ms, value, params);
-            self.last_ms = self.last_ms.max(window_ms);
-            return;
+        } else {
+            self.learn_level(clipped, seasonal, params);
         }
-        self.learn_level(clipped, seasonal, params);
         self.learn_profiles(window_ms, value, params);
-        self.last_ms = self.last_ms.max(window_ms);
     }
 
     /// The highest value of the series' recent bursts upward (see

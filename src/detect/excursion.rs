@@ -29,7 +29,7 @@ pub const BRIEF: usize = 3;
 pub const EPOCH: u32 = 180;
 
 /// The state of a baseline's current excursion and its recent bursts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Excursion {
     /// Windows in a row beyond the clip.
     beyond: u32,
@@ -45,41 +45,35 @@ pub struct Excursion {
     age: u32,
 }
 
-impl Default for Excursion {
-    fn default() -> Self {
-        Self {
-            beyond: 0,
-            held: [(0.0, 0.0); BRIEF - 1],
-            held_len: 0,
-            high: None,
-            peaks: [None; 2],
-            age: 0,
-        }
-    }
-}
-
 impl Excursion {
     /// Records a value: `within` the clip or beyond it, `up` when above the
-    /// expectation. Returns the held values to learn now (a burst has ended).
-    pub fn step(&mut self, within: bool, up: bool, value: f64) -> Vec<(f64, f64)> {
+    /// expectation. Returns the held values to learn now (a burst has ended;
+    /// none otherwise), without allocating: this runs for every series and
+    /// window.
+    pub fn step(
+        &mut self,
+        within: bool,
+        up: bool,
+        value: f64,
+    ) -> impl Iterator<Item = (f64, f64)> + use<> {
+        let mut release = 0;
         if !within {
             self.beyond = self.beyond.saturating_add(1);
             if up {
                 self.high = Some(self.high.map_or(value, |h| h.max(value)));
             }
-            return Vec::new();
+        } else {
+            let held = std::mem::take(&mut self.held_len) as usize;
+            let high = self.high.take();
+            if self.beyond as usize <= BRIEF {
+                if let Some(high) = high {
+                    self.peaks[0] = Some(self.peaks[0].map_or(high, |p| p.max(high)));
+                }
+                release = held;
+            }
+            self.beyond = 0;
         }
-        let held = std::mem::take(&mut self.held_len) as usize;
-        let high = self.high.take();
-        let brief = self.beyond as usize <= BRIEF;
-        self.beyond = 0;
-        if !brief {
-            return Vec::new();
-        }
-        if let Some(high) = high {
-            self.peaks[0] = Some(self.peaks[0].map_or(high, |p| p.max(high)));
-        }
-        self.held[..held].to_vec()
+        self.held.into_iter().take(release)
     }
 
     /// Whether this window is held out of the level and spread: past the
@@ -122,19 +116,19 @@ mod tests {
     #[test]
     fn a_brief_burst_is_released_and_remembered_an_incident_is_dropped() {
         let mut e = Excursion::default();
-        assert!(e.step(false, true, 80.0).is_empty());
+        assert_eq!(e.step(false, true, 80.0).count(), 0);
         assert!(!e.holds(true, 30));
-        assert!(e.step(false, true, 90.0).is_empty());
+        assert_eq!(e.step(false, true, 90.0).count(), 0);
         assert!(e.holds(true, 30));
         e.hold(20.0, 0.0);
-        assert_eq!(e.step(true, false, 5.0), vec![(20.0, 0.0)]);
+        assert_eq!(e.step(true, false, 5.0).collect::<Vec<_>>(), [(20.0, 0.0)]);
         assert_eq!(e.burst_peak(), Some(90.0));
 
         for _ in 0..10 {
-            e.step(false, true, 600.0);
+            let _ = e.step(false, true, 600.0);
             e.hold(20.0, 0.0);
         }
-        assert!(e.step(true, false, 5.0).is_empty());
+        assert_eq!(e.step(true, false, 5.0).count(), 0);
         assert_eq!(e.burst_peak(), Some(90.0), "an incident is no burst");
         for _ in 0..2 * EPOCH {
             e.tick();

@@ -114,7 +114,7 @@ fn unexplained(history: &History, callees: BTreeSet<String>, onset: i64) -> BTre
             pointed
                 && peer != *callee
                 && callees.contains(&peer)
-                && degraded(history, key, onset).is_some()
+                && worsened(history, key, onset).is_some()
         })
     };
     callees
@@ -203,15 +203,21 @@ pub fn slowed_alone(history: &History, caller: &str, peer: &str, onset: i64) -> 
     others > 0 && !explained
 }
 
-/// The record of call series `key`, if it degraded since onset.
-fn degraded(history: &History, key: &SeriesKey, onset: i64) -> Option<Anomaly> {
+/// Where call series `key` stood before onset and since, if it degraded.
+fn worsened(history: &History, key: &SeriesKey, onset: i64) -> Option<(f64, f64)> {
     let (before, after) = history.before_after(key, onset, MIN_BEFORE)?;
     let bad = match key.name.as_str() {
         "error_rate" => after - before >= MIN_ERROR_RISE && after >= 2.0 * before,
         "mean_ms" | "p99_ms" => before > 0.0 && after >= MIN_SLOWDOWN * before,
         _ => false,
     };
-    bad.then(|| Anomaly {
+    bad.then_some((before, after))
+}
+
+/// The record of call series `key`, if it degraded since onset.
+fn degraded(history: &History, key: &SeriesKey, onset: i64) -> Option<Anomaly> {
+    let (before, after) = worsened(history, key, onset)?;
+    Some(Anomaly {
         key: key.clone(),
         class: FailureClass::DependencyFailure,
         pattern: PATTERN.to_string(),
