@@ -29,6 +29,7 @@ pub mod pairing;
 pub mod quantiles;
 pub mod tables;
 
+mod identities;
 mod ingest;
 mod open_window;
 
@@ -116,7 +117,7 @@ pub struct Windows {
     /// not rehash its way up while it fills. Set as windows close.
     expected_identities: usize,
     /// The last closed window's identity set, cleared, for the next busy window.
-    spare_identities: Option<FastSet<u64>>,
+    spare_identities: Option<identities::IdentitySet>,
     counts: WindowCounts,
     edges: Vec<EdgeObservation>,
 }
@@ -128,8 +129,6 @@ pub struct Windows {
 const RECENT_WINDOWS: usize = 6;
 
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-/// Hash sets of the hot path.
-pub(crate) type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 impl Windows {
     /// Empty windows configured by `config`.
@@ -267,6 +266,17 @@ impl Windows {
         }
         self.observe_event(time_ns);
         Some(window)
+    }
+
+    /// Reads the identity-set slots of `keys` (window, identity) ahead of their
+    /// inserts, for the windows already open (see `IdentitySet::touch`).
+    fn touch_identities(&self, keys: impl Iterator<Item = (i64, u64)> + Clone) {
+        let Some((first, _)) = keys.clone().next() else {
+            return;
+        };
+        if let Some(open) = self.open.get(&first) {
+            open.touch_identities(keys.filter(|(w, _)| *w == first).map(|(_, id)| id));
+        }
     }
 
     /// The open window `window` when `identity` is new to it; repeats are counted and

@@ -2,10 +2,11 @@
 
 use arrow::error::ArrowError;
 
+use super::FastMap;
+use super::identities::IdentitySet;
 use super::metric_series::{CumulativeState, MetricType, PointValue, SeriesAccumulator};
 use super::pairing::{CalleeKind, EdgeObservation, node_parts};
 use super::tables::{Red, TableBuilder, WindowTables};
-use super::{FastMap, FastSet};
 
 /// (service.namespace, service.name, deployment.environment), interned.
 pub(crate) type ServiceKey = [u32; 3];
@@ -77,7 +78,7 @@ const PRESIZE_AFTER: usize = 1024;
 #[derive(Debug, Default)]
 pub(crate) struct OpenWindow {
     strings: Interner,
-    seen: FastSet<u64>,
+    seen: IdentitySet,
     services: FastMap<ServiceKey, Red>,
     operations: FastMap<(ServiceKey, u32), Red>,
     edges: FastMap<(u32, u32, CalleeKind), (Red, Exemplar)>,
@@ -114,16 +115,16 @@ impl OpenWindow {
         identity: u64,
         max: usize,
         expected: usize,
-        spare: &mut Option<FastSet<u64>>,
+        spare: &mut Option<IdentitySet>,
     ) -> Option<bool> {
         let held = self.seen.len();
-        if held >= max && !self.seen.contains(&identity) {
+        if held >= max && !self.seen.contains(identity) {
             return None;
         }
         if held == self.seen.capacity() && held >= PRESIZE_AFTER && expected > held {
             match spare.take() {
                 Some(mut set) if set.capacity() >= expected => {
-                    set.extend(self.seen.drain());
+                    set.absorb(std::mem::take(&mut self.seen));
                     self.seen = set;
                 }
                 _ => {
@@ -135,8 +136,13 @@ impl OpenWindow {
         Some(self.seen.insert(identity))
     }
 
+    /// Reads the slots of `identities` so their cache misses overlap (no change).
+    pub(crate) fn touch_identities(&self, identities: impl Iterator<Item = u64>) {
+        self.seen.touch(identities);
+    }
+
     /// The identity set, emptied, for a later window to reuse.
-    pub(crate) fn take_identities(&mut self) -> FastSet<u64> {
+    pub(crate) fn take_identities(&mut self) -> IdentitySet {
         let mut set = std::mem::take(&mut self.seen);
         set.clear();
         set
@@ -401,7 +407,7 @@ mod tests {
             first.first_sighting(id, usize::MAX, expected, &mut spare);
         }
         let set = first.take_identities();
-        let (capacity, empty) = (set.capacity(), set.is_empty());
+        let (capacity, empty) = (set.capacity(), set.len() == 0);
         assert!(capacity >= expected && empty);
         spare = Some(set);
         let mut second = OpenWindow::default();
