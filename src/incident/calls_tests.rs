@@ -43,7 +43,7 @@ fn window(
 
 /// frontend -> checkout -> {payment -> provider (external), cart}: healthy
 /// windows, then from [`ONSET`] on what `fault` makes of them.
-fn history_of(fault: fn(bool) -> Shop) -> (History, ServiceGraph) {
+fn history_of(fault: impl Fn(bool) -> Shop) -> (History, ServiceGraph) {
     let mut history = History::new(30, 1000);
     let mut graph = ServiceGraph::new(3_600_000, 1000);
     for w in 0..ONSET + 2 {
@@ -261,21 +261,18 @@ fn a_peer_slow_because_it_waits_on_another_does_not_make_two() {
 fn a_few_milliseconds_more_for_another_caller_do_not_clear_the_caller() {
     // checkout's calls to cart take 70 ms more (its CPU is starved); the
     // front end's, a few a window, happen to average 6 ms more (1.6 times).
-    let (history, _) = history_of(|on| {
-        let mut shop = two_callers(on, false);
-        if on {
-            shop.calls[4].3 = 16.0;
+    let front_end_at = |ms: f64| {
+        move |on: bool| {
+            let mut shop = two_callers(on, false);
+            if on {
+                shop.calls[4].3 = ms;
+            }
+            shop
         }
-        shop
-    });
+    };
+    let (history, _) = history_of(front_end_at(16.0));
     assert!(slowed_alone(&history, "checkout", "cart", ONSET * W));
     // Slowed by as much as checkout's, they would.
-    let (history, _) = history_of(|on| {
-        let mut shop = two_callers(on, false);
-        if on {
-            shop.calls[4].3 = 60.0;
-        }
-        shop
-    });
+    let (history, _) = history_of(front_end_at(60.0));
     assert!(!slowed_alone(&history, "checkout", "cart", ONSET * W));
 }

@@ -36,27 +36,12 @@ impl IdentitySet {
         self.slots.len() / 2
     }
 
-    fn mask(&self) -> usize {
-        self.slots.len() - 1
-    }
-
     /// True when `identity` is held.
     pub(crate) fn contains(&self, identity: u64) -> bool {
         if identity == 0 {
             return self.has_zero;
         }
-        if self.slots.is_empty() {
-            return false;
-        }
-        let mask = self.mask();
-        let mut i = identity as usize & mask;
-        loop {
-            match self.slots[i] {
-                0 => return false,
-                held if held == identity => return true,
-                _ => i = (i + 1) & mask,
-            }
-        }
+        !self.slots.is_empty() && self.slots[probe(&self.slots, identity)] == identity
     }
 
     /// Adds `identity`; true when it was not held before.
@@ -67,19 +52,13 @@ impl IdentitySet {
         if self.len >= self.capacity() {
             self.grow_to(self.len + 1);
         }
-        let mask = self.mask();
-        let mut i = identity as usize & mask;
-        loop {
-            match self.slots[i] {
-                0 => {
-                    self.slots[i] = identity;
-                    self.len += 1;
-                    return true;
-                }
-                held if held == identity => return false,
-                _ => i = (i + 1) & mask,
-            }
+        let slot = probe(&self.slots, identity);
+        if self.slots[slot] == identity {
+            return false;
         }
+        self.slots[slot] = identity;
+        self.len += 1;
+        true
     }
 
     /// Reads the home slot of each identity, so that the cache misses of a batch
@@ -88,7 +67,7 @@ impl IdentitySet {
         if self.slots.is_empty() {
             return;
         }
-        let mask = self.mask();
+        let mask = self.slots.len() - 1;
         let folded = identities.fold(0u64, |acc, id| acc ^ self.slots[id as usize & mask]);
         std::hint::black_box(folded);
     }
@@ -121,13 +100,9 @@ impl IdentitySet {
     }
 
     fn rehash_into(&mut self, mut fresh: Vec<u64>) {
-        let mask = fresh.len() - 1;
         for &identity in self.slots.iter().filter(|&&id| id != 0) {
-            let mut i = identity as usize & mask;
-            while fresh[i] != 0 {
-                i = (i + 1) & mask;
-            }
-            fresh[i] = identity;
+            let slot = probe(&fresh, identity);
+            fresh[slot] = identity;
         }
         self.slots = fresh;
     }
@@ -148,6 +123,18 @@ impl IdentitySet {
         self.len = 0;
         self.has_zero = false;
     }
+}
+
+/// The slot of `slots` (a power of two long, never full) that holds `identity`
+/// (not 0), or else the empty slot where it belongs: linear probing from its
+/// home slot, the identity's low bits.
+fn probe(slots: &[u64], identity: u64) -> usize {
+    let mask = slots.len() - 1;
+    let mut i = identity as usize & mask;
+    while slots[i] != 0 && slots[i] != identity {
+        i = (i + 1) & mask;
+    }
+    i
 }
 
 #[cfg(test)]
