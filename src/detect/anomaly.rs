@@ -71,33 +71,6 @@ pub struct SeriesKey {
     pub attributes: String,
 }
 
-/// The value of attribute `name` in a series' `k=v,...` attributes (the first
-/// one: the identity's come first).
-pub fn attribute<'a>(attributes: &'a str, name: &str) -> Option<&'a str> {
-    attributes
-        .split(',')
-        .find_map(|pair| pair.split_once('=').filter(|(k, _)| *k == name))
-        .map(|(_, v)| v)
-}
-
-impl SeriesKey {
-    /// What the series speaks about, as (namespace, name, environment): an
-    /// edge's callee (in the callee's namespace and environment where the
-    /// series names them, else the caller's), else its own service.
-    pub fn subject(&self) -> [&str; 3] {
-        let own = |name| attribute(&self.attributes, name).unwrap_or("");
-        if self.signal != "edge" {
-            return [own("namespace"), &self.service, own("environment")];
-        }
-        let scoped = |callee, name| attribute(&self.attributes, callee).unwrap_or(own(name));
-        [
-            scoped("callee_namespace", "namespace"),
-            own("callee"),
-            scoped("callee_environment", "environment"),
-        ]
-    }
-}
-
 impl fmt::Display for SeriesKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}/{}", self.service, self.signal, self.name)?;

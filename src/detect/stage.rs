@@ -246,15 +246,15 @@ impl DetectStage {
             };
             let window_ms = self.params.window_ms;
             let candidate = candidate.filter(|c| self.tolerances.exceeds(&key, c));
-            let stepped = self
-                .episodes
-                .step((index, pattern), key, candidate, t, window_ms);
-            events.extend(stepped.map(|event| self.record(event)));
+            if let Some(mut event) =
+                self.episodes
+                    .step((index, pattern), key, candidate, t, window_ms)
+            {
+                self.blame_deployment(&mut event);
+                self.log.apply(&event);
+                events.push(event);
+            }
         }
-        let corroborated = self
-            .episodes
-            .corroborate(&patterns, t, self.params.window_ms);
-        events.extend(corroborated.into_iter().map(|event| self.record(event)));
         for event in self.episodes.end_silent(t, self.params.window_ms) {
             self.log.apply(&event);
             events.push(event);
@@ -310,14 +310,6 @@ impl DetectStage {
 
     /// An anomaly that begins within `deploy_windows` after its own service's
     /// version changed is a faulty deployment; the evidence names both versions.
-    /// An episode's change as it leaves the stage: blamed on a deployment
-    /// where one explains it, and applied to the anomaly log.
-    fn record(&self, mut event: AnomalyEvent) -> AnomalyEvent {
-        self.blame_deployment(&mut event);
-        self.log.apply(&event);
-        event
-    }
-
     fn blame_deployment(&self, event: &mut AnomalyEvent) {
         let AnomalyEvent::Opened(anomaly) = event else {
             return;

@@ -30,7 +30,14 @@ pub fn name(id: &str) -> &str {
     node_parts(id)[1]
 }
 
-pub use crate::detect::anomaly::attribute;
+/// The value of attribute `name` in a series' `k=v,...` attributes (the first
+/// one: the identity's come first).
+pub fn attribute<'a>(attributes: &'a str, name: &str) -> Option<&'a str> {
+    attributes
+        .split(',')
+        .find_map(|pair| pair.split_once('=').filter(|(k, _)| *k == name))
+        .map(|(_, v)| v)
+}
 
 /// The node of service `service` whose series carry `attributes`.
 pub fn of(service: &str, attributes: &str) -> String {

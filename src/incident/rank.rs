@@ -9,7 +9,9 @@
 //! telemetry of its own. Not when the caller is the common factor: its calls
 //! to two or more peers degraded at once, or it is the only caller that finds
 //! the peer slower while the peer's other callers, and the peer's own
-//! requests, are as fast as before ([`super::calls::slowed_alone`]); then the
+//! requests, are as fast as before ([`super::calls::slowed_alone`]); nor
+//! when the caller's version changed just before (the anomaly is classed
+//! `faulty_deployment`: what changed is the new release's calls); then the
 //! anomaly counts as the caller's. Six signals are weighed, each in 0..1:
 //!
 //! - `anomaly`: how strong the candidate's own (or pointed-at) anomalies are
@@ -206,8 +208,12 @@ pub fn rank(inputs: &Inputs<'_>) -> Vec<RootCause> {
     for anomaly in &members {
         let (mut node, mut pointed) = implicated(&anomaly.key);
         let caller = node::own(&anomaly.key);
+        // A caller just released (its anomaly classed `faulty_deployment`):
+        // what changed is its own calls.
+        let released = anomaly.class == FailureClass::FaultyDeployment;
         if pointed
-            && (callers.contains(&caller)
+            && (released
+                || callers.contains(&caller)
                 || (is_latency(&anomaly.key)
                     && super::calls::slowed_alone(inputs.history, &caller, &node, first)))
         {

@@ -91,6 +91,32 @@ fn a_metric_naming_a_peer_implicates_the_peer() {
 }
 
 #[test]
+fn a_released_callers_slower_calls_are_its_own() {
+    // checkout was just released and its calls to shipping slowed while its
+    // callers see errors: the release, not shipping, is the cause.
+    let mut calls = on(
+        "checkout",
+        "edge",
+        "callee=shipping,callee_kind=service",
+        1,
+        1.0,
+    );
+    calls.class = FailureClass::FaultyDeployment;
+    let errors = on("web", "edge", "callee=checkout,callee_kind=service", 1, 0.9);
+    let ranked = ranked(
+        &[calls, errors],
+        &[("web", "checkout"), ("checkout", "shipping")],
+    );
+    assert_eq!(ranked[0].service, "checkout");
+    assert_eq!(ranked[0].class, FailureClass::FaultyDeployment);
+    assert!(
+        !names(&ranked).contains(&"shipping"),
+        "{:?}",
+        names(&ranked)
+    );
+}
+
+#[test]
 fn a_version_change_before_onset_speaks_for_its_service() {
     // Two unconnected services, same strength and time: the one just deployed
     // leads, and its class says so.
