@@ -67,8 +67,7 @@ impl IdentitySet {
         if self.slots.is_empty() {
             return;
         }
-        let mask = self.slots.len() - 1;
-        let folded = identities.fold(0u64, |acc, id| acc ^ self.slots[id as usize & mask]);
+        let folded = identities.fold(0u64, |acc, id| acc ^ self.slots[home(&self.slots, id)]);
         std::hint::black_box(folded);
     }
 
@@ -79,10 +78,7 @@ impl IdentitySet {
         if wanted <= self.capacity() {
             return true;
         }
-        let Some(slots) = wanted
-            .checked_mul(2)
-            .and_then(usize::checked_next_power_of_two)
-        else {
+        let Some(slots) = slots_for(wanted) else {
             return false;
         };
         let mut fresh = Vec::new();
@@ -94,8 +90,9 @@ impl IdentitySet {
         true
     }
 
+    /// Grows for `wanted` identities; a size past memory aborts, as `Vec` does.
     fn grow_to(&mut self, wanted: usize) {
-        let slots = wanted.saturating_mul(2).next_power_of_two().max(16);
+        let slots = slots_for(wanted).unwrap_or(usize::MAX).max(16);
         self.rehash_into(vec![0; slots]);
     }
 
@@ -130,11 +127,24 @@ impl IdentitySet {
 /// home slot, the identity's low bits.
 fn probe(slots: &[u64], identity: u64) -> usize {
     let mask = slots.len() - 1;
-    let mut i = identity as usize & mask;
+    let mut i = home(slots, identity);
     while slots[i] != 0 && slots[i] != identity {
         i = (i + 1) & mask;
     }
     i
+}
+
+/// Where `identity`'s probe starts in `slots` (a power of two long): its low bits.
+fn home(slots: &[u64], identity: u64) -> usize {
+    identity as usize & (slots.len() - 1)
+}
+
+/// Slots for `wanted` identities at most half full, a power of two; None when
+/// that does not fit a `usize`.
+fn slots_for(wanted: usize) -> Option<usize> {
+    wanted
+        .checked_mul(2)
+        .and_then(usize::checked_next_power_of_two)
 }
 
 #[cfg(test)]
