@@ -166,6 +166,8 @@ pub fn slowed_callers(members: &[&Anomaly]) -> HashSet<String> {
 /// the others do not is waiting on that caller (its CPU, its network, its
 /// client). (A caller with a few calls a window sees its mean jump by half
 /// now and then; a few milliseconds of that against hundreds are no sign.)
+/// Where `caller`'s calls have no "before", callers are compared as they
+/// stand since onset ([`waits_alone_now`]).
 pub fn slowed_alone(history: &History, caller: &str, peer: &str, onset: i64) -> bool {
     let change = |key: &SeriesKey| history.before_after(key, onset, MIN_BEFORE);
     let calls: Vec<&SeriesKey> = history
@@ -200,7 +202,42 @@ pub fn slowed_alone(history: &History, caller: &str, peer: &str, onset: i64) -> 
         (Some((b, a)), Some((sb, sa))) => sa - sb >= 0.5 * (a - b),
         _ => slowed(&served, None),
     };
-    others > 0 && !explained
+    (others > 0 && !explained)
+        || (own_calls.is_none() && waits_alone_now(history, caller, &calls, &served, onset))
+}
+
+/// [`slowed_alone`] for calls with no "before" (traces began as the incident
+/// did: sampled, or switched on for it): callers are compared as they stand
+/// since `onset`. A call's time is the peer's time serving it plus the network
+/// and the caller's own wait (its CPU, its client); `caller`'s calls wait
+/// alone when the peer's own requests (`served`, where it reports them)
+/// explain less than half of their time, and every other caller's calls to
+/// it take no more than half as long beyond the peer's time. A peer slow in
+/// its code or its network is slow for every caller.
+fn waits_alone_now(
+    history: &History,
+    caller: &str,
+    calls: &[&SeriesKey],
+    served: &SeriesKey,
+    onset: i64,
+) -> bool {
+    let since = |key: &SeriesKey| history.since(key, onset);
+    let (Some(own), Some(served)) = (
+        calls
+            .iter()
+            .find(|key| node::own(key) == caller)
+            .and_then(|key| since(key)),
+        since(served),
+    ) else {
+        return false;
+    };
+    let gap = own - served;
+    let others: Vec<f64> = calls
+        .iter()
+        .filter(|key| node::own(key) != caller)
+        .filter_map(|key| since(key))
+        .collect();
+    gap > 0.5 * own && !others.is_empty() && others.iter().all(|o| o - served <= 0.5 * gap)
 }
 
 /// Where call series `key` stood before onset and since, if it degraded.

@@ -276,3 +276,65 @@ fn a_few_milliseconds_more_for_another_caller_do_not_clear_the_caller() {
     let (history, _) = history_of(front_end_at(60.0));
     assert!(!slowed_alone(&history, "checkout", "cart", ONSET * W));
 }
+
+#[test]
+fn with_no_before_callers_are_compared_as_they_stand() {
+    // Traces begin as the fault does (sampled, or switched on for it): no
+    // window before onset. checkout's calls to cart take 80 ms, the front
+    // end's 10 ms, and cart serves its requests in 10 ms: checkout waits alone.
+    let only_after = |shop: fn(bool, bool) -> Shop, contended, slow| {
+        let mut history = History::new(30, 1000);
+        for w in ONSET..ONSET + 3 {
+            let shop = shop(contended, slow);
+            history.on_window(&window(w, &shop.services, &shop.calls));
+        }
+        history
+    };
+    let history = only_after(two_callers, true, false);
+    assert!(slowed_alone(&history, "checkout", "cart", ONSET * W));
+    // A cart slow in its own requests is slow for both callers.
+    let history = only_after(two_callers, false, true);
+    assert!(!slowed_alone(&history, "checkout", "cart", ONSET * W));
+    // Calls slow beyond cart's own time for both callers (cart's network).
+    let history = only_after(
+        |_, _| {
+            let mut shop = two_callers(false, false);
+            shop.calls[2].3 = 80.0;
+            shop.calls[4].3 = 80.0;
+            shop
+        },
+        false,
+        false,
+    );
+    assert!(!slowed_alone(&history, "checkout", "cart", ONSET * W));
+}
+
+#[test]
+fn one_slow_window_since_onset_is_not_a_degraded_call() {
+    // checkout's calls to cart: 10 ms, then one window of 300 ms among
+    // ordinary ones since onset (a straggler, not a shift).
+    let mut history = History::new(30, 1000);
+    for w in 0..ONSET + 3 {
+        let mut shop = outage(false);
+        if w == ONSET + 1 {
+            shop.calls[2].3 = 300.0;
+        }
+        history.on_window(&window(w, &shop.services, &shop.calls));
+    }
+    let nodes = BTreeSet::from(["checkout".to_string()]);
+    assert!(below(&history, &nodes, ONSET * W, 2).is_empty());
+    // Held for two of the three windows, it is.
+    let mut history = History::new(30, 1000);
+    for w in 0..ONSET + 3 {
+        let mut shop = outage(false);
+        if w >= ONSET + 1 {
+            shop.calls[2].3 = 300.0;
+        }
+        history.on_window(&window(w, &shop.services, &shop.calls));
+    }
+    let found = below(&history, &nodes, ONSET * W, 2);
+    assert!(
+        found.iter().any(|a| implicated(&a.key).0 == "cart"),
+        "{found:#?}"
+    );
+}

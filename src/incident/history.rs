@@ -82,7 +82,8 @@ impl History {
     }
 
     /// Where `key` stood just before `onset` and since: the median of its last
-    /// (at most [`BEFORE_VALUES`]) values before and the mean of those since,
+    /// (at most [`BEFORE_VALUES`]) values before and the median of those since
+    /// (one straggler window of a p99 is not a shift; a fault that holds is),
     /// if it has at least `min_before` values before and one since. The
     /// median of the last few values, not the mean of all held: the windows
     /// held may reach back into an earlier incident, whose values say nothing
@@ -102,9 +103,19 @@ impl History {
         }
         let last = before.split_off(before.len().saturating_sub(BEFORE_VALUES));
         (last.len() >= min_before.max(1) && !after.is_empty()).then(|| {
-            let mean = after.iter().sum::<f64>() / after.len() as f64;
-            (crate::detect::baseline::median(last), mean)
+            use crate::detect::baseline::median;
+            (median(last), median(after))
         })
+    }
+
+    /// The mean of `key`'s values since `onset`, if it has any.
+    pub fn since(&self, key: &SeriesKey, onset: i64) -> Option<f64> {
+        let values = self.values(key)?;
+        let after: Vec<f64> = (self.starts.iter().zip(values))
+            .filter(|(t, v)| **t >= onset && v.is_finite())
+            .map(|(_, v)| *v)
+            .collect();
+        (!after.is_empty()).then(|| after.iter().sum::<f64>() / after.len() as f64)
     }
 
     /// How `node`'s exclusive time moved since `onset`: its means before and
