@@ -87,6 +87,7 @@ impl SeriesKind {
                 "p50_ms",
                 "p99_ms",
                 "mean_ms",
+                super::rows::CALLS_PER_REQUEST,
             ],
             SeriesKind::Metric => &[
                 "auto",

@@ -87,6 +87,9 @@ pub(crate) fn resolution(measure: &str, expected: f64, volume: f64) -> f64 {
             (p * (1.0 - p) / volume.max(1.0)).sqrt()
         }
         m if m.ends_with("_ms") => 0.02 * expected.abs() + 0.1,
+        // Calls per request counted over `volume` requests: Poisson counting
+        // error of the calls expected, per request.
+        super::rows::CALLS_PER_REQUEST => (expected.abs() / volume.max(1.0)).sqrt(),
         _ => 0.001 * expected.abs() + 1e-9,
     }
 }

@@ -5,8 +5,9 @@
 //! flap. A new failure on a series that recovered minutes ago is not a flap: a
 //! run in the cooldown still opens an episode when every window of it is
 //! decisive ([`Candidate::decisive`]) and deviates at least [`ESCALATION`] times
-//! as far as the last episode did at its peak. Each change is an
-//! [`AnomalyEvent`].
+//! as far as the last episode did at its peak, or, past the first
+//! [`FLAP_SHARE`] of the cooldown, when it holds [`SUSTAINED`] window more than
+//! `consecutive`. Each change is an [`AnomalyEvent`].
 //!
 //! An open episode on a call edge or an operation that stops appearing in the
 //! windows (the callers were rerouted away from a failed dependency, the
@@ -37,6 +38,9 @@ struct Episode {
     /// of the run of windows under way.
     peak: f64,
     run_peak: f64,
+    /// Whether every window of the run under way was escalated (decisive and
+    /// [`ESCALATION`] times the last peak).
+    run_escalated: bool,
     /// The series and pattern of an open episode on a signal that may go silent.
     silent_end: Option<(SeriesKey, String, i64)>,
 }
@@ -48,6 +52,17 @@ pub(crate) const SILENT_WINDOWS: i64 = 2;
 /// cooldown must deviate to open a new episode: a flap of the same failure
 /// deviates about as far again; a different, worse failure much further.
 pub(crate) const ESCALATION: f64 = 2.0;
+
+/// How many windows more than `consecutive` a run that is not escalated must
+/// hold to open an episode once the first [`FLAP_SHARE`] of the cooldown has
+/// passed: a flap is brief and follows the end closely (on and off around the
+/// bar); a run that comes later and holds this long is a failure (the same one
+/// back, or a new one on a series that was a bystander of the last) and must
+/// not wait out the cooldown.
+pub(crate) const SUSTAINED: u32 = 1;
+/// The share of the cooldown, right after an episode ends, in which only an
+/// escalated run opens an episode.
+pub(crate) const FLAP_SHARE: f64 = 1.0 / 3.0;
 
 /// Signals whose series end when they stop appearing.
 fn may_go_silent(key: &SeriesKey) -> bool {
@@ -98,18 +113,25 @@ impl Episodes {
                 windows: episode.windows,
             });
         }
-        let escalated = c.decisive && deviation >= ESCALATION * episode.peak;
-        if t < episode.quiet_until && !escalated {
-            episode.run = 0;
-            return None;
-        }
         if episode.run == 0 {
             episode.run_onset = c.onset.unwrap_or(t).min(t);
             episode.run_peak = 0.0;
+            episode.run_escalated = true;
         }
         episode.run_peak = episode.run_peak.max(deviation);
         episode.run += 1;
-        if episode.run < pattern.consecutive {
+        episode.run_escalated &= c.decisive && deviation >= ESCALATION * episode.peak;
+        let cooldown = i64::from(pattern.cooldown) * window_ms;
+        let flapping = t < episode.quiet_until - cooldown + (FLAP_SHARE * cooldown as f64) as i64;
+        let needed = match (t < episode.quiet_until && !episode.run_escalated, flapping) {
+            (false, _) => pattern.consecutive,
+            (true, false) => pattern.consecutive + SUSTAINED,
+            (true, true) => {
+                episode.run = 0;
+                return None;
+            }
+        };
+        if episode.run < needed {
             return None;
         }
         episode.active = Some(episode.run_onset);
@@ -235,10 +257,7 @@ mod tests {
         // A decisive run three times as far opens a new episode; half of one
         // does not.
         assert_eq!(opened(&[held, held, calm, calm, worse, worse]), vec![1, 5]);
-        assert_eq!(
-            opened(&[held, held, calm, worse, held, worse, calm]),
-            vec![1]
-        );
+        assert_eq!(opened(&[held, held, calm, worse, held, calm]), vec![1]);
         // A worse run that is not decisive waits for the cooldown's end.
         let far = Some((0.3, false));
         assert_eq!(opened(&[held, held, calm, far, far]), vec![1]);
@@ -246,5 +265,27 @@ mod tests {
         long.extend(std::iter::repeat_n(calm, 31));
         long.extend([held, held]);
         assert_eq!(opened(&long), vec![1, 34]);
+    }
+
+    #[test]
+    fn a_run_that_holds_in_the_cooldown_is_no_flap() {
+        // A bystander of another service's failure recovers (windows 0-1, ended
+        // in 2); 15 windows later its own failure holds, no further than the
+        // last: one window past `consecutive` it opens, cooldown or not.
+        let (calm, held) = (None, Some((0.1, false)));
+        let mut windows = vec![held, held];
+        windows.extend([calm; 15]);
+        windows.extend([held; 3]);
+        assert_eq!(opened(&windows), vec![1, 19]);
+        // On and off around the bar: a flap.
+        let mut windows = vec![held, held];
+        windows.extend([calm; 15]);
+        windows.extend([held, held, calm, held, held, calm, held]);
+        assert_eq!(opened(&windows), vec![1]);
+        // Held as long right after the end (the first third of the cooldown):
+        // the same failure flapping.
+        let mut windows = vec![held, held, calm, calm];
+        windows.extend([held; 4]);
+        assert_eq!(opened(&windows), vec![1]);
     }
 }

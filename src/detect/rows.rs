@@ -52,7 +52,25 @@ impl Row {
             .copied()
             .unwrap_or(0.0)
     }
+
+    /// What `measure` was counted over: the caller's requests for
+    /// [`CALLS_PER_REQUEST`], else [`Row::volume`].
+    pub fn volume_for(&self, measure: &str) -> f64 {
+        match measure {
+            CALLS_PER_REQUEST => self.values.get(CALLER_REQUESTS).copied().unwrap_or(0.0),
+            _ => self.volume(),
+        }
+    }
 }
+
+/// The edge measure derived from the caller's requests: how many calls to
+/// the callee each request of the caller made in the window. A caller's call
+/// mix is a property of its code and its request mix, not of its load; a
+/// request cut short (an exception, a wrong answer, an early return) skips
+/// the calls it would have made next, even where no span carries an error.
+pub const CALLS_PER_REQUEST: &str = "calls_per_request";
+/// The caller's requests in the window, next to [`CALLS_PER_REQUEST`].
+pub const CALLER_REQUESTS: &str = "caller_requests";
 
 /// Every row of the window's tables.
 pub fn rows(tables: &WindowTables) -> Vec<Row> {
@@ -63,7 +81,37 @@ pub fn rows(tables: &WindowTables) -> Vec<Row> {
     read(edge, SeriesKind::Edge, &mut out);
     read(metric, SeriesKind::Metric, &mut out);
     read(log, SeriesKind::Log, &mut out);
+    add_calls_per_request(&mut out);
     out
+}
+
+/// Gives every edge row whose caller served requests in the window its
+/// [`CALLS_PER_REQUEST`] and [`CALLER_REQUESTS`].
+fn add_calls_per_request(rows: &mut [Row]) {
+    let requests: HashMap<(String, String), f64> = rows
+        .iter()
+        .filter(|r| r.kind == SeriesKind::Service)
+        .filter_map(|r| {
+            let n = r.values.get("requests").copied()?;
+            Some(((r.service.clone(), r.attributes.clone()), n))
+        })
+        .collect();
+    for row in rows.iter_mut().filter(|r| r.kind == SeriesKind::Edge) {
+        // The caller's identity: the edge's attributes before its callee's.
+        let caller: Vec<&str> = row
+            .attributes
+            .split(',')
+            .take_while(|p| !p.starts_with("callee="))
+            .collect();
+        let key = (row.service.clone(), caller.join(","));
+        let (Some(&served), Some(&calls)) = (requests.get(&key), row.values.get("calls")) else {
+            continue;
+        };
+        if served > 0.0 {
+            row.values.insert(CALLS_PER_REQUEST, calls / served);
+            row.values.insert(CALLER_REQUESTS, served);
+        }
+    }
 }
 
 fn read(batch: &RecordBatch, kind: SeriesKind, out: &mut Vec<Row>) {
@@ -223,5 +271,47 @@ fn matches(p: &Pattern, row: &Row) -> bool {
                     .any(|s| s.eq_ignore_ascii_case(&row.tag))
         }
         _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::tables::{Red, TableBuilder};
+
+    #[test]
+    fn an_edge_carries_its_callers_calls_per_request() {
+        let (start, end) = (0, 10_000);
+        let mut service = TableBuilder::new(0, start, end);
+        let mut red = Red::default();
+        for _ in 0..40 {
+            red.add(10.0, false);
+        }
+        // Same name in another environment: not the caller.
+        service.red_row(&["shop", "web", "prod"], &red);
+        service.red_row(&["shop", "web", "staging"], &Red::default());
+        let mut edge = TableBuilder::new(2, start, end);
+        let calls = crate::incident::testing::healthy_calls(); // 10 calls
+        edge.row(
+            &["shop", "web", "prod", "shop", "cart", "prod", "service", ""],
+            &calls,
+        );
+        // A caller that serves no requests (a client): no ratio.
+        edge.row(
+            &[
+                "shop", "cron", "prod", "shop", "cart", "prod", "service", "",
+            ],
+            &calls,
+        );
+        let tables = crate::incident::testing::tables((start, end), service, edge);
+        let edges: Vec<Row> = rows(&tables)
+            .into_iter()
+            .filter(|r| r.kind == SeriesKind::Edge)
+            .collect();
+        assert_eq!(edges[0].service, "web");
+        assert_eq!(edges[0].measure(CALLS_PER_REQUEST), Some(0.25));
+        assert_eq!(edges[0].volume_for(CALLS_PER_REQUEST), 40.0);
+        assert_eq!(edges[0].volume_for("p99_ms"), 10.0);
+        assert_eq!(edges[1].measure(CALLS_PER_REQUEST), None);
     }
 }

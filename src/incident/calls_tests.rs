@@ -327,7 +327,7 @@ fn one_slow_window_since_onset_is_not_a_degraded_call() {
     let mut history = History::new(30, 1000);
     for w in 0..ONSET + 3 {
         let mut shop = outage(false);
-        if w >= ONSET + 1 {
+        if w > ONSET {
             shop.calls[2].3 = 300.0;
         }
         history.on_window(&window(w, &shop.services, &shop.calls));

@@ -139,7 +139,8 @@ impl RootCause {
 /// metrics the same attributes name the caller or the server itself).
 pub fn implicated(key: &SeriesKey) -> (String, bool) {
     let client_side = match key.signal.as_str() {
-        "edge" => true,
+        // How many calls a caller makes per request is its own doing.
+        "edge" => key.name != crate::detect::rows::CALLS_PER_REQUEST,
         "metric" => key.name.split(['.', '_']).any(|s| s == "client"),
         _ => false,
     };

@@ -117,6 +117,27 @@ fn a_released_callers_slower_calls_are_its_own() {
 }
 
 #[test]
+fn a_caller_that_skips_calls_is_its_own_cause() {
+    // web's requests end early: its calls per request to cart dropped. The
+    // cart did not fail; web's own code did.
+    let skipped = |callee: &str| {
+        let mut a = on(
+            "web",
+            "edge",
+            &format!("callee={callee},callee_kind=service"),
+            1,
+            1.0,
+        );
+        a.key.name = crate::detect::rows::CALLS_PER_REQUEST.into();
+        a.class = FailureClass::TrafficAnomaly;
+        a
+    };
+    let ranked = ranked(&[skipped("cart")], &[("web", "cart")]);
+    assert_eq!(names(&ranked), ["web"], "{ranked:#?}");
+    assert_eq!(ranked[0].class, FailureClass::TrafficAnomaly);
+}
+
+#[test]
 fn a_version_change_before_onset_speaks_for_its_service() {
     // Two unconnected services, same strength and time: the one just deployed
     // leads, and its class says so.

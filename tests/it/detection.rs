@@ -296,6 +296,19 @@ fn detects_a_dependency_failure() {
 }
 
 #[test]
+fn detects_requests_cut_short_by_the_calls_they_skip() {
+    detects(Fault::EarlyReturn);
+    // The anomaly is the caller's call mix, not its callee's failure.
+    let anomalies = run(Some(Fault::EarlyReturn));
+    let mix = anomalies
+        .iter()
+        .find(|a| a.key.name == "calls_per_request")
+        .unwrap_or_else(|| panic!("no call-mix anomaly:\n{}", describe(&anomalies)));
+    assert_eq!(mix.key.service, name(FAULTY));
+    assert!(mix.observed < 0.5 * mix.expected, "{mix:?}");
+}
+
+#[test]
 fn detects_a_traffic_surge() {
     detects(Fault::TrafficSurge);
 }

@@ -7,8 +7,8 @@ use crate::detect::catalogue::{Direction, SeriesKind};
 
 /// Fires when the deviation's score reaches `min_score` in `direction`, the
 /// change is at least `min_delta` (absolute) and `min_ratio` (observed /
-/// expected, or its inverse going down), the window's volume (requests or calls)
-/// is at least `min_volume` and the expectation at least `min_expected`; a rise
+/// expected, or its inverse going down), the window's volume (requests or calls;
+/// for `calls_per_request`, the caller's requests) is at least `min_volume` and the expectation at least `min_expected`; a rise
 /// must also go beyond the series' own recent bursts (`detect::excursion`).
 ///
 /// It is decisive when its two-sided tail, `1 - score`, is at most
@@ -46,7 +46,7 @@ impl Detect for Deviation {
         let series = &mut *scope.series;
         let (row, t, value, measure) = (eval.row, eval.t, eval.value, eval.measure);
         let state = series.ready(eval.key, measure)?;
-        let volume = row.volume();
+        let volume = row.volume_for(measure);
         if !matches!(
             row.kind,
             SeriesKind::Metric | SeriesKind::Log | SeriesKind::LogTemplate

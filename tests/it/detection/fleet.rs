@@ -92,6 +92,9 @@ pub enum Fault {
     /// The database fails: its caller's calls to it fail, and the errors travel
     /// up the chain to the five services before it.
     DatabaseDown,
+    /// The service's requests end early (a wrong answer, an exception): 70% of
+    /// them skip its call to the next service, and no span carries an error.
+    EarlyReturn,
 }
 
 impl Fault {
@@ -114,6 +117,7 @@ impl Fault {
             Fault::TemplateBurst => FailureClass::LogPattern,
             Fault::SlowLeak => FailureClass::MemoryLeak,
             Fault::DatabaseDown => FailureClass::DependencyFailure,
+            Fault::EarlyReturn => FailureClass::TrafficAnomaly,
         }
     }
 }
@@ -261,7 +265,12 @@ pub fn window_at(
         } else {
             ("postgres".to_string(), "database")
         };
-        let calls = count(noise, lambda * 0.8).max(1);
+        let skipped = if faulty && active(Fault::EarlyReturn) {
+            0.7
+        } else {
+            0.0
+        };
+        let calls = count(noise, lambda * 0.8 * (1.0 - skipped)).max(1);
         let mut edge_p = 0.005;
         let mut edge_latency = 40.0 * (1.0 + 0.05 * noise.normal());
         if (faulty && active(Fault::Dependency)) || cascade {
