@@ -7,9 +7,10 @@ use crate::detect::catalogue::{Direction, SeriesKind};
 
 /// Fires when the deviation's score reaches `min_score` in `direction`, the
 /// change is at least `min_delta` (absolute) and `min_ratio` (observed /
-/// expected, or its inverse going down), the window's volume (requests or calls;
-/// for `calls_per_request`, the caller's requests) is at least `min_volume` and the expectation at least `min_expected`; a rise
-/// must also go beyond the series' own recent bursts (`detect::excursion`).
+/// expected, or its inverse going down), the window's volume (requests or
+/// calls; for `calls_per_request`, the caller's requests) is at least
+/// `min_volume` and the expectation at least `min_expected`; a rise must also
+/// go beyond the series' own recent bursts (`detect::excursion`).
 ///
 /// It is decisive when its two-sided tail, `1 - score`, is at most
 /// `(1 - min_score)^consecutive`: this window alone is as unlikely under the
