@@ -5,8 +5,8 @@
 //! flap. A new failure on a series that recovered minutes ago is not a flap: a
 //! run in the cooldown still opens an episode when every window of it is
 //! decisive ([`Candidate::decisive`]) and deviates at least [`ESCALATION`] times
-//! as far as the last episode did at its peak, or, past the first
-//! [`FLAP_SHARE`] of the cooldown, when it holds [`SUSTAINED`] window more than
+//! as far as the last episode did at its peak, or, past the first third
+//! ([`FLAP_PART`]) of the cooldown, when it holds [`SUSTAINED`] window more than
 //! `consecutive`. Each change is an [`AnomalyEvent`].
 //!
 //! An open episode on a call edge or an operation that stops appearing in the
@@ -54,15 +54,15 @@ pub(crate) const SILENT_WINDOWS: i64 = 2;
 pub(crate) const ESCALATION: f64 = 2.0;
 
 /// How many windows more than `consecutive` a run that is not escalated must
-/// hold to open an episode once the first [`FLAP_SHARE`] of the cooldown has
+/// hold to open an episode once the first third ([`FLAP_PART`]) of the cooldown has
 /// passed: a flap is brief and follows the end closely (on and off around the
 /// bar); a run that comes later and holds this long is a failure (the same one
 /// back, or a new one on a series that was a bystander of the last) and must
 /// not wait out the cooldown.
 pub(crate) const SUSTAINED: u32 = 1;
-/// The share of the cooldown, right after an episode ends, in which only an
-/// escalated run opens an episode.
-pub(crate) const FLAP_SHARE: f64 = 1.0 / 3.0;
+/// The part of the cooldown (1 / this), right after an episode ends, in
+/// which only an escalated run opens an episode: the first third.
+pub(crate) const FLAP_PART: i64 = 3;
 
 /// Signals whose series end when they stop appearing.
 fn may_go_silent(key: &SeriesKey) -> bool {
@@ -122,7 +122,8 @@ impl Episodes {
         episode.run += 1;
         episode.run_escalated &= c.decisive && deviation >= ESCALATION * episode.peak;
         let cooldown = i64::from(pattern.cooldown) * window_ms;
-        let flapping = t < episode.quiet_until - cooldown + (FLAP_SHARE * cooldown as f64) as i64;
+        let ended = episode.quiet_until - cooldown;
+        let flapping = t < ended + cooldown / FLAP_PART;
         let needed = match (t < episode.quiet_until && !episode.run_escalated, flapping) {
             (false, _) => pattern.consecutive,
             (true, false) => pattern.consecutive + SUSTAINED,

@@ -175,10 +175,8 @@ pub fn slowed_alone(history: &History, caller: &str, peer: &str, onset: i64) -> 
         .iter()
         .filter(|k| k.name == "mean_ms")
         .collect();
-    let own_calls = calls
-        .iter()
-        .find(|key| node::own(key) == caller)
-        .and_then(|key| change(key));
+    let own_key = calls.iter().find(|key| node::own(key) == caller).copied();
+    let own_calls = own_key.and_then(change);
     let own_rise = own_calls.map(|(b, a)| a - b);
     let slowed = |key: &SeriesKey, like: Option<f64>| {
         change(key).is_some_and(|(before, after)| {
@@ -203,41 +201,36 @@ pub fn slowed_alone(history: &History, caller: &str, peer: &str, onset: i64) -> 
         _ => slowed(&served, None),
     };
     (others > 0 && !explained)
-        || (own_calls.is_none() && waits_alone_now(history, caller, &calls, &served, onset))
+        || (own_calls.is_none()
+            && own_key.is_some_and(|own| waits_alone_now(history, own, &calls, &served, onset)))
 }
 
 /// [`slowed_alone`] for calls with no "before" (traces began as the incident
 /// did: sampled, or switched on for it): callers are compared as they stand
 /// since `onset`. A call's time is the peer's time serving it plus the network
-/// and the caller's own wait (its CPU, its client); `caller`'s calls wait
+/// and the caller's own wait (its CPU, its client); the calls of `own` wait
 /// alone when the peer's own requests (`served`, where it reports them)
 /// explain less than half of their time, and every other caller's calls to
 /// it take no more than half as long beyond the peer's time. A peer slow in
 /// its code or its network is slow for every caller.
 fn waits_alone_now(
     history: &History,
-    caller: &str,
+    own: &SeriesKey,
     calls: &[&SeriesKey],
     served: &SeriesKey,
     onset: i64,
 ) -> bool {
     let since = |key: &SeriesKey| history.since(key, onset);
-    let (Some(own), Some(served)) = (
-        calls
-            .iter()
-            .find(|key| node::own(key) == caller)
-            .and_then(|key| since(key)),
-        since(served),
-    ) else {
+    let (Some(own_ms), Some(served)) = (since(own), since(served)) else {
         return false;
     };
-    let gap = own - served;
+    let gap = own_ms - served;
     let others: Vec<f64> = calls
         .iter()
-        .filter(|key| node::own(key) != caller)
+        .filter(|key| node::own(key) != node::own(own))
         .filter_map(|key| since(key))
         .collect();
-    gap > 0.5 * own && !others.is_empty() && others.iter().all(|o| o - served <= 0.5 * gap)
+    gap > 0.5 * own_ms && !others.is_empty() && others.iter().all(|o| o - served <= 0.5 * gap)
 }
 
 /// Where call series `key` stood before onset and since, if it degraded.

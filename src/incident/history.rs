@@ -100,13 +100,7 @@ impl History {
         onset: i64,
         min_before: usize,
     ) -> Option<(f64, f64)> {
-        let values = self.values(key)?;
-        let (mut before, mut after) = (Vec::new(), Vec::new());
-        for (t, v) in self.starts.iter().zip(values) {
-            if v.is_finite() {
-                if *t < onset { &mut before } else { &mut after }.push(*v);
-            }
-        }
+        let (mut before, after) = self.split(key, onset)?;
         let last = before.split_off(before.len().saturating_sub(BEFORE_VALUES));
         (last.len() >= min_before.max(1) && !after.is_empty()).then(|| {
             use crate::detect::baseline::median;
@@ -116,12 +110,19 @@ impl History {
 
     /// The mean of `key`'s values since `onset`, if it has any.
     pub fn since(&self, key: &SeriesKey, onset: i64) -> Option<f64> {
-        let values = self.values(key)?;
-        let after: Vec<f64> = (self.starts.iter().zip(values))
-            .filter(|(t, v)| **t >= onset && v.is_finite())
-            .map(|(_, v)| *v)
-            .collect();
+        let (_, after) = self.split(key, onset)?;
         (!after.is_empty()).then(|| after.iter().sum::<f64>() / after.len() as f64)
+    }
+
+    /// `key`'s finite values before `onset` and since, oldest first.
+    fn split(&self, key: &SeriesKey, onset: i64) -> Option<(Vec<f64>, Vec<f64>)> {
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        for (t, v) in self.starts.iter().zip(self.values(key)?) {
+            if v.is_finite() {
+                if *t < onset { &mut before } else { &mut after }.push(*v);
+            }
+        }
+        Some((before, after))
     }
 
     /// How `node`'s exclusive time moved since `onset`: its means before and

@@ -192,7 +192,7 @@ fn a_day_of_steady_seasonal_traffic_raises_no_anomaly() {
     );
 }
 
-fn detects(fault: Fault) {
+fn detects(fault: Fault) -> Vec<Anomaly> {
     let anomalies = run(Some(fault));
     let onset = START_MS + FAULT_WINDOW * WINDOW_MS;
     let early: Vec<Anomaly> = anomalies
@@ -218,6 +218,7 @@ fn detects(fault: Fault) {
         name(FAULTY),
         describe(&anomalies)
     );
+    anomalies
 }
 
 #[test]
@@ -297,9 +298,8 @@ fn detects_a_dependency_failure() {
 
 #[test]
 fn detects_requests_cut_short_by_the_calls_they_skip() {
-    detects(Fault::EarlyReturn);
     // The anomaly is the caller's call mix, not its callee's failure.
-    let anomalies = run(Some(Fault::EarlyReturn));
+    let anomalies = detects(Fault::EarlyReturn);
     let mix = anomalies
         .iter()
         .find(|a| a.key.name == "calls_per_request")
@@ -335,8 +335,7 @@ fn detects_a_generic_metric_anomaly() {
 
 #[test]
 fn forecasts_saturation_before_the_limit_is_reached() {
-    detects(Fault::SaturationTrend);
-    let anomalies = run(Some(Fault::SaturationTrend));
+    let anomalies = detects(Fault::SaturationTrend);
     let forecast = anomalies
         .iter()
         .find(|a| a.class == FailureClass::Saturation && a.key.name == "system.cpu.utilization")

@@ -118,7 +118,7 @@ const DEPARTED_TAIL: f64 = 1e-8;
 /// often runs near its limit (the commonest false alarm of this detector)
 /// reaches it within its baseline's spread.
 fn departed(eval: &Eval<'_>, scope: &mut Scope<'_>) -> bool {
-    let volume = eval.row.volume();
+    let volume = eval.row.volume_for(eval.measure);
     scope
         .series
         .ready(eval.key, eval.measure)
