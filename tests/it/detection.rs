@@ -309,6 +309,18 @@ fn detects_requests_cut_short_by_the_calls_they_skip() {
 }
 
 #[test]
+fn detects_a_quiet_dependency_slowing_down() {
+    // Two calls a window are too few for the edge's quantiles (below the
+    // pattern's `min_volume`): the window is judged by its median call.
+    let anomalies = detects(Fault::QuietDependencySlow);
+    let edge = anomalies
+        .iter()
+        .find(|a| a.key.attributes.contains("callee=mailer"))
+        .unwrap_or_else(|| panic!("no anomaly on the quiet edge:\n{}", describe(&anomalies)));
+    assert!(edge.detail.contains("the median of"), "{edge:?}");
+}
+
+#[test]
 fn detects_a_traffic_surge() {
     detects(Fault::TrafficSurge);
 }

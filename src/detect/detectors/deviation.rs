@@ -2,8 +2,11 @@
 
 use serde::Deserialize;
 
+use statrs::function::factorial::binomial;
+
 use super::{Candidate, Detect, Eval, Scope, resolution, short};
 use crate::detect::catalogue::{Direction, SeriesKind};
+use crate::detect::rows::Row;
 
 /// Fires when the deviation's score reaches `min_score` in `direction`, the
 /// change is at least `min_delta` (absolute) and `min_ratio` (observed /
@@ -31,6 +34,34 @@ pub struct Deviation {
     pub min_expected: f64,
 }
 
+impl Deviation {
+    /// A latency rise on a series below `min_volume`: its quantiles are those of a
+    /// few calls, so the window is judged by its median call (`p50_ms`) against
+    /// the usual tail, and only upward (a few fast calls say nothing). `None`
+    /// for any other measure or direction, and below two calls: one call's own
+    /// tail is unknown (latencies are heavy-tailed), so one slow call is no
+    /// evidence, however slow.
+    fn median_of_few(&self, row: &Row, measure: &str, volume: f64) -> Option<f64> {
+        let latency = measure.ends_with("_ms") && measure != "p50_ms";
+        (latency && volume >= 2.0 && self.direction == Direction::Up)
+            .then(|| row.measure("p50_ms"))
+            .flatten()
+    }
+}
+
+/// The score of a window whose median of `calls` calls deviates with `score`
+/// against the baseline of the window's tail quantile. A window's tail is at
+/// least any of its calls, so one call goes as far with probability at most
+/// `p = 1 - score`. The median is the nearest-rank one (`window::quantiles`):
+/// `m = floor(n / 2) + 1` of the `n` calls are at or above it, all of them that
+/// far with probability at most C(n, m) p^m (calls taken as independent).
+fn few_calls_score(score: f64, calls: f64) -> f64 {
+    let n = calls.round().max(1.0) as u64;
+    let m = n / 2 + 1;
+    let tail = binomial(n, m) * (1.0 - score).powi(i32::try_from(m).unwrap_or(i32::MAX));
+    1.0 - tail.min(1.0)
+}
+
 impl Detect for Deviation {
     fn problems(&self, _series: SeriesKind) -> Vec<String> {
         let mut out = Vec::new();
@@ -48,13 +79,14 @@ impl Detect for Deviation {
         let (row, t, value, measure) = (eval.row, eval.t, eval.value, eval.measure);
         let state = series.ready(eval.key, measure)?;
         let volume = row.volume_for(measure);
-        if !matches!(
+        let few = !matches!(
             row.kind,
             SeriesKind::Metric | SeriesKind::Log | SeriesKind::LogTemplate
-        ) && volume < self.min_volume
-        {
-            return None;
-        }
+        ) && volume < self.min_volume;
+        let value = match few {
+            false => value,
+            true => self.median_of_few(row, measure, volume)?,
+        };
         let expected = state.baseline.expected(t);
         let floor = resolution(measure, expected, volume);
         let d = state.baseline.deviation(t, value, floor);
@@ -73,7 +105,11 @@ impl Detect for Deviation {
         // A rise no higher than the series' own recent bursts is one more of
         // them (see `detect::excursion`).
         let usual_burst = up && state.baseline.burst_peak().is_some_and(|p| value <= p);
-        let score = d.score();
+        let score = if few {
+            few_calls_score(d.score(), volume)
+        } else {
+            d.score()
+        };
         let run = i32::try_from(eval.pattern.consecutive.max(1)).unwrap_or(i32::MAX);
         let decisive = 1.0 - score <= (1.0 - self.min_score).powi(run);
         (ok_direction
@@ -87,14 +123,42 @@ impl Detect for Deviation {
                 expected: d.expected,
                 score,
                 onset: None,
-                detail: format!(
-                    "{measure} {} to {} (expected {}, z {:.1})",
-                    if up { "up" } else { "down" },
-                    short(value),
-                    short(d.expected),
-                    d.z
-                ),
+                detail: if few {
+                    format!(
+                        "the median of {volume:.0} calls up to {} ({measure} expected {}, z {:.1})",
+                        short(value),
+                        short(d.expected),
+                        d.z
+                    )
+                } else {
+                    format!(
+                        "{measure} {} to {} (expected {}, z {:.1})",
+                        if up { "up" } else { "down" },
+                        short(value),
+                        short(d.expected),
+                        d.z
+                    )
+                },
                 decisive,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::few_calls_score;
+
+    #[test]
+    fn more_calls_at_the_median_are_stronger_evidence() {
+        // A window tail that deviates with a tail of 1e-3: two calls both that
+        // far (the nearest-rank median of two is the lower) have at most 1e-6.
+        let p = 1e-3;
+        let two = 1.0 - few_calls_score(1.0 - p, 2.0);
+        assert!((two - 1e-6).abs() < 1e-12, "{two}");
+        // Five calls: three at or above the median, C(5, 3) = 10 ways.
+        let five = 1.0 - few_calls_score(1.0 - p, 5.0);
+        assert!((five - 1e-8).abs() < 1e-13, "{five}");
+        // Weak deviations stay weak: no score above 0 from a tail of 1.
+        assert_eq!(few_calls_score(0.0, 4.0), 0.0);
     }
 }

@@ -95,6 +95,10 @@ pub enum Fault {
     /// The service's requests end early (a wrong answer, an exception): 70% of
     /// them skip its call to the next service, and no span carries an error.
     EarlyReturn,
+    /// The quiet dependency every service calls a couple of times a window
+    /// (too few calls for the edge's quantiles to be its own) answers 20 times
+    /// slower.
+    QuietDependencySlow,
 }
 
 impl Fault {
@@ -118,6 +122,7 @@ impl Fault {
             Fault::SlowLeak => FailureClass::MemoryLeak,
             Fault::DatabaseDown => FailureClass::DependencyFailure,
             Fault::EarlyReturn => FailureClass::TrafficAnomaly,
+            Fault::QuietDependencySlow => FailureClass::DependencyFailure,
         }
     }
 }
@@ -128,6 +133,27 @@ pub type Noise = Rng;
 /// Poisson-like count with mean `lambda`.
 fn count(noise: &mut Noise, lambda: f64) -> u64 {
     (lambda + lambda.sqrt() * noise.normal()).round().max(0.0) as u64
+}
+
+/// The edge cells of a window's calls to a quiet dependency: about two calls
+/// (none in some windows: no row), each 20 ms times `slower` with a heavy tail
+/// (log-normal, sigma 0.5), so the edge's "p99" is just its slowest call and
+/// its p50 the nearest-rank median, as the window stage computes them.
+fn quiet_calls(noise: &mut Noise, slower: f64) -> Option<[Cell; 6]> {
+    let calls = count(noise, 2.0);
+    let mut ms: Vec<f64> = (0..calls)
+        .map(|_| 20.0 * slower * (0.5 * noise.normal()).exp())
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let (median, slowest) = (*ms.get(ms.len().saturating_sub(1) / 2)?, *ms.last()?);
+    Some([
+        Cell::U64(Some(calls)),
+        Cell::U64(Some(0)),
+        Cell::F64(Some(0.0)),
+        Cell::F64(Some(median)),
+        Cell::F64(Some(slowest)),
+        Cell::F64(Some(ms.iter().sum::<f64>() / calls as f64)),
+    ])
 }
 
 pub fn name(i: usize) -> String {
@@ -291,6 +317,15 @@ pub fn window_at(
                 Cell::F64(Some(edge_latency * 0.5)),
             ],
         );
+        let slow = faulty && active(Fault::QuietDependencySlow);
+        if let Some(cells) = quiet_calls(noise, if slow { 20.0 } else { 1.0 }) {
+            edge.row(
+                &[
+                    "shop", &svc, "prod", "shop", "mailer", "prod", "service", "",
+                ],
+                &cells,
+            );
+        }
 
         let mut gauge = |name: &str, unit: &str, kind: &str, value: f64| {
             let row = [
