@@ -72,6 +72,14 @@ pub(crate) trait Detect {
         1
     }
 
+    /// Whether `eval`'s window holds enough to judge (calls enough, for a
+    /// measure over calls). A window that does not is neither one where the
+    /// condition holds nor one where it fails: it extends no run and breaks
+    /// none, and ends no episode, as a window without the series does not.
+    fn judges(&self, _eval: &Eval<'_>) -> bool {
+        true
+    }
+
     /// Whether the condition holds for `eval`; values it reads from other series
     /// go into `scope.learn`.
     fn evaluate(&self, eval: &Eval<'_>, scope: &mut Scope<'_>) -> Option<Candidate>;

@@ -372,12 +372,15 @@ impl DetectStage {
                     new_templates,
                     logs_warm: &logs_warm,
                 };
-                let mut scope = Scope {
-                    series: &mut self.series,
-                    learn,
-                };
-                let candidate = pattern.detector.rule().evaluate(&eval, &mut scope);
-                evaluated.push((index, key.clone(), candidate));
+                let rule = pattern.detector.rule();
+                if rule.judges(&eval) {
+                    let mut scope = Scope {
+                        series: &mut self.series,
+                        learn,
+                    };
+                    let candidate = rule.evaluate(&eval, &mut scope);
+                    evaluated.push((index, key.clone(), candidate));
+                }
                 learn.insert((key, measure), value);
             }
         }

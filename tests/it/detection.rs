@@ -310,8 +310,9 @@ fn detects_requests_cut_short_by_the_calls_they_skip() {
 
 #[test]
 fn detects_a_quiet_dependency_slowing_down() {
-    // Two calls a window are too few for the edge's quantiles (below the
-    // pattern's `min_volume`): the window is judged by its median call.
+    // Three calls a window are too few for the edge's quantiles (below the
+    // pattern's `min_volume`): the window is judged by its median call. The
+    // windows of one call between them are not judged and break no run.
     let anomalies = detects(Fault::QuietDependencySlow);
     let edge = anomalies
         .iter()

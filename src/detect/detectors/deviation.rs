@@ -35,6 +35,15 @@ pub struct Deviation {
 }
 
 impl Deviation {
+    /// Whether `row`'s window has fewer calls (or requests) behind `measure`
+    /// than `min_volume`; metric and log rows count no calls.
+    fn few(&self, row: &Row, measure: &str) -> bool {
+        !matches!(
+            row.kind,
+            SeriesKind::Metric | SeriesKind::Log | SeriesKind::LogTemplate
+        ) && row.volume_for(measure) < self.min_volume
+    }
+
     /// A latency rise on a series below `min_volume`: its quantiles are those of a
     /// few calls, so the window is judged by its median call (`p50_ms`) against
     /// the usual tail, and only upward (a few fast calls say nothing). `None`
@@ -74,15 +83,22 @@ impl Detect for Deviation {
         out
     }
 
+    /// Below `min_volume`, only a latency rise over two calls or more is judged
+    /// ([`Deviation::median_of_few`]).
+    fn judges(&self, eval: &Eval<'_>) -> bool {
+        let (row, measure) = (eval.row, eval.measure);
+        !self.few(row, measure)
+            || self
+                .median_of_few(row, measure, row.volume_for(measure))
+                .is_some()
+    }
+
     fn evaluate(&self, eval: &Eval<'_>, scope: &mut Scope<'_>) -> Option<Candidate> {
         let series = &mut *scope.series;
         let (row, t, value, measure) = (eval.row, eval.t, eval.value, eval.measure);
         let state = series.ready(eval.key, measure)?;
         let volume = row.volume_for(measure);
-        let few = !matches!(
-            row.kind,
-            SeriesKind::Metric | SeriesKind::Log | SeriesKind::LogTemplate
-        ) && volume < self.min_volume;
+        let few = self.few(row, measure);
         let value = match few {
             false => value,
             true => self.median_of_few(row, measure, volume)?,
