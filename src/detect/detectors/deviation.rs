@@ -13,7 +13,10 @@ use crate::detect::rows::Row;
 /// expected, or its inverse going down), the window's volume (requests or
 /// calls; for `calls_per_request`, the caller's requests) is at least
 /// `min_volume` and the expectation at least `min_expected`; a rise must also
-/// go beyond the series' own recent bursts (`detect::excursion`).
+/// go beyond the series' own recent bursts (`detect::excursion`). Below
+/// `min_volume`, a latency rise over two calls or more is judged by the
+/// window's median call (`Deviation::median_of_few`); any other window below
+/// it is not judged (`Detect::judges`).
 ///
 /// It is decisive when its two-sided tail, `1 - score`, is at most
 /// `(1 - min_score)^consecutive`: this window alone is as unlikely under the
