@@ -47,6 +47,17 @@ impl Deviation {
         ) && row.volume_for(measure) < self.min_volume
     }
 
+    /// The value `row`'s window is judged by, and whether it is the median of
+    /// a few calls ([`Deviation::median_of_few`]); `None` when the window is
+    /// below `min_volume` and cannot be judged.
+    fn judged_value(&self, row: &Row, measure: &str, value: f64) -> Option<(f64, bool)> {
+        if !self.few(row, measure) {
+            return Some((value, false));
+        }
+        self.median_of_few(row, measure, row.volume_for(measure))
+            .map(|median| (median, true))
+    }
+
     /// A latency rise on a series below `min_volume`: its quantiles are those of a
     /// few calls, so the window is judged by its median call (`p50_ms`) against
     /// the usual tail, and only upward (a few fast calls say nothing). `None`
@@ -89,11 +100,8 @@ impl Detect for Deviation {
     /// Below `min_volume`, only a latency rise over two calls or more is judged
     /// ([`Deviation::median_of_few`]).
     fn judges(&self, eval: &Eval<'_>) -> bool {
-        let (row, measure) = (eval.row, eval.measure);
-        !self.few(row, measure)
-            || self
-                .median_of_few(row, measure, row.volume_for(measure))
-                .is_some()
+        self.judged_value(eval.row, eval.measure, eval.value)
+            .is_some()
     }
 
     fn evaluate(&self, eval: &Eval<'_>, scope: &mut Scope<'_>) -> Option<Candidate> {
@@ -101,11 +109,7 @@ impl Detect for Deviation {
         let (row, t, value, measure) = (eval.row, eval.t, eval.value, eval.measure);
         let state = series.ready(eval.key, measure)?;
         let volume = row.volume_for(measure);
-        let few = self.few(row, measure);
-        let value = match few {
-            false => value,
-            true => self.median_of_few(row, measure, volume)?,
-        };
+        let (value, few) = self.judged_value(row, measure, value)?;
         let expected = state.baseline.expected(t);
         let floor = resolution(measure, expected, volume);
         let d = state.baseline.deviation(t, value, floor);
