@@ -97,7 +97,7 @@ impl LogBatchBuilder {
     /// that carry no time at all.
     pub(crate) fn new(capacity: usize, now_unix_nano: u64) -> Self {
         LogBatchBuilder {
-            resource: ResourceColumns::with_capacity(capacity),
+            resource: ResourceColumns::new(),
             time: UInt64Builder::with_capacity(capacity),
             severity_number: Int32Builder::with_capacity(capacity),
             severity: StringBuilder::with_capacity(capacity, capacity * 5),
@@ -153,7 +153,7 @@ impl LogBatchBuilder {
 
     /// The batch.
     pub(crate) fn finish(mut self) -> Result<Decoded, ArrowError> {
-        let mut columns = self.resource.finish();
+        let mut columns = self.resource.finish()?;
         columns.extend([
             Arc::new(self.time.finish()) as ArrayRef,
             Arc::new(self.severity_number.finish()),

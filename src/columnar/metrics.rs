@@ -133,9 +133,8 @@ struct Builders {
 
 /// Converts metric data points; invalid points are rejected, the rest kept.
 pub fn to_arrow(resource_metrics: &[ResourceMetrics]) -> Result<Decoded, ArrowError> {
-    let capacity = 64;
     let mut b = Builders {
-        resource: ResourceColumns::with_capacity(capacity),
+        resource: ResourceColumns::new(),
         name: StringBuilder::new(),
         unit: StringBuilder::new(),
         kind: StringBuilder::new(),
@@ -291,7 +290,7 @@ pub fn to_arrow(resource_metrics: &[ResourceMetrics]) -> Result<Decoded, ArrowEr
         }
     }
 
-    let mut columns = b.resource.finish();
+    let mut columns = b.resource.finish()?;
     columns.extend([
         Arc::new(b.name.finish()) as ArrayRef,
         Arc::new(b.unit.finish()),

@@ -128,7 +128,7 @@ pub(crate) struct SpanBatchBuilder {
 impl SpanBatchBuilder {
     pub(crate) fn with_capacity(capacity: usize) -> Self {
         SpanBatchBuilder {
-            resource: ResourceColumns::with_capacity(capacity),
+            resource: ResourceColumns::new(),
             trace_id: FixedSizeBinaryBuilder::with_capacity(capacity, 16),
             span_id: FixedSizeBinaryBuilder::with_capacity(capacity, 8),
             parent: FixedSizeBinaryBuilder::with_capacity(capacity, 8),
@@ -196,7 +196,7 @@ impl SpanBatchBuilder {
     }
 
     pub(crate) fn finish(mut self) -> Result<Decoded, ArrowError> {
-        let mut columns = self.resource.finish();
+        let mut columns = self.resource.finish()?;
         columns.extend([
             Arc::new(self.trace_id.finish()) as ArrayRef,
             Arc::new(self.span_id.finish()),

@@ -44,7 +44,16 @@ pub struct Drain {
     groups: HashMap<u64, Vec<u32>>,
     /// Messages that found no room.
     pub overflow: u64,
+    /// Recent messages, exactly as they came (a hash of service and text), and
+    /// the template each went to: most log lines repeat word for word, and one
+    /// lookup replaces splitting, masking and comparing them again. Bounded by
+    /// [`RECENT_MESSAGES`] (cleared when full); rebuilt as messages come.
+    #[serde(skip)]
+    recent: HashMap<u64, u32, foldhash::fast::RandomState>,
 }
+
+/// Exact messages remembered at most (about 200 KiB).
+const RECENT_MESSAGES: usize = 8192;
 
 /// Where a message went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +72,7 @@ impl Drain {
             templates: Vec::new(),
             groups: HashMap::new(),
             overflow: 0,
+            recent: HashMap::default(),
         }
     }
 
@@ -78,8 +88,29 @@ impl Drain {
         self.templates.get(id as usize)
     }
 
-    /// Assigns `message` of `service` to a template.
+    /// Assigns `message` of `service` to a template. A message seen before
+    /// word for word goes where it went then: to the template that took it,
+    /// which matches it fully still (a template only ever gains wildcards).
     pub fn add(&mut self, service: &str, message: &str) -> Match {
+        let key = message_key(service, message);
+        if let Some(&id) = self.recent.get(&key)
+            && let Some(t) = self.templates.get_mut(id as usize)
+        {
+            t.count += 1;
+            return Match { id, new: false };
+        }
+        let m = self.mine(service, message);
+        if m.id != u32::MAX {
+            if self.recent.len() >= RECENT_MESSAGES {
+                self.recent.clear();
+            }
+            self.recent.insert(key, m.id);
+        }
+        m
+    }
+
+    /// [`Drain::add`] without the memory of recent messages.
+    fn mine(&mut self, service: &str, message: &str) -> Match {
         let mut tokens: [&str; MAX_TOKENS] = [""; MAX_TOKENS];
         let mut len = 0;
         for token in message.split_whitespace().take(MAX_TOKENS) {
@@ -155,6 +186,12 @@ impl Drain {
     }
 }
 
+/// The identity of a message, word for word, in [`Drain::recent`].
+fn message_key(service: &str, message: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x006d_6573_7361_6765).hash_one((service, message))
+}
+
 /// The group of a message: its service, token count and first token.
 fn group_key(service: &str, tokens: &[&str]) -> u64 {
     use std::hash::BuildHasher;
@@ -201,6 +238,25 @@ mod tests {
         );
         // Same text from another service is its own template.
         assert!(d.add("web", "user carol logged in").new);
+    }
+
+    #[test]
+    fn a_message_repeated_word_for_word_goes_where_it_went_and_is_counted() {
+        let mut d = Drain::new(0.5, 100);
+        let first = d.add("api", "user alice logged in");
+        // The template generalises after the first message was remembered.
+        let other = d.add("api", "user bob logged in");
+        let again = d.add("api", "user alice logged in");
+        assert_eq!((other.id, again.id, again.new), (first.id, first.id, false));
+        assert_eq!(d.template(first.id).map(|t| t.count), Some(3));
+        // The same words from another service are not the remembered message.
+        assert!(d.add("web", "user alice logged in").new);
+        // The memory is bounded; what it forgot is mined again, to the same place.
+        for i in 0..RECENT_MESSAGES + 10 {
+            d.add("api", &format!("job j{i}x done"));
+        }
+        assert!(d.recent.len() <= RECENT_MESSAGES);
+        assert_eq!(d.add("api", "user alice logged in").id, first.id);
     }
 
     #[test]
