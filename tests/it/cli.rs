@@ -44,33 +44,45 @@ fn invalid_config_lists_every_problem_and_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_command_and_sigterm() {
-    let api_port = support::free_port();
     let store = tempfile::tempdir().expect("store");
-    let mut child = homeostat()
-        .arg("run")
-        .env("HOMEOSTAT__OTLP__GRPC_ADDR", "127.0.0.1:0")
-        .env(
-            "HOMEOSTAT__OTLP__HTTP_ADDR",
-            format!("127.0.0.1:{}", support::free_port()),
-        )
-        .env("HOMEOSTAT__API__ADDR", format!("127.0.0.1:{api_port}"))
-        .env("HOMEOSTAT__STORE__PATH", store.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start engine");
-    let api = format!("127.0.0.1:{api_port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = reqwest::get(format!("http://{api}/readyz"))
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if ready {
-            break;
+    // A free port may be taken by a concurrent test before the engine binds it:
+    // an engine that exits at start (its reason on stderr) is started again on
+    // other ports, at most three times.
+    let (mut child, api) = 'started: {
+        for _ in 0..3 {
+            let api = format!("127.0.0.1:{}", support::free_port());
+            let mut child = homeostat()
+                .arg("run")
+                .env("HOMEOSTAT__OTLP__GRPC_ADDR", "127.0.0.1:0")
+                .env(
+                    "HOMEOSTAT__OTLP__HTTP_ADDR",
+                    format!("127.0.0.1:{}", support::free_port()),
+                )
+                .env("HOMEOSTAT__API__ADDR", &api)
+                .env("HOMEOSTAT__STORE__PATH", store.path())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start engine");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let ready = reqwest::get(format!("http://{api}/readyz"))
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ready {
+                    break 'started (child, api);
+                }
+                if let Some(status) = child.try_wait().expect("engine status") {
+                    eprintln!("engine exited at start ({status}); starting it again");
+                    break;
+                }
+                assert!(Instant::now() < deadline, "engine never became ready");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
-        assert!(Instant::now() < deadline, "engine never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        panic!("engine exited at start three times");
+    };
     let json = homeostat()
         .args([
             "sql",
