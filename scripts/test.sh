@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs the Kafka-protocol test
 # broker (tansu) if it is not cached, the Python clients and Debian's chromium
-# (the web view's test), starts the broker on a free port, checks formatting
-# and lints, runs `cargo test`, then `homeostat demo` on the release build.
+# (the web view's test), starts the broker on a free port, checks formatting,
+# lints and doc links, runs `cargo test`, then `homeostat demo` on the release build.
 # Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,6 +81,8 @@ log "cargo fmt --check"
 cargo fmt --check
 log "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+log "cargo doc (links checked)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked --quiet
 log "cargo test"
 cargo test --locked "$@"
 

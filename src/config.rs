@@ -26,7 +26,7 @@ pub use crate::window::config::WindowConfig;
 pub const DEFAULT_TOML: &str = include_str!("config/default.toml");
 
 /// The whole engine configuration. Unknown keys are reported by
-/// [`unknown_keys`] (by their full path), in every section and at the top.
+/// `unknown_keys` (by their full path), in every section and at the top.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
     /// OTLP receivers.

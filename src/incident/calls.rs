@@ -157,17 +157,17 @@ pub fn slowed_callers(members: &[&Anomaly]) -> HashSet<String> {
 
 /// Whether `caller`'s calls to `peer` are the only ones to it that slowed
 /// since `onset`: `peer` has other callers whose calls to it the history
-/// holds, none of which became [`SLOWED`] times slower by at least half as
+/// holds, none of which became `SLOWED` times slower by at least half as
 /// many milliseconds as `caller`'s calls, and its own requests (where it
 /// reports any) explain less than half of how much longer the caller's calls
-/// take (or, where the history lacks those calls, did not become [`SLOWED`]
+/// take (or, where the history lacks those calls, did not become `SLOWED`
 /// times slower either). A peer whose code or network is slow is slow for
 /// every caller, by about as much; one that a single caller finds slow while
 /// the others do not is waiting on that caller (its CPU, its network, its
 /// client). (A caller with a few calls a window sees its mean jump by half
 /// now and then; a few milliseconds of that against hundreds are no sign.)
 /// Where `caller`'s calls have no "before", callers are compared as they
-/// stand since onset ([`waits_alone_now`]).
+/// stand since onset (`waits_alone_now`).
 pub fn slowed_alone(history: &History, caller: &str, peer: &str, onset: i64) -> bool {
     let change = |key: &SeriesKey| history.before_after(key, onset, MIN_BEFORE);
     let calls: Vec<&SeriesKey> = history

@@ -310,7 +310,7 @@ const CAUSE_LAG_WINDOWS: i64 = 2;
 /// Whether a new anomaly on `service` from `onset` belongs with `member`: on
 /// the same node; on a caller of the member's node (a symptom of it); on a
 /// fellow caller of a common dependency (symptoms of one cause); or on a node
-/// the member's node calls (its cause) if it began by [`CAUSE_LAG_WINDOWS`]
+/// the member's node calls (its cause) if it began by `CAUSE_LAG_WINDOWS`
 /// after the member did. Two callees of one caller are not related by it.
 pub fn related(
     graph: &ServiceGraph,

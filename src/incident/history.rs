@@ -88,7 +88,7 @@ impl History {
     }
 
     /// Where `key` stood just before `onset` and since: the median of its last
-    /// (at most [`BEFORE_VALUES`]) values before and the median of those since
+    /// (at most `BEFORE_VALUES`) values before and the median of those since
     /// (one straggler window of a p99 is not a shift; a fault that holds is),
     /// if it has at least `min_before` values before and one since. The
     /// median of the last few values, not the mean of all held: the windows

@@ -183,7 +183,7 @@ pub struct PairingCounts {
 ///
 /// CLIENT, PRODUCER and kind-less spans wait as callers in a map bounded by the
 /// capacity; SERVER and CONSUMER spans, which are rarely anyone's direct parent,
-/// wait in a fixed [`Recent`] table of half the capacity's slots. Memory is so
+/// wait in a fixed `Recent` table of half the capacity's slots. Memory is so
 /// bounded by the capacity whatever the rate.
 #[derive(Debug)]
 pub struct PairingStore {
