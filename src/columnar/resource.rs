@@ -121,11 +121,12 @@ impl ResourceColumns {
     /// Finishes the columns in schema order: each run's value is written by
     /// doubling copies and the offsets from the runs' lengths, not row by row.
     pub fn finish(self) -> Result<Vec<ArrayRef>, ArrowError> {
+        fn value(identity: &ResourceIdentity, column: usize) -> &[u8] {
+            identity.values[column].as_bytes()
+        }
+        let rows = self.runs.iter().map(|(_, n)| n).sum::<usize>();
         (0..RESOURCE_FIELDS.len())
             .map(|column| {
-                fn value(identity: &ResourceIdentity, column: usize) -> &[u8] {
-                    identity.values[column].as_bytes()
-                }
                 // The values repeat per row: a long resource attribute on many
                 // rows could pass i32 offsets (or the memory); refuse the batch.
                 let bytes = self.runs.iter().fold(0usize, |sum, (identity, n)| {
@@ -138,7 +139,6 @@ impl ResourceColumns {
                     )));
                 }
                 let mut values = MutableBuffer::with_capacity(bytes);
-                let rows = self.runs.iter().map(|(_, n)| n).sum::<usize>();
                 let mut offsets = Vec::with_capacity(rows + 1);
                 offsets.push(0i32);
                 let mut end = 0usize;

@@ -5,8 +5,8 @@
 //! and passes its filters evaluates its detector against the series' baseline as
 //! it stood *before* this window; then every series learns its value. A
 //! condition that holds `consecutive` windows in a row opens an episode: one
-//! [`Anomaly`](crate::detect::Anomaly), updated while it lasts, closed when the condition fails, after
-//! which the series is quiet for `cooldown` windows.
+//! [`Anomaly`](crate::detect::Anomaly), updated while it lasts, closed when the
+//! condition fails, after which the series is quiet for `cooldown` windows.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
