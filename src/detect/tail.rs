@@ -24,6 +24,28 @@ use serde::{Deserialize, Serialize};
 /// Quantiles kept per closed block for the body of the distribution.
 const QUANTILES: usize = 16;
 
+/// Values the open block must hold before its body stands in for the closed
+/// blocks' (see [`TailWindow::body_range`]), and how often it is recomputed.
+const OPEN_BODY_MIN: usize = 48;
+const OPEN_BODY_EVERY: usize = 24;
+
+/// A trimmed fit ([`Fit::Trimmed`]) of a short history (its tail fraction less
+/// than `min_tail` values) leaves out the largest excess of tails of at least
+/// this many values. Such a tail (hourly samples, the first weeks) is otherwise
+/// set by one value: the alert value of
+/// the last incident, which the univariate detector keeps as its excursion's
+/// one value (`release_held`), would make the next like incident look
+/// ordinary. One value is no evidence of a heavy tail; a series whose tail is
+/// heavy has several such values, and keeps them in.
+const TRIM_FROM: f64 = 3.0;
+
+/// How a tail's scale is fitted to its excesses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fit {
+    Mean,
+    Trimmed,
+}
+
 /// The shape of a [`TailWindow`].
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TailShape {
@@ -162,6 +184,10 @@ pub struct TailWindow {
     /// [`TailWindow::set_resolution`]).
     #[serde(default)]
     resolution: f64,
+    /// The open block's body while no block has closed (see
+    /// [`Self::body_range`]).
+    #[serde(default)]
+    open_body: Option<[f64; 3]>,
 }
 
 impl TailWindow {
@@ -181,6 +207,7 @@ impl TailWindow {
             closed_bottom: Vec::new(),
             closed_len: 0,
             resolution: 0.0,
+            open_body: None,
         }
     }
 
@@ -209,6 +236,7 @@ impl TailWindow {
         self.open.push(v);
         keep_extreme(&mut self.open_top, v, self.extremes, |a, b| a > b);
         keep_extreme(&mut self.open_bottom, v, self.extremes, |a, b| a < b);
+        self.refresh_open_body();
         if self.open.len() >= self.shape.block_len {
             let values = std::mem::take(&mut self.open);
             self.open_top.clear();
@@ -273,6 +301,10 @@ impl TailWindow {
     /// P(X >= v): empirical inside the sample, fitted exponential tail beyond the
     /// `tail_q` quantile. 1 for an empty window.
     pub fn p_upper(&self, v: f64) -> f64 {
+        self.upper(v, Fit::Mean)
+    }
+
+    fn upper(&self, v: f64, how: Fit) -> f64 {
         let n = self.len();
         let empirical = (self.count_ge(v) + 1.0) / (n as f64 + 1.0);
         if n < 20 {
@@ -286,42 +318,71 @@ impl TailWindow {
         if v <= u {
             return empirical.min(1.0);
         }
-        let sigma = self.fit(top.iter().map(|y| y - u), u - self.median(), n, k);
+        let sigma = self.fit(top.iter().map(|y| y - u), how, u - self.median(), n, k);
         exp_tail(k, n, v - u, sigma, u)
     }
 
     /// Scale of the exponential tail fitted to `excesses` over the threshold:
-    /// their mean, floored (see [`TailShape::scale_floor`] and
-    /// [`Self::set_resolution`]).
+    /// their mean (without the largest one for [`Fit::Trimmed`]), floored (see
+    /// [`TailShape::scale_floor`] and [`Self::set_resolution`]).
     fn fit(
         &self,
         excesses: impl Iterator<Item = f64>,
+        how: Fit,
         from_median: f64,
         n: usize,
         k: usize,
     ) -> f64 {
-        let (count, sum) = excesses.fold((0.0, 0.0), |(c, s), e| (c + 1.0, s + e));
-        (sum / f64::max(count, 1.0))
-            .max(self.scale_from_median(from_median, n, k))
+        let (count, sum, largest) = excesses.fold((0.0, 0.0, 0.0f64), |(c, s, m), e| {
+            (c + 1.0, s + e, m.max(e))
+        });
+        let short = (n as f64 * self.shape.tail_q) < self.shape.min_tail as f64;
+        let mean = if how == Fit::Trimmed && short && count >= TRIM_FROM {
+            (sum - largest) / (count - 1.0)
+        } else {
+            sum / f64::max(count, 1.0)
+        };
+        mean.max(self.scale_from_median(from_median, n, k))
             .max(self.resolution)
     }
 
     /// The body of the history stretched `m`-fold about its median:
     /// `median ± m * (q(7/8) - median, median - q(1/8))`, averaged over the closed
-    /// blocks like [`Self::median`]. None before the first block closes. Values
+    /// blocks like [`Self::median`]; before the first block closes, the open
+    /// block's once it holds [`OPEN_BODY_MIN`] values (None before). Values
     /// beyond it are far outside the bulk whatever the tail has learned.
     pub fn body_range(&self, m: f64) -> Option<(f64, f64)> {
-        if self.closed.is_empty() {
-            return None;
-        }
-        let n = self.closed.len() as f64;
-        let at = |i: usize| self.closed.iter().map(|b| b.quantiles[i]).sum::<f64>() / n;
-        let (lo, mid, hi) = (at(QUANTILES / 8), at(QUANTILES / 2), at(QUANTILES * 7 / 8));
+        let [lo, mid, hi] = if self.closed.is_empty() {
+            self.open_body?
+        } else {
+            let n = self.closed.len() as f64;
+            let at = |i: usize| self.closed.iter().map(|b| b.quantiles[i]).sum::<f64>() / n;
+            [at(QUANTILES / 8), at(QUANTILES / 2), at(QUANTILES * 7 / 8)]
+        };
         Some((mid - m * (mid - lo), mid + m * (hi - mid)))
+    }
+
+    /// Refreshes the open block's body (its 1/8, 1/2 and 7/8 quantiles) every
+    /// [`OPEN_BODY_EVERY`] values from [`OPEN_BODY_MIN`] on, while no block has
+    /// closed: a block can take weeks to fill (500 hourly values are three
+    /// weeks), and without a body nothing is clipped or declustered until then.
+    fn refresh_open_body(&mut self) {
+        let n = self.open.len();
+        if !self.closed.is_empty() || n < OPEN_BODY_MIN || !n.is_multiple_of(OPEN_BODY_EVERY) {
+            return;
+        }
+        let mut values = self.open.clone();
+        values.sort_by(f64::total_cmp);
+        let at = |i: usize| values[((n - 1) * i) / QUANTILES];
+        self.open_body = Some([at(QUANTILES / 8), at(QUANTILES / 2), at(QUANTILES * 7 / 8)]);
     }
 
     /// P(X <= v), the mirror of [`Self::p_upper`].
     pub fn p_lower(&self, v: f64) -> f64 {
+        self.lower(v, Fit::Mean)
+    }
+
+    fn lower(&self, v: f64, how: Fit) -> f64 {
         let n = self.len();
         let empirical = (self.count_le(v) + 1.0) / (n as f64 + 1.0);
         if n < 20 {
@@ -335,7 +396,7 @@ impl TailWindow {
         if v >= u {
             return empirical.min(1.0);
         }
-        let sigma = self.fit(bottom.iter().map(|y| u - y), self.median() - u, n, k);
+        let sigma = self.fit(bottom.iter().map(|y| u - y), how, self.median() - u, n, k);
         exp_tail(k, n, u - v, sigma, u)
     }
 
@@ -349,6 +410,15 @@ impl TailWindow {
     /// Two-sided: twice the smaller tail, at most 1.
     pub fn p_two_sided(&self, v: f64) -> f64 {
         (2.0 * self.p_upper(v).min(self.p_lower(v))).min(1.0)
+    }
+
+    /// Like [`Self::p_two_sided`], with the tails fitted without their largest
+    /// excess ([`TRIM_FROM`]), for a history whose excursions are declustered
+    /// to one value each: one excursion is then one value, and no evidence
+    /// that the tail is heavy.
+    pub fn p_two_sided_trimmed(&self, v: f64) -> f64 {
+        let upper = self.upper(v, Fit::Trimmed);
+        (2.0 * upper.min(self.lower(v, Fit::Trimmed))).min(1.0)
     }
 
     /// Approximate median: the mean of the block medians, or the open block's.
@@ -402,85 +472,4 @@ fn merge_k(a: &[f64], b: &[f64], k: usize, before: impl Fn(f64, f64) -> bool) ->
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::loadgen::fleet::Rng;
-
-    fn shape() -> TailShape {
-        TailShape {
-            block_len: 100,
-            blocks: 5,
-            tail_q: 0.02,
-            min_tail: 5,
-            scale_floor: 0.5,
-        }
-    }
-
-    #[test]
-    fn probabilities_fall_as_values_grow_and_stay_in_range() {
-        let mut w = TailWindow::new(shape());
-        let mut rng = Rng::new(1);
-        for _ in 0..450 {
-            w.push(rng.normal());
-        }
-        let mut last = 1.0;
-        for i in -40..=80 {
-            let v = i as f64 / 10.0;
-            let p = w.p_upper(v);
-            assert!(p > 0.0 && p <= 1.0, "p_upper({v}) = {p}");
-            assert!(
-                p <= last + 1e-12,
-                "p_upper not monotone at {v}: {p} > {last}"
-            );
-            last = p;
-            let q = w.p_lower(-v);
-            assert!(
-                (q - p).abs() < 0.05,
-                "tails of a symmetric sample differ at {v}: {p} vs {q}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_fitted_tail_tells_a_new_record_from_a_far_outlier() {
-        let mut w = TailWindow::new(shape());
-        let mut rng = Rng::new(2);
-        let mut max = f64::MIN;
-        for _ in 0..500 {
-            let v = rng.normal();
-            max = max.max(v);
-            w.push(v);
-        }
-        let record = w.p_upper(max + 0.01);
-        let far = w.p_upper(max + 10.0);
-        assert!(
-            record > 1e-3,
-            "a barely new record is not extreme: {record}"
-        );
-        assert!(far < 1e-6, "far outlier: {far}");
-    }
-
-    #[test]
-    fn old_values_leave_the_window() {
-        let mut w = TailWindow::new(shape());
-        for _ in 0..1000 {
-            w.push(1000.0);
-        }
-        for i in 0..700 {
-            w.push((i % 10) as f64);
-        }
-        assert!(w.len() <= 600);
-        // The 1000s are gone: 11 is beyond everything now.
-        assert!(w.p_upper(11.0) < 0.01);
-        assert!(w.median() < 10.0);
-    }
-
-    #[test]
-    fn non_finite_values_are_not_kept() {
-        let mut w = TailWindow::new(shape());
-        w.push(f64::NAN);
-        w.push(f64::NEG_INFINITY);
-        assert!(w.is_empty());
-        assert_eq!(w.p_upper(1.0), 1.0);
-    }
-}
+mod tests;
