@@ -349,7 +349,7 @@ impl TailWindow {
     /// The body of the history stretched `m`-fold about its median:
     /// `median ± m * (q(7/8) - median, median - q(1/8))`, averaged over the closed
     /// blocks like [`Self::median`]; before the first block closes, the open
-    /// block's once it holds [`OPEN_BODY_MIN`] values (None before). Values
+    /// block's once it holds `OPEN_BODY_MIN` values (None before). Values
     /// beyond it are far outside the bulk whatever the tail has learned.
     pub fn body_range(&self, m: f64) -> Option<(f64, f64)> {
         let [lo, mid, hi] = if self.closed.is_empty() {
@@ -413,7 +413,7 @@ impl TailWindow {
     }
 
     /// Like [`Self::p_two_sided`], with the tails fitted without their largest
-    /// excess ([`TRIM_FROM`]), for a history whose excursions are declustered
+    /// excess (`TRIM_FROM`), for a history whose excursions are declustered
     /// to one value each: one excursion is then one value, and no evidence
     /// that the tail is heavy.
     pub fn p_two_sided_trimmed(&self, v: f64) -> f64 {
