@@ -184,10 +184,10 @@ pub struct TailWindow {
     /// [`TailWindow::set_resolution`]).
     #[serde(default)]
     resolution: f64,
-    /// The open block's body while no block has closed (see
-    /// [`Self::body_range`]).
+    /// The open block summed up like a closed one, while no block has closed
+    /// (see [`Self::body_range`]).
     #[serde(default)]
-    open_body: Option<[f64; 3]>,
+    open_summary: Option<Block>,
 }
 
 impl TailWindow {
@@ -207,7 +207,7 @@ impl TailWindow {
             closed_bottom: Vec::new(),
             closed_len: 0,
             resolution: 0.0,
-            open_body: None,
+            open_summary: None,
         }
     }
 
@@ -236,7 +236,7 @@ impl TailWindow {
         self.open.push(v);
         keep_extreme(&mut self.open_top, v, self.extremes, |a, b| a > b);
         keep_extreme(&mut self.open_bottom, v, self.extremes, |a, b| a < b);
-        self.refresh_open_body();
+        self.refresh_open_summary();
         if self.open.len() >= self.shape.block_len {
             let values = std::mem::take(&mut self.open);
             self.open_top.clear();
@@ -353,28 +353,23 @@ impl TailWindow {
     /// beyond it are far outside the bulk whatever the tail has learned.
     pub fn body_range(&self, m: f64) -> Option<(f64, f64)> {
         let [lo, mid, hi] = if self.closed.is_empty() {
-            self.open_body?
+            body_of(self.open_summary.iter())?
         } else {
-            let n = self.closed.len() as f64;
-            let at = |i: usize| self.closed.iter().map(|b| b.quantiles[i]).sum::<f64>() / n;
-            [at(QUANTILES / 8), at(QUANTILES / 2), at(QUANTILES * 7 / 8)]
+            body_of(self.closed.iter())?
         };
         Some((mid - m * (mid - lo), mid + m * (hi - mid)))
     }
 
-    /// Refreshes the open block's body (its 1/8, 1/2 and 7/8 quantiles) every
+    /// Sums the open block up as [`Block::close`] would, every
     /// [`OPEN_BODY_EVERY`] values from [`OPEN_BODY_MIN`] on, while no block has
     /// closed: a block can take weeks to fill (500 hourly values are three
     /// weeks), and without a body nothing is clipped or declustered until then.
-    fn refresh_open_body(&mut self) {
+    fn refresh_open_summary(&mut self) {
         let n = self.open.len();
         if !self.closed.is_empty() || n < OPEN_BODY_MIN || !n.is_multiple_of(OPEN_BODY_EVERY) {
             return;
         }
-        let mut values = self.open.clone();
-        values.sort_by(f64::total_cmp);
-        let at = |i: usize| values[((n - 1) * i) / QUANTILES];
-        self.open_body = Some([at(QUANTILES / 8), at(QUANTILES / 2), at(QUANTILES * 7 / 8)]);
+        self.open_summary = Some(Block::close(self.open.clone(), 0));
     }
 
     /// P(X <= v), the mirror of [`Self::p_upper`].
@@ -409,7 +404,7 @@ impl TailWindow {
 
     /// Two-sided: twice the smaller tail, at most 1.
     pub fn p_two_sided(&self, v: f64) -> f64 {
-        (2.0 * self.p_upper(v).min(self.p_lower(v))).min(1.0)
+        self.two_sided(v, Fit::Mean)
     }
 
     /// Like [`Self::p_two_sided`], with the tails fitted without their largest
@@ -417,8 +412,11 @@ impl TailWindow {
     /// to one value each: one excursion is then one value, and no evidence
     /// that the tail is heavy.
     pub fn p_two_sided_trimmed(&self, v: f64) -> f64 {
-        let upper = self.upper(v, Fit::Trimmed);
-        (2.0 * upper.min(self.lower(v, Fit::Trimmed))).min(1.0)
+        self.two_sided(v, Fit::Trimmed)
+    }
+
+    fn two_sided(&self, v: f64, how: Fit) -> f64 {
+        (2.0 * self.upper(v, how).min(self.lower(v, how))).min(1.0)
     }
 
     /// Approximate median: the mean of the block medians, or the open block's.
@@ -433,6 +431,16 @@ impl TailWindow {
         }
         self.closed.iter().map(Block::median).sum::<f64>() / self.closed.len() as f64
     }
+}
+
+/// The 1/8, 1/2 and 7/8 quantiles averaged over `blocks`; None without any.
+fn body_of<'a>(blocks: impl Iterator<Item = &'a Block> + Clone) -> Option<[f64; 3]> {
+    let n = blocks.clone().count();
+    if n == 0 {
+        return None;
+    }
+    let at = |i: usize| blocks.clone().map(|b| b.quantiles[i]).sum::<f64>() / n as f64;
+    Some([at(QUANTILES / 8), at(QUANTILES / 2), at(QUANTILES * 7 / 8)])
 }
 
 /// Inserts v into `kept` (ordered by `first`) if it is among the `limit` first.
