@@ -135,9 +135,10 @@ fn slow_itself(history: &History, node: &str, onset: i64) -> bool {
         })
 }
 
-/// Callers whose calls to two or more distinct peers degraded in the
-/// incident: the common factor is the caller (its CPU, its network, its
-/// client), not every peer at once, so those anomalies count as its own.
+/// Callers whose degraded calls in the incident are their own doing: those
+/// whose calls to two or more distinct peers degraded (the common factor is
+/// the caller: its CPU, its network, its client, not every peer at once), and
+/// those short of CPU themselves (`short_of_cpu`).
 pub fn slowed_callers(members: &[&Anomaly]) -> HashSet<String> {
     let mut peers: BTreeMap<String, HashSet<String>> = BTreeMap::new();
     for anomaly in members {
@@ -148,11 +149,33 @@ pub fn slowed_callers(members: &[&Anomaly]) -> HashSet<String> {
                 .insert(peer);
         }
     }
-    peers
+    let mut callers: HashSet<String> = peers
         .into_iter()
         .filter(|(_, p)| p.len() >= 2)
         .map(|(caller, _)| caller)
-        .collect()
+        .collect();
+    callers.extend(
+        members
+            .iter()
+            .filter(|a| short_of_cpu(a))
+            .map(|a| node::own(&a.key)),
+    );
+    callers
+}
+
+/// Whether an anomaly says its own service is short of CPU: one of its own
+/// (not its host's) metrics named `cpu` (`process.cpu.utilization`,
+/// `container.cpu.usage`, `k8s.pod.cpu.*`) rose or neared its limit (a limit
+/// detector's `expected` is the limit). A process waiting for CPU times
+/// its calls on the same slow clock: the answer sits in its socket until it
+/// is scheduled, so its calls take longer however fast the peer answered,
+/// while waiting on a slow peer costs no CPU.
+fn short_of_cpu(anomaly: &Anomaly) -> bool {
+    let key = &anomaly.key;
+    key.signal == "metric"
+        && !super::rank::host_level(key)
+        && key.name.split(['.', '_']).any(|s| s == "cpu")
+        && (anomaly.class == FailureClass::Saturation || anomaly.observed > anomaly.expected)
 }
 
 /// Whether `caller`'s calls to `peer` are the only ones to it that slowed

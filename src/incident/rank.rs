@@ -166,7 +166,7 @@ const HOST_WEIGHT: f64 = 0.5;
 /// Whether a metric measures the host a service runs on rather than the
 /// service (`node.*`, `host.*`, `system.*`, `k8s.node.*`): every service on
 /// that host sees it move, so it speaks for none of them in particular.
-fn host_level(key: &SeriesKey) -> bool {
+pub(crate) fn host_level(key: &SeriesKey) -> bool {
     key.signal == "metric"
         && (matches!(
             key.name.split(['.', '_']).next(),

@@ -244,6 +244,36 @@ fn a_caller_whose_calls_to_many_peers_slow_at_once_is_the_suspect() {
 }
 
 #[test]
+fn a_caller_short_of_cpu_owns_its_slower_calls() {
+    // web's CPU is starved: its one call edge that fired looks slow from its
+    // side, and its own CPU metric rose; cart, which it calls, is fine.
+    let cpu = |service: &str, name: &str, observed: f64| {
+        let mut a = on(service, "metric", "", 2, 0.97);
+        a.key.name = name.into();
+        a.class = FailureClass::Saturation;
+        (a.observed, a.expected) = (observed, 0.5);
+        a
+    };
+    let slow_calls = on("web", "edge", "callee=cart,callee_kind=service", 1, 1.0);
+    let starved = [slow_calls.clone(), cpu("web", "pod.cpu.usage_rate", 0.95)];
+    assert_eq!(names(&ranked(&starved, &SHOP)), vec!["web"]);
+    // Without it, cart is what web waits on; nor does a CPU that fell, or
+    // the host's CPU, say web is short of it.
+    let waiting = [slow_calls.clone()];
+    assert_eq!(names(&ranked(&waiting, &SHOP)), vec!["cart"]);
+    let mut fell = cpu("web", "pod.cpu.usage_rate", 0.1);
+    fell.class = FailureClass::Generic;
+    for other in [
+        fell,
+        cpu("web", "node.cpu.usage_rate", 0.95),
+        cpu("web", "pod.memory.usage_rate", 0.95),
+    ] {
+        let ranked = ranked(&[slow_calls.clone(), other], &SHOP);
+        assert_eq!(names(&ranked)[0], "cart", "{ranked:#?}");
+    }
+}
+
+#[test]
 fn a_dependency_new_just_before_onset_speaks_as_a_change() {
     let mut graph = ServiceGraph::new(3_600_000, 1000);
     for w in 0..20 {
