@@ -21,9 +21,10 @@ use crate::window::WindowTables;
 /// Measures of `service` and `operation` rows kept.
 const RED: [&str; 5] = ["requests", "error_rate", "p95_ms", "p99_ms", "mean_ms"];
 /// Measures of `edge` rows kept.
-const EDGE: [&str; 5] = [
+const EDGE: [&str; 6] = [
     "calls",
     "error_rate",
+    "p50_ms",
     "p99_ms",
     "mean_ms",
     crate::detect::rows::CALLS_PER_REQUEST,
