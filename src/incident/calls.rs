@@ -135,10 +135,9 @@ fn slow_itself(history: &History, node: &str, onset: i64) -> bool {
         })
 }
 
-/// Callers whose degraded calls in the incident are their own doing: those
-/// whose calls to two or more distinct peers degraded (the common factor is
-/// the caller: its CPU, its network, its client, not every peer at once), and
-/// those short of CPU themselves (`short_of_cpu`).
+/// Callers whose calls to two or more distinct peers degraded in the
+/// incident: the common factor is the caller (its CPU, its network, its
+/// client), not every peer at once, so those anomalies count as its own.
 pub fn slowed_callers(members: &[&Anomaly]) -> HashSet<String> {
     let mut peers: BTreeMap<String, HashSet<String>> = BTreeMap::new();
     for anomaly in members {
@@ -149,18 +148,22 @@ pub fn slowed_callers(members: &[&Anomaly]) -> HashSet<String> {
                 .insert(peer);
         }
     }
-    let mut callers: HashSet<String> = peers
+    peers
         .into_iter()
         .filter(|(_, p)| p.len() >= 2)
         .map(|(caller, _)| caller)
-        .collect();
-    callers.extend(
-        members
-            .iter()
-            .filter(|a| short_of_cpu(a))
-            .map(|a| node::own(&a.key)),
-    );
-    callers
+        .collect()
+}
+
+/// Callers short of CPU in the incident (`short_of_cpu`): their slower calls
+/// are their own (not their failing ones: a starved process times its calls
+/// wrong, it does not make the peer fail).
+pub fn starved_callers(members: &[&Anomaly]) -> HashSet<String> {
+    members
+        .iter()
+        .filter(|a| short_of_cpu(a))
+        .map(|a| node::own(&a.key))
+        .collect()
 }
 
 /// Whether an anomaly says its own service is short of CPU: one of its own

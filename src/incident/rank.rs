@@ -206,6 +206,7 @@ pub fn rank(inputs: &Inputs<'_>) -> Vec<RootCause> {
     let members: Vec<&Anomaly> = inputs.members.iter().copied().chain(&below).collect();
     let mut candidates: BTreeMap<String, Candidate<'_>> = BTreeMap::new();
     let callers = super::calls::slowed_callers(&members);
+    let starved = super::calls::starved_callers(&members);
     for anomaly in &members {
         let (mut node, mut pointed) = implicated(&anomaly.key);
         let caller = node::own(&anomaly.key);
@@ -216,7 +217,8 @@ pub fn rank(inputs: &Inputs<'_>) -> Vec<RootCause> {
             && (released
                 || callers.contains(&caller)
                 || (is_latency(&anomaly.key)
-                    && super::calls::slowed_alone(inputs.history, &caller, &node, first)))
+                    && (starved.contains(&caller)
+                        || super::calls::slowed_alone(inputs.history, &caller, &node, first))))
         {
             (node, pointed) = (caller, false);
         }

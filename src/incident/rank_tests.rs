@@ -254,9 +254,15 @@ fn a_caller_short_of_cpu_owns_its_slower_calls() {
         (a.observed, a.expected) = (observed, 0.5);
         a
     };
-    let slow_calls = on("web", "edge", "callee=cart,callee_kind=service", 1, 1.0);
+    let mut slow_calls = on("web", "edge", "callee=cart,callee_kind=service", 1, 1.0);
+    slow_calls.key.name = "p50_ms".into();
     let starved = [slow_calls.clone(), cpu("web", "pod.cpu.usage_rate", 0.95)];
     assert_eq!(names(&ranked(&starved, &SHOP)), vec!["web"]);
+    // Its failing calls are not explained by its CPU: cart fails.
+    let mut failing = slow_calls.clone();
+    failing.key.name = "error_rate".into();
+    let ranked_failing = ranked(&[failing, cpu("web", "pod.cpu.usage_rate", 0.95)], &SHOP);
+    assert_eq!(names(&ranked_failing)[0], "cart", "{ranked_failing:#?}");
     // Without it, cart is what web waits on; nor does a CPU that fell, or
     // the host's CPU, say web is short of it.
     let waiting = [slow_calls.clone()];
