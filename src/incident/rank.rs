@@ -9,7 +9,9 @@
 //! telemetry of its own. Not when the caller is the common factor: its calls
 //! to two or more peers degraded at once, or it is the only caller that finds
 //! the peer slower while the peer's other callers, and the peer's own
-//! requests, are as fast as before ([`super::calls::slowed_alone`]); nor
+//! requests, are as fast as before ([`super::calls::slowed_alone`]), or,
+//! for slower calls, it is short of CPU itself
+//! ([`super::calls::starved_callers`]); nor
 //! when the caller's version changed just before (the anomaly is classed
 //! `faulty_deployment`: what changed is the new release's calls); then the
 //! anomaly counts as the caller's. Six signals are weighed, each in 0..1:
