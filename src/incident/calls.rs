@@ -177,7 +177,7 @@ fn short_of_cpu(anomaly: &Anomaly) -> bool {
     let key = &anomaly.key;
     key.signal == "metric"
         && !super::rank::host_level(key)
-        && key.name.split(['.', '_']).any(|s| s == "cpu")
+        && super::rank::name_has(key, "cpu")
         && (anomaly.class == FailureClass::Saturation || anomaly.observed > anomaly.expected)
 }
 

@@ -142,7 +142,7 @@ pub fn implicated(key: &SeriesKey) -> (String, bool) {
     let client_side = match key.signal.as_str() {
         // How many calls a caller makes per request is its own doing.
         "edge" => key.name != crate::detect::rows::CALLS_PER_REQUEST,
-        "metric" => key.name.split(['.', '_']).any(|s| s == "client"),
+        "metric" => name_has(key, "client"),
         _ => false,
     };
     if !client_side {
@@ -158,6 +158,13 @@ pub fn implicated(key: &SeriesKey) -> (String, bool) {
         }
     }
     (node::own(key), false)
+}
+
+/// Whether one of the `.`/`_`-separated segments of the series' name is
+/// `segment` (`rpc.client.duration` has `client`, `process.cpu.utilization`
+/// has `cpu`).
+pub(crate) fn name_has(key: &SeriesKey, segment: &str) -> bool {
+    key.name.split(['.', '_']).any(|s| s == segment)
 }
 
 /// What an anomaly of a host-level metric weighs in a candidate's anomaly
