@@ -103,7 +103,7 @@ pub fn engine_config(
 ) -> Result<Config, crate::config::ConfigError> {
     let demo = include_str!("demo/demo.toml")
         .replace("{W}", &window_ms.to_string())
-        .replace("{L}", &(window_ms / 5).to_string())
+        .replace("{L}", &(window_ms / 10).to_string())
         .replace("{I}", &(window_ms * 6).to_string());
     let addresses = format!(
         "[otlp]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n[api]\naddr = \"{api}\"\ncontrol_token = \"{token}\"\n[executor]\nwebhook_url = \"http://{hook}/remediate\"\n"
@@ -214,6 +214,7 @@ fn spawn_traffic(
             next += Duration::from_secs_f64(tick);
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
         }
+        traffic.flush();
         instruments.shutdown();
         Ok(())
     })

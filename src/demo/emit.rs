@@ -4,8 +4,13 @@
 //!
 //! Spans carry explicit start and end times (a request's duration comes from
 //! the model, not from sleeping), stamped on the wall clock the metrics are
-//! stamped on too. The traffic loop runs on a blocking thread: the SDK's simple
-//! span processor exports synchronously, inside the runtime's context.
+//! stamped on too. A tick's requests arrived during the tick just past, and
+//! each span is ended (and so exported) at the first tick after its end time,
+//! as a real service's SDK sends a span once it ends: telemetry never arrives
+//! before the time it is stamped with, so the engine's watermark does not run
+//! ahead of the wall clock. The traffic loop runs on a blocking thread: the
+//! SDK's simple span processor exports synchronously, inside the runtime's
+//! context.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -19,7 +24,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, LogNormal, Poisson};
@@ -174,6 +179,8 @@ pub struct Traffic {
     rng: StdRng,
     /// Durations are divided by the demo's speed, like its clock.
     compress: f64,
+    /// Spans whose requests are still under way, with their end times.
+    pending: Vec<(SystemTime, Span)>,
 }
 
 /// What one request left behind.
@@ -187,7 +194,23 @@ impl Traffic {
         Traffic {
             compress: 1.0 / speed.max(1.0),
             rng: StdRng::seed_from_u64(seed),
+            pending: Vec::new(),
         }
+    }
+
+    /// Ends (exports) the spans whose end time is at or before `now`, earliest
+    /// first, so a parent follows its children.
+    fn release(&mut self, now: SystemTime) {
+        self.pending.sort_by_key(|(end, _)| *end);
+        let due = self.pending.partition_point(|(end, _)| *end <= now);
+        for (end, mut span) in self.pending.drain(..due) {
+            span.end_with_timestamp(end);
+        }
+    }
+
+    /// Ends every span still under way (the demo is stopping).
+    pub fn flush(&mut self) {
+        self.release(SystemTime::now() + Duration::from_secs(3600));
     }
 
     /// Sends `dt` seconds of requests against `snapshot` (the fleet as the tick
@@ -210,13 +233,22 @@ impl Traffic {
             counts: BTreeMap::new(),
             sent: Vec::new(),
             compress: self.compress,
+            pending: &mut self.pending,
         };
         let requests = Poisson::new(entry_rate * dt).map_or(0.0, |p| p.sample(walk.rng));
-        let now = SystemTime::now();
+        // The tick's requests arrived during the wall-clock tick just past
+        // (`dt` is model time: the clock runs `speed` times faster).
+        let wall_dt = dt * self.compress;
+        let tick_start = SystemTime::now() - Duration::from_secs_f64(wall_dt);
         for _ in 0..requests as u64 {
-            let offset = Duration::from_secs_f64(walk.rng.random_range(0.0..dt));
+            let offset = Duration::from_secs_f64(walk.rng.random_range(0.0..wall_dt));
             if let Some(entry) = node("frontend") {
-                walk.serve(entry, SpanKind::Server, now + offset, &Context::new());
+                walk.serve(
+                    entry,
+                    SpanKind::Server,
+                    tick_start + offset,
+                    &Context::new(),
+                );
             }
         }
         let (mut counts, sent) = (walk.counts, walk.sent);
@@ -233,10 +265,14 @@ impl Traffic {
         consume(
             &snapshot,
             taken,
-            instruments,
+            Sink {
+                instruments,
+                pending: &mut self.pending,
+            },
             (&mut self.rng, compress),
             &mut counts,
         );
+        self.release(SystemTime::now());
         counts
             .into_iter()
             .map(|(k, v)| (k, v as f64 / dt))
@@ -244,11 +280,17 @@ impl Traffic {
     }
 }
 
+/// Where a walk's spans go: the SDK's tracers, and the spans under way.
+struct Sink<'a> {
+    instruments: &'a mut Instruments,
+    pending: &'a mut Vec<(SystemTime, Span)>,
+}
+
 /// The consumer's spans for the messages it took this tick.
 fn consume(
     fleet: &Fleet,
     taken: Vec<(f64, SpanContext)>,
-    instruments: &mut Instruments,
+    sink: Sink<'_>,
     (rng, compress): (&mut StdRng, f64),
     counts: &mut BTreeMap<&'static str, u64>,
 ) {
@@ -266,11 +308,12 @@ fn consume(
         let parent = Context::new().with_remote_span_context(producer);
         let mut walk = Walk {
             fleet,
-            instruments,
+            instruments: &mut *sink.instruments,
             rng,
             counts: BTreeMap::new(),
             sent: Vec::new(),
             compress,
+            pending: &mut *sink.pending,
         };
         walk.serve_named(
             consumer_node,
@@ -291,6 +334,8 @@ struct Walk<'a> {
     /// Producer span contexts of messages sent.
     sent: Vec<SpanContext>,
     compress: f64,
+    /// Spans ended in the model, exported once the wall clock passes their end.
+    pending: &'a mut Vec<(SystemTime, Span)>,
 }
 
 fn ms(value: f64) -> Duration {
@@ -357,7 +402,7 @@ impl Walk<'_> {
         if failed {
             span.set_status(Status::error("request failed"));
         }
-        span.end_with_timestamp(at);
+        self.pending.push((at, span));
         Visit { end: at, failed }
     }
 
@@ -433,7 +478,7 @@ impl Walk<'_> {
         if visit.failed {
             span.set_status(Status::error("call failed"));
         }
-        span.end_with_timestamp(visit.end);
+        self.pending.push((visit.end, span));
         visit
     }
 }
