@@ -11,8 +11,10 @@
 //! `max_join_windows` of its opening) joins it however long after the last
 //! onset: more of the same failure. Else it opens a new incident. An
 //! incident is `resolved` once every member anomaly has ended and `resolve_windows`
-//! windows passed; an anomaly that would join it within `reopen_windows` after
-//! that reopens it (flapping control) instead of opening another.
+//! windows passed; one of its series failing again within `reopen_windows`
+//! after that reopens it (flapping control) instead of opening another. Another
+//! symptom on one of its nodes opens an incident of its own: a new fault on a
+//! service that was in the last incident is a new failure.
 //!
 //! The stage consumes what detection emits ([`DetectOutput`]) and publishes the
 //! `incidents` table. Memory: at most `max_incidents` incidents (oldest resolved
@@ -32,6 +34,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
+use crate::detect::SeriesKey;
 use crate::detect::anomaly::{Anomaly, AnomalyEvent};
 use crate::detect::task::DetectOutput;
 use crate::flow::{Emit, Stage};
@@ -144,6 +147,14 @@ impl Incident {
     /// Whether one of its anomalies is on node `id`'s own series ([`node`]).
     fn has_node(&self, id: &str) -> bool {
         self.members.iter().any(|m| node::own(&m.anomaly.key) == id)
+    }
+
+    /// Whether series `key` is one of its members and was anomalous at or
+    /// after `since`: the same symptom coming back, not merely the same node.
+    fn recurs(&self, key: &SeriesKey, since: i64) -> bool {
+        self.members
+            .iter()
+            .any(|m| &m.anomaly.key == key && m.ended_ms.is_none_or(|end| end >= since))
     }
 
     /// When it resolved, or would resolve had a window closed since: every
@@ -438,12 +449,19 @@ impl IncidentStage {
         let graph = &self.graph;
         let quiet = p.resolve_windows * p.window_ms;
         let gather_from = onset - p.max_join_windows * p.window_ms;
+        let recur_from = reopen_from - quiet;
         let found = self.incidents.iter().rposition(|incident| {
             let own = || incident.has_node(&service);
             match incident.quiet_since(quiet) {
-                // A recurrence is the same service failing again; a neighbour
-                // failing after the incident resolved is a failure of its own.
-                Some(resolved) if resolved <= onset => resolved >= reopen_from && own(),
+                // A recurrence is a series of it failing again within a few
+                // windows of its own recovery (flapping); a neighbour failing
+                // after the incident resolved is a failure of its own, and so
+                // is another symptom of one of its nodes, or one healthy
+                // since long before (a failure's long tail on the node kept
+                // the incident from resolving until now).
+                Some(resolved) if resolved <= onset => {
+                    resolved >= reopen_from && incident.recurs(&anomaly.key, recur_from)
+                }
                 // Every member ended: it is recovering, not gathering; a
                 // neighbour failing now is a failure of its own too.
                 _ if incident.members.iter().all(|m| m.ended_ms.is_some()) => own(),

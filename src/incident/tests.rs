@@ -90,6 +90,66 @@ fn resolves_after_quiet_windows_and_reopens_on_recurrence() {
     assert_eq!(incidents[0].reopened, 1);
 }
 
+/// Payments' latency anomalous from window 1 to 4, its error rate from 2 to
+/// 20, which held the incident open: resolved at window 24. Returns the two.
+fn resolved_long_after_latency(stage: &mut IncidentStage) -> (Anomaly, Anomaly) {
+    stage.on_window(&window(0, &CHAIN));
+    let mut slow = anomaly("payments", 1);
+    slow.key.name = "p99_ms".into();
+    let errors = anomaly("payments", 2);
+    for a in [&slow, &errors] {
+        stage.on_event(&AnomalyEvent::Opened(a.clone()));
+    }
+    stage.on_event(&ended(&slow, 4));
+    stage.on_event(&ended(&errors, 20));
+    for w in 20..24 {
+        stage.on_window(&window(w, &CHAIN));
+    }
+    assert_eq!(stage.incidents()[0].state, IncidentState::Resolved);
+    (slow, errors)
+}
+
+/// A node's new symptom after the incident resolved is a new failure, and so
+/// is the recurrence of a series that had recovered long before: only a series
+/// failing again within a few windows of its own recovery reopens (flapping).
+#[test]
+fn a_series_healthy_since_long_before_does_not_reopen() {
+    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    let (slow, _) = resolved_long_after_latency(&mut stage);
+    // Two windows after resolution: latency again, healthy for 20 windows,
+    // and another symptom of payments, its requests.
+    stage.on_event(&AnomalyEvent::Opened(anomaly_on(&slow, 25)));
+    let mut traffic = anomaly("payments", 25);
+    traffic.key.name = "requests".into();
+    stage.on_event(&AnomalyEvent::Opened(traffic));
+    let incidents = stage.incidents();
+    assert_eq!(incidents.len(), 2, "{incidents:#?}");
+    assert_eq!(incidents[0].reopened, 0);
+    assert_eq!(incidents[0].state, IncidentState::Resolved);
+    assert_eq!(incidents[1].anomalies().count(), 2);
+}
+
+#[test]
+fn a_series_failing_again_soon_after_its_recovery_reopens() {
+    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    let (_, errors) = resolved_long_after_latency(&mut stage);
+    // The error rate, healthy since window 20, fails again at window 26.
+    stage.on_event(&AnomalyEvent::Opened(anomaly_on(&errors, 26)));
+    let incidents = stage.incidents();
+    assert_eq!(incidents.len(), 1, "{incidents:#?}");
+    assert_eq!(incidents[0].reopened, 1);
+    assert_eq!(incidents[0].state, IncidentState::Open);
+}
+
+/// `a`'s series failing again from window `w`.
+fn anomaly_on(a: &Anomaly, w: i64) -> Anomaly {
+    Anomaly {
+        onset_ms: w * W,
+        detected_ms: (w + 1) * W,
+        ..a.clone()
+    }
+}
+
 #[test]
 fn a_neighbour_failing_after_recovery_is_an_incident_of_its_own() {
     let (mut stage, _) = one_ended("payments");
