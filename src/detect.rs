@@ -23,6 +23,7 @@
 pub mod anomaly;
 pub mod bands;
 pub mod baseline;
+pub mod call_mix;
 pub mod catalogue;
 pub mod config;
 pub mod detectors;

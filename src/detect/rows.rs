@@ -97,13 +97,7 @@ fn add_calls_per_request(rows: &mut [Row]) {
         })
         .collect();
     for row in rows.iter_mut().filter(|r| r.kind == SeriesKind::Edge) {
-        // The caller's identity: the edge's attributes before its callee's.
-        let caller: Vec<&str> = row
-            .attributes
-            .split(',')
-            .take_while(|p| !p.starts_with("callee="))
-            .collect();
-        let key = (row.service.clone(), caller.join(","));
+        let key = (row.service.clone(), caller_identity(&row.attributes));
         let (Some(&served), Some(&calls)) = (requests.get(&key), row.values.get("calls")) else {
             continue;
         };
@@ -112,6 +106,16 @@ fn add_calls_per_request(rows: &mut [Row]) {
             row.values.insert(CALLER_REQUESTS, served);
         }
     }
+}
+
+/// The caller's identity in an edge row's `attributes`: those before its
+/// callee's (as a service row of the caller has them).
+pub(super) fn caller_identity(attributes: &str) -> String {
+    let caller: Vec<&str> = attributes
+        .split(',')
+        .take_while(|p| !p.starts_with("callee="))
+        .collect();
+    caller.join(",")
 }
 
 fn read(batch: &RecordBatch, kind: SeriesKind, out: &mut Vec<Row>) {

@@ -19,6 +19,7 @@ use tracing::info;
 use super::anomaly::{AnomalyEvent, AnomalyLog, FailureClass, SeriesKey};
 use super::bands::Band;
 use super::baseline::{BaselineParams, BaselineState};
+use super::call_mix::CallMix;
 use super::catalogue::{Catalogue, Detector, Pattern, SeriesKind};
 use super::detectors::{Candidate, Eval, Learn, Scope, WindowContext};
 use super::drain::Drain;
@@ -84,6 +85,8 @@ pub struct DetectStage {
     closed_through: i64,
     /// The last version change per service.
     deployments: HashMap<String, VersionChange>,
+    /// The edges callers used: rows of no call, pooled call mixes.
+    call_mix: CallMix,
     log: AnomalyLog,
     /// Observed values next to their baselines, for plots (when on).
     bands: Option<super::bands::BandLog>,
@@ -111,6 +114,7 @@ impl DetectStage {
             max_univariate: params.max_univariate_series,
             history,
         });
+        let params_max_series = params.max_series;
         let mut stage = Self {
             drain: Drain::new(params.template_similarity, params.max_templates),
             params,
@@ -123,6 +127,7 @@ impl DetectStage {
             template_windows: HashMap::new(),
             closed_through: i64::MIN,
             deployments: HashMap::new(),
+            call_mix: CallMix::new(params_max_series),
             log,
             bands: None,
             tolerances: Default::default(),
@@ -232,6 +237,7 @@ impl DetectStage {
     pub fn on_window(&mut self, tables: &WindowTables) -> Vec<AnomalyEvent> {
         let t = tables.start_ms;
         let mut rows = rows(tables);
+        self.call_mix.complete(&mut rows, t, self.params.window_ms);
         let new_templates = self.template_rows(t, &mut rows);
         let context = WindowContext::new(&rows);
         let mut learn = Learn::new();

@@ -19,6 +19,7 @@ mod deploys;
 mod fleet;
 mod query;
 mod seasons;
+mod thin;
 
 use fleet::{
     Clock, DAY_WINDOWS, FAULT_WINDOW, FAULTY, Fault, MINUTE, Noise, START_MS, WINDOW_MS, name,
@@ -45,18 +46,7 @@ fn run_for(fault: Option<Fault>, windows: i64) -> Vec<Anomaly> {
 /// Runs `windows` windows on `clock` with `fault` through a detection stage with
 /// the built-in catalogue and the shipped parameters.
 fn run_on(clock: Clock, fault: Option<Fault>, windows: i64) -> Vec<Anomaly> {
-    let config = homeostat::config::Config::from_toml_str(&format!(
-        "[window]\nsize = \"{}ms\"\nretain = \"1h\"\n",
-        clock.window_ms
-    ))
-    .expect("config");
-    let params: StageParams = homeostat::engine::stage_params(&config);
-    let log = AnomalyLog::new(10_000);
-    let mut stage = DetectStage::new(
-        Catalogue::built_in().expect("catalogue"),
-        params,
-        log.clone(),
-    );
+    let (mut stage, log) = shipped_stage(clock.window_ms);
     let mut noise = Noise::new(0x9E37_79B9_7F4A_7C15 ^ fault.map_or(0, |f| f as u64 + 1));
     // The events the stage emits rebuild its anomaly log (which also drops
     // anomalies `detect.anomaly_retain` after they ended: the replica keeps all).
@@ -93,6 +83,23 @@ fn describe(anomalies: &[Anomaly]) -> String {
         .map(|(k, n)| format!("  {n} x {k}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A detection stage with the built-in catalogue and the shipped parameters
+/// on windows of `window_ms`, and its anomaly log.
+fn shipped_stage(window_ms: i64) -> (DetectStage, AnomalyLog) {
+    let config = homeostat::config::Config::from_toml_str(&format!(
+        "[window]\nsize = \"{window_ms}ms\"\nretain = \"1h\"\n"
+    ))
+    .expect("config");
+    let params: StageParams = homeostat::engine::stage_params(&config);
+    let log = AnomalyLog::new(10_000);
+    let stage = DetectStage::new(
+        Catalogue::built_in().expect("catalogue"),
+        params,
+        log.clone(),
+    );
+    (stage, log)
 }
 
 /// A detection stage on 1-minute windows with the shipped parameters, and its
@@ -296,16 +303,31 @@ fn detects_a_dependency_failure() {
     detects(Fault::Dependency);
 }
 
-#[test]
-fn detects_requests_cut_short_by_the_calls_they_skip() {
-    // The anomaly is the caller's call mix, not its callee's failure.
-    let anomalies = detects(Fault::EarlyReturn);
+/// The faulty service's call-mix anomaly under `fault`: the caller's own, not
+/// its callee's failure.
+fn call_mix_anomaly(fault: Fault) -> Anomaly {
+    let anomalies = detects(fault);
     let mix = anomalies
         .iter()
         .find(|a| a.key.name == "calls_per_request")
         .unwrap_or_else(|| panic!("no call-mix anomaly:\n{}", describe(&anomalies)));
     assert_eq!(mix.key.service, name(FAULTY));
+    mix.clone()
+}
+
+#[test]
+fn detects_requests_cut_short_by_the_calls_they_skip() {
+    let mix = call_mix_anomaly(Fault::EarlyReturn);
     assert!(mix.observed < 0.5 * mix.expected, "{mix:?}");
+}
+
+#[test]
+fn detects_requests_that_stop_making_a_call_altogether() {
+    // No call, no row in `edge_stats`: the stage itself gives the windows in
+    // which the service served requests and made none of its usual calls a
+    // row of 0 calls per request (`detect::call_mix`).
+    let mix = call_mix_anomaly(Fault::SkipsCall);
+    assert_eq!(mix.observed, 0.0, "{mix:?}");
 }
 
 #[test]

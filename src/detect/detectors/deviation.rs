@@ -5,8 +5,9 @@ use serde::Deserialize;
 use statrs::function::factorial::binomial;
 
 use super::{Candidate, Detect, Eval, Scope, resolution, short};
+use crate::detect::call_mix::{POOLED_CALLS, POOLED_REQUESTS};
 use crate::detect::catalogue::{Direction, SeriesKind};
-use crate::detect::rows::Row;
+use crate::detect::rows::{CALLS_PER_REQUEST, Row};
 
 /// Fires when the deviation's score reaches `min_score` in `direction`, the
 /// change is at least `min_delta` (absolute) and `min_ratio` (observed /
@@ -15,8 +16,10 @@ use crate::detect::rows::Row;
 /// `min_volume` and the expectation at least `min_expected`; a rise must also
 /// go beyond the series' own recent bursts (`detect::excursion`). Below
 /// `min_volume`, a latency rise over two calls or more is judged by the
-/// window's median call (`Deviation::median_of_few`); any other window below
-/// it is not judged (`Detect::judges`).
+/// window's median call (`Deviation::median_of_few`), and a call mix by the
+/// edge's last windows pooled, once they hold `min_volume` requests, and only
+/// when decisive (`Deviation::pooled`); any other window below it is not
+/// judged (`Detect::judges`).
 ///
 /// It is decisive when its two-sided tail, `1 - score`, is at most
 /// `(1 - min_score)^consecutive`: this window alone is as unlikely under the
@@ -47,15 +50,29 @@ impl Deviation {
         ) && row.volume_for(measure) < self.min_volume
     }
 
-    /// The value `row`'s window is judged by, and whether it is the median of
-    /// a few calls ([`Deviation::median_of_few`]); `None` when the window is
-    /// below `min_volume` and cannot be judged.
-    fn judged_value(&self, row: &Row, measure: &str, value: f64) -> Option<(f64, bool)> {
+    /// The value `row`'s window is judged by, and on what basis; `None` when
+    /// the window is below `min_volume` and cannot be judged.
+    fn judged_value(&self, row: &Row, measure: &str, value: f64) -> Option<(f64, Basis)> {
         if !self.few(row, measure) {
-            return Some((value, false));
+            return Some((value, Basis::Window));
         }
-        self.median_of_few(row, measure, row.volume_for(measure))
-            .map(|median| (median, true))
+        if let Some(median) = self.median_of_few(row, measure, row.volume_for(measure)) {
+            return Some((median, Basis::MedianOfFew));
+        }
+        self.pooled(row, measure)
+            .map(|(calls, requests)| (calls / requests, Basis::Pooled { calls, requests }))
+    }
+
+    /// A call mix too thin to judge in its window, pooled over the edge's last
+    /// windows ([`crate::detect::call_mix`]) once they hold `min_volume` of
+    /// the caller's requests: (calls, requests).
+    fn pooled(&self, row: &Row, measure: &str) -> Option<(f64, f64)> {
+        if measure != CALLS_PER_REQUEST {
+            return None;
+        }
+        let calls = row.values.get(POOLED_CALLS).copied()?;
+        let requests = row.values.get(POOLED_REQUESTS).copied()?;
+        (requests > 0.0 && requests >= self.min_volume).then_some((calls, requests))
     }
 
     /// A latency rise on a series below `min_volume`: its quantiles are those of a
@@ -70,6 +87,39 @@ impl Deviation {
             .then(|| row.measure("p50_ms"))
             .flatten()
     }
+}
+
+/// What a window is judged by.
+#[derive(Debug, Clone, Copy)]
+enum Basis {
+    /// Its own value.
+    Window,
+    /// The median of its few calls ([`Deviation::median_of_few`]).
+    MedianOfFew,
+    /// The calls per request of the edge's last windows, pooled
+    /// ([`Deviation::pooled`]).
+    Pooled { calls: f64, requests: f64 },
+}
+
+/// The two-sided score of `calls` counted where `expected` were: calls of
+/// independent requests are Poisson, so its exact tail (statrs) on the side
+/// of the deviation, doubled. The normal approximation the other bases use
+/// understates how unlikely few calls are where many were expected (1 call
+/// where 21 were: 3e-8, against 1e-5 at its z of -4.4).
+fn pooled_score(calls: f64, expected: f64) -> f64 {
+    use statrs::distribution::{DiscreteCDF, Poisson};
+    let Ok(poisson) = Poisson::new(expected) else {
+        return 0.0;
+    };
+    let k = calls.round().max(0.0) as u64;
+    let tail = if calls < expected {
+        poisson.cdf(k)
+    } else if k == 0 {
+        1.0
+    } else {
+        poisson.sf(k - 1)
+    };
+    1.0 - (2.0 * tail).min(1.0)
 }
 
 /// The score of a window whose median of `calls` calls deviates with `score`
@@ -108,8 +158,11 @@ impl Detect for Deviation {
         let series = &mut *scope.series;
         let (row, t, value, measure) = (eval.row, eval.t, eval.value, eval.measure);
         let state = series.ready(eval.key, measure)?;
-        let volume = row.volume_for(measure);
-        let (value, few) = self.judged_value(row, measure, value)?;
+        let (value, basis) = self.judged_value(row, measure, value)?;
+        let volume = match basis {
+            Basis::Pooled { requests, .. } => requests,
+            _ => row.volume_for(measure),
+        };
         let expected = state.baseline.expected(t);
         let floor = resolution(measure, expected, volume);
         let d = state.baseline.deviation(t, value, floor);
@@ -128,14 +181,20 @@ impl Detect for Deviation {
         // A rise no higher than the series' own recent bursts is one more of
         // them (see `detect::excursion`).
         let usual_burst = up && state.baseline.burst_peak().is_some_and(|p| value <= p);
-        let score = if few {
-            few_calls_score(d.score(), volume)
-        } else {
-            d.score()
+        let score = match basis {
+            Basis::Window => d.score(),
+            Basis::MedianOfFew => few_calls_score(d.score(), volume),
+            Basis::Pooled { calls, requests } => {
+                pooled_score(calls, d.expected.max(0.0) * requests)
+            }
         };
         let run = i32::try_from(eval.pattern.consecutive.max(1)).unwrap_or(i32::MAX);
         let decisive = 1.0 - score <= (1.0 - self.min_score).powi(run);
-        (ok_direction
+        // A pool shares its windows with the pools before it: only a decisive
+        // one is evidence of its own.
+        let pooled_weak = matches!(basis, Basis::Pooled { .. }) && !decisive;
+        (!pooled_weak
+            && ok_direction
             && !usual_burst
             && score >= self.min_score
             && (value - d.expected).abs() >= self.min_delta
@@ -146,14 +205,21 @@ impl Detect for Deviation {
                 expected: d.expected,
                 score,
                 onset: None,
-                detail: if few {
-                    format!(
+                detail: match basis {
+                    Basis::MedianOfFew => format!(
                         "the median of {volume:.0} calls up to {} ({measure} expected {}, z {:.1})",
                         short(value),
                         short(d.expected),
                         d.z
-                    )
-                } else {
+                    ),
+                    Basis::Pooled { calls, requests } => format!(
+                        "{measure} {} to {} over the last {requests:.0} requests, too few for one window ({calls:.0} calls where {:.1} were expected, P {:.0e})",
+                        if up { "up" } else { "down" },
+                        short(value),
+                        d.expected * requests,
+                        1.0 - score
+                    ),
+                    Basis::Window => {
                     format!(
                         "{measure} {} to {} (expected {}, z {:.1})",
                         if up { "up" } else { "down" },
@@ -161,6 +227,7 @@ impl Detect for Deviation {
                         short(d.expected),
                         d.z
                     )
+                    }
                 },
                 decisive,
             })
@@ -169,7 +236,21 @@ impl Detect for Deviation {
 
 #[cfg(test)]
 mod tests {
-    use super::few_calls_score;
+    use super::{few_calls_score, pooled_score};
+
+    #[test]
+    fn a_pooled_call_mix_is_scored_by_its_exact_poisson_tail() {
+        // 1 call where 21 were expected: 2 e^-21 (1 + 21) = 3.3e-8.
+        let tail = 1.0 - pooled_score(1.0, 21.0);
+        assert!((tail - 3.336e-8).abs() < 1e-11, "{tail}");
+        // No call where 20 were: 2 e^-20, decisive at 0.9999 over two windows.
+        assert!(1.0 - pooled_score(0.0, 20.0) < 1e-8);
+        // What was expected is no evidence; nor is anything against nothing.
+        assert_eq!(pooled_score(20.0, 20.0), 0.0);
+        assert_eq!(pooled_score(0.0, 0.0), 0.0);
+        // Upwards too: 45 calls where 20 were expected.
+        assert!(1.0 - pooled_score(45.0, 20.0) < 1e-5);
+    }
 
     #[test]
     fn more_calls_at_the_median_are_stronger_evidence() {

@@ -1,0 +1,294 @@
+//! A caller's calls per request beyond one window's rows: the windows in which
+//! it made none of a call, and evidence pooled over thin windows.
+//!
+//! `edge_stats` has a row only for calls made, so a caller whose requests stop
+//! making a call they used to make leaves no row to judge. [`CallMix`]
+//! remembers the edges each caller used and gives a window in which the caller
+//! served requests but made none of those calls an edge row with 0 calls (a
+//! true value of its calls per request, learned like any other). An edge with
+//! no call for [`FORGET_WINDOWS`] windows is forgotten.
+//!
+//! A caller serving a few requests a window (a checkout at 3 a window) never
+//! fills one window with the requests needed to judge its call mix
+//! (`min_volume`): no call in 3 requests that usually make one each happens by
+//! chance 5% of the time. Every edge row with a caller's requests also carries
+//! the calls and the requests summed over the edge's last [`POOL_WINDOWS`]
+//! windows ([`POOLED_CALLS`], [`POOLED_REQUESTS`]); the deviation detector
+//! judges a window too thin on its own by them (`detectors/deviation.rs`).
+//!
+//! Memory: at most `max_edges` edges, each its key strings and at most
+//! `POOL_WINDOWS` entries of 24 bytes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use super::catalogue::SeriesKind;
+use super::rows::{CALLER_REQUESTS, CALLS_PER_REQUEST, Row, caller_identity};
+
+/// Windows an edge's pool sums over: two minutes of 10 s windows.
+pub const POOL_WINDOWS: i64 = 12;
+/// Windows without a call after which an edge is forgotten: an hour of 10 s
+/// windows. Until then a caller that stopped calling for good gets rows of 0
+/// calls, which its baseline learns.
+pub const FORGET_WINDOWS: i64 = 360;
+/// Calls to the callee over the edge's pool.
+pub const POOLED_CALLS: &str = "pooled_calls";
+/// The caller's requests over the edge's pool.
+pub const POOLED_REQUESTS: &str = "pooled_requests";
+
+/// (caller service, caller identity attributes).
+type Caller = (String, String);
+
+/// What is kept per edge.
+#[derive(Debug)]
+struct Memo {
+    /// The callee kind (the row's tag).
+    tag: String,
+    /// Window start of the last call.
+    last_call: i64,
+    /// (window start, calls, caller requests), oldest first.
+    pool: VecDeque<(i64, f64, f64)>,
+}
+
+impl Memo {
+    /// Adds window `t` and drops what fell out of the pool; returns the sums.
+    fn add(&mut self, t: i64, calls: f64, requests: f64, window_ms: i64) -> (f64, f64) {
+        if calls > 0.0 {
+            self.last_call = t;
+        }
+        self.pool.push_back((t, calls, requests));
+        let from = t - (POOL_WINDOWS - 1) * window_ms;
+        while self.pool.front().is_some_and(|(w, _, _)| *w < from) {
+            self.pool.pop_front();
+        }
+        self.pool
+            .iter()
+            .fold((0.0, 0.0), |(c, r), (_, calls, requests)| {
+                (c + calls, r + requests)
+            })
+    }
+}
+
+/// The edges callers used, and their pools (see the module docs).
+#[derive(Debug)]
+pub struct CallMix {
+    callers: HashMap<Caller, HashMap<String, Memo>>,
+    len: usize,
+    max_edges: usize,
+}
+
+impl CallMix {
+    /// Remembers at most `max_edges` edges.
+    pub fn new(max_edges: usize) -> Self {
+        CallMix {
+            callers: HashMap::new(),
+            len: 0,
+            max_edges,
+        }
+    }
+
+    /// Edges remembered.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no edge is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Completes window `t`'s rows: pools on every edge row whose caller
+    /// served requests, and rows of 0 calls for the edges its callers used
+    /// before and did not call in it.
+    pub fn complete(&mut self, rows: &mut Vec<Row>, t: i64, window_ms: i64) {
+        let served: HashMap<Caller, f64> = rows
+            .iter()
+            .filter(|r| r.kind == SeriesKind::Service)
+            .filter_map(|r| {
+                let n = r.values.get("requests").copied().filter(|n| *n > 0.0)?;
+                Some(((r.service.clone(), r.attributes.clone()), n))
+            })
+            .collect();
+        let mut called: HashSet<(Caller, String)> = HashSet::new();
+        for row in rows.iter_mut().filter(|r| r.kind == SeriesKind::Edge) {
+            let Some(&requests) = row.values.get(CALLER_REQUESTS) else {
+                continue;
+            };
+            let calls = row.values.get("calls").copied().unwrap_or(0.0);
+            let caller = (row.service.clone(), caller_identity(&row.attributes));
+            let Some(memo) = self.memo(&caller, &row.attributes, &row.tag, t) else {
+                continue;
+            };
+            let pooled = memo.add(t, calls, requests, window_ms);
+            set_pooled(row, pooled);
+            called.insert((caller, row.attributes.clone()));
+        }
+        let forget_before = t - FORGET_WINDOWS * window_ms;
+        for (caller, edges) in &mut self.callers {
+            let Some(&requests) = served.get(caller) else {
+                continue;
+            };
+            let before = edges.len();
+            edges.retain(|_, memo| memo.last_call >= forget_before);
+            self.len -= before - edges.len();
+            for (attributes, memo) in edges.iter_mut() {
+                if called.contains(&(caller.clone(), attributes.clone())) {
+                    continue;
+                }
+                let mut row = zero_row(caller, attributes, &memo.tag, requests);
+                set_pooled(&mut row, memo.add(t, 0.0, requests, window_ms));
+                rows.push(row);
+            }
+        }
+        self.callers.retain(|_, edges| !edges.is_empty());
+    }
+
+    /// The memo of an edge, made when there is room.
+    fn memo(&mut self, caller: &Caller, attributes: &str, tag: &str, t: i64) -> Option<&mut Memo> {
+        let full = self.len >= self.max_edges;
+        let edges = self.callers.entry(caller.clone()).or_default();
+        if !edges.contains_key(attributes) {
+            if full {
+                return None;
+            }
+            self.len += 1;
+            edges.insert(
+                attributes.to_string(),
+                Memo {
+                    tag: tag.to_string(),
+                    last_call: t,
+                    pool: VecDeque::new(),
+                },
+            );
+        }
+        edges.get_mut(attributes)
+    }
+}
+
+fn set_pooled(row: &mut Row, (calls, requests): (f64, f64)) {
+    row.values.insert(POOLED_CALLS, calls);
+    row.values.insert(POOLED_REQUESTS, requests);
+}
+
+/// The row of a window in which `caller` served `requests` and made no call
+/// on the edge `attributes`.
+fn zero_row(caller: &Caller, attributes: &str, tag: &str, requests: f64) -> Row {
+    Row {
+        kind: SeriesKind::Edge,
+        service: caller.0.clone(),
+        metric: String::new(),
+        metric_type: String::new(),
+        unit: String::new(),
+        attributes: attributes.to_string(),
+        tag: tag.to_string(),
+        values: HashMap::from([
+            ("calls", 0.0),
+            (CALLS_PER_REQUEST, 0.0),
+            (CALLER_REQUESTS, requests),
+        ]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const W: i64 = 10_000;
+
+    fn service(name: &str, requests: f64) -> Row {
+        Row {
+            kind: SeriesKind::Service,
+            service: name.into(),
+            metric: String::new(),
+            metric_type: String::new(),
+            unit: String::new(),
+            attributes: "namespace=shop".into(),
+            tag: String::new(),
+            values: HashMap::from([("requests", requests)]),
+        }
+    }
+
+    fn edge(caller: &str, callee: &str, calls: f64, requests: f64) -> Row {
+        Row {
+            kind: SeriesKind::Edge,
+            service: caller.into(),
+            metric: String::new(),
+            metric_type: String::new(),
+            unit: String::new(),
+            attributes: format!("namespace=shop,callee={callee},callee_kind=service"),
+            tag: "service".into(),
+            values: HashMap::from([
+                ("calls", calls),
+                (CALLS_PER_REQUEST, calls / requests),
+                (CALLER_REQUESTS, requests),
+            ]),
+        }
+    }
+
+    fn value(rows: &[Row], callee: &str, name: &str) -> Option<f64> {
+        rows.iter()
+            .find(|r| r.kind == SeriesKind::Edge && r.attributes.contains(callee))
+            .and_then(|r| r.values.get(name).copied())
+    }
+
+    #[test]
+    fn a_window_without_the_usual_call_gets_a_row_of_none() {
+        let mut mix = CallMix::new(100);
+        let mut rows = vec![
+            service("checkout", 3.0),
+            edge("checkout", "email", 3.0, 3.0),
+        ];
+        mix.complete(&mut rows, 0, W);
+        // Window 1: three requests, no call to email.
+        let mut rows = vec![service("checkout", 3.0)];
+        mix.complete(&mut rows, W, W);
+        assert_eq!(value(&rows, "email", "calls"), Some(0.0));
+        assert_eq!(value(&rows, "email", CALLS_PER_REQUEST), Some(0.0));
+        assert_eq!(value(&rows, "email", CALLER_REQUESTS), Some(3.0));
+        // Pooled over both windows: 3 calls in 6 requests.
+        assert_eq!(value(&rows, "email", POOLED_CALLS), Some(3.0));
+        assert_eq!(value(&rows, "email", POOLED_REQUESTS), Some(6.0));
+        // A window in which checkout served nothing says nothing.
+        let mut rows = vec![];
+        mix.complete(&mut rows, 2 * W, W);
+        assert!(rows.is_empty());
+    }
+
+    #[test]
+    fn the_pool_covers_the_last_windows_only() {
+        let mut mix = CallMix::new(100);
+        for w in 0..POOL_WINDOWS + 3 {
+            let mut rows = vec![
+                service("checkout", 2.0),
+                edge("checkout", "email", 1.0, 2.0),
+            ];
+            mix.complete(&mut rows, w * W, W);
+            let n = (w + 1).min(POOL_WINDOWS) as f64;
+            assert_eq!(
+                value(&rows, "email", POOLED_REQUESTS),
+                Some(2.0 * n),
+                "window {w}"
+            );
+            assert_eq!(value(&rows, "email", POOLED_CALLS), Some(n));
+        }
+    }
+
+    #[test]
+    fn an_edge_unused_for_long_is_forgotten_and_memory_is_bounded() {
+        let mut mix = CallMix::new(1);
+        let mut rows = vec![
+            service("checkout", 3.0),
+            edge("checkout", "email", 3.0, 3.0),
+            edge("checkout", "payment", 3.0, 3.0),
+        ];
+        mix.complete(&mut rows, 0, W);
+        assert_eq!(mix.len(), 1, "bounded");
+        assert!(value(&rows, "payment", POOLED_CALLS).is_none());
+        let mut rows = vec![service("checkout", 3.0)];
+        mix.complete(&mut rows, FORGET_WINDOWS * W, W);
+        assert_eq!(rows.len(), 2, "still remembered");
+        let mut rows = vec![service("checkout", 3.0)];
+        mix.complete(&mut rows, (FORGET_WINDOWS + 1) * W, W);
+        assert_eq!(rows.len(), 1, "forgotten");
+        assert!(mix.is_empty());
+    }
+}
