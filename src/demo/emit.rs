@@ -12,7 +12,8 @@
 //! SDK's simple span processor exports synchronously, inside the runtime's
 //! context.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -179,8 +180,66 @@ pub struct Traffic {
     rng: StdRng,
     /// Durations are divided by the demo's speed, like its clock.
     compress: f64,
-    /// Spans whose requests are still under way, with their end times.
-    pending: Vec<(SystemTime, Span)>,
+    /// Spans whose requests are still under way.
+    pending: Pending,
+}
+
+/// Spans ended in the model and not yet exported: a real SDK exports a span
+/// when it ends, so each waits for the wall clock to pass its end. A min-heap
+/// by (end, order of ending), so a tick releases the due spans without
+/// sorting those still under way.
+#[derive(Default)]
+struct Pending {
+    heap: BinaryHeap<Reverse<Due>>,
+    seq: u64,
+}
+
+/// One span under way, ordered by its end, then by when the model ended it.
+struct Due {
+    end: SystemTime,
+    seq: u64,
+    span: Span,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        (self.end, self.seq) == (other.end, other.seq)
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.end, self.seq).cmp(&(other.end, other.seq))
+    }
+}
+
+impl Pending {
+    fn push(&mut self, end: SystemTime, span: Span) {
+        self.seq += 1;
+        let seq = self.seq;
+        self.heap.push(Reverse(Due { end, seq, span }));
+    }
+
+    /// Ends (exports) the spans due by `now` (all with `None`), earliest
+    /// first, so a parent follows its children.
+    fn release(&mut self, now: Option<SystemTime>) {
+        while let Some(Reverse(due)) = self.heap.peek() {
+            if now.is_some_and(|now| due.end > now) {
+                break;
+            }
+            if let Some(Reverse(mut due)) = self.heap.pop() {
+                due.span.end_with_timestamp(due.end);
+            }
+        }
+    }
 }
 
 /// What one request left behind.
@@ -194,23 +253,13 @@ impl Traffic {
         Traffic {
             compress: 1.0 / speed.max(1.0),
             rng: StdRng::seed_from_u64(seed),
-            pending: Vec::new(),
-        }
-    }
-
-    /// Ends (exports) the spans whose end time is at or before `now`, earliest
-    /// first, so a parent follows its children.
-    fn release(&mut self, now: SystemTime) {
-        self.pending.sort_by_key(|(end, _)| *end);
-        let due = self.pending.partition_point(|(end, _)| *end <= now);
-        for (end, mut span) in self.pending.drain(..due) {
-            span.end_with_timestamp(end);
+            pending: Pending::default(),
         }
     }
 
     /// Ends every span still under way (the demo is stopping).
     pub fn flush(&mut self) {
-        self.release(SystemTime::now() + Duration::from_secs(3600));
+        self.pending.release(None);
     }
 
     /// Sends `dt` seconds of requests against `snapshot` (the fleet as the tick
@@ -228,12 +277,14 @@ impl Traffic {
         };
         let mut walk = Walk {
             fleet: &snapshot,
-            instruments,
+            sink: Sink {
+                instruments: &mut *instruments,
+                pending: &mut self.pending,
+            },
             rng: &mut self.rng,
             counts: BTreeMap::new(),
             sent: Vec::new(),
             compress: self.compress,
-            pending: &mut self.pending,
         };
         let requests = Poisson::new(entry_rate * dt).map_or(0.0, |p| p.sample(walk.rng));
         // The tick's requests arrived during the wall-clock tick just past
@@ -272,7 +323,7 @@ impl Traffic {
             (&mut self.rng, compress),
             &mut counts,
         );
-        self.release(SystemTime::now());
+        self.pending.release(Some(SystemTime::now()));
         counts
             .into_iter()
             .map(|(k, v)| (k, v as f64 / dt))
@@ -283,7 +334,7 @@ impl Traffic {
 /// Where a walk's spans go: the SDK's tracers, and the spans under way.
 struct Sink<'a> {
     instruments: &'a mut Instruments,
-    pending: &'a mut Vec<(SystemTime, Span)>,
+    pending: &'a mut Pending,
 }
 
 /// The consumer's spans for the messages it took this tick.
@@ -308,12 +359,14 @@ fn consume(
         let parent = Context::new().with_remote_span_context(producer);
         let mut walk = Walk {
             fleet,
-            instruments: &mut *sink.instruments,
+            sink: Sink {
+                instruments: &mut *sink.instruments,
+                pending: &mut *sink.pending,
+            },
             rng,
             counts: BTreeMap::new(),
             sent: Vec::new(),
             compress,
-            pending: &mut *sink.pending,
         };
         walk.serve_named(
             consumer_node,
@@ -328,14 +381,14 @@ fn consume(
 
 struct Walk<'a> {
     fleet: &'a Fleet,
-    instruments: &'a mut Instruments,
+    /// The SDK's tracers, and the spans ended in the model, exported once the
+    /// wall clock passes their end.
+    sink: Sink<'a>,
     rng: &'a mut StdRng,
     counts: BTreeMap<&'static str, u64>,
     /// Producer span contexts of messages sent.
     sent: Vec<SpanContext>,
     compress: f64,
-    /// Spans ended in the model, exported once the wall clock passes their end.
-    pending: &'a mut Vec<(SystemTime, Span)>,
 }
 
 fn ms(value: f64) -> Duration {
@@ -376,7 +429,7 @@ impl Walk<'_> {
         let (version, error_share, slowdown) =
             (state.version.clone(), state.error_share, state.slowdown());
         *self.counts.entry(service.name).or_insert(0) += 1;
-        let tracer = self.instruments.tracer(service.name, &version);
+        let tracer = self.sink.instruments.tracer(service.name, &version);
         let mut span = tracer
             .span_builder(name.to_string())
             .with_kind(kind.clone())
@@ -402,7 +455,7 @@ impl Walk<'_> {
         if failed {
             span.set_status(Status::error("request failed"));
         }
-        self.pending.push((at, span));
+        self.sink.pending.push(at, span);
         Visit { end: at, failed }
     }
 
@@ -414,7 +467,7 @@ impl Walk<'_> {
         start: SystemTime,
         cx: &Context,
     ) -> Visit {
-        let tracer = self.instruments.tracer(caller, version);
+        let tracer = self.sink.instruments.tracer(caller, version);
         let host = self.fleet.route(callee.name);
         let (kind, attributes) = match callee.kind {
             Kind::Service => (
@@ -478,7 +531,7 @@ impl Walk<'_> {
         if visit.failed {
             span.set_status(Status::error("call failed"));
         }
-        self.pending.push((visit.end, span));
+        self.sink.pending.push(visit.end, span);
         visit
     }
 }

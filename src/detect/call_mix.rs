@@ -1,12 +1,5 @@
-//! A caller's calls per request beyond one window's rows: the windows in which
-//! it made none of a call, and evidence pooled over thin windows.
-//!
-//! `edge_stats` has a row only for calls made, so a caller whose requests stop
-//! making a call they used to make leaves no row to judge. [`CallMix`]
-//! remembers the edges each caller used and gives a window in which the caller
-//! served requests but made none of those calls an edge row with 0 calls (a
-//! true value of its calls per request, learned like any other). An edge with
-//! no call for [`FORGET_WINDOWS`] windows is forgotten.
+//! A caller's calls per request pooled over its last windows, for callers too
+//! thin for one window.
 //!
 //! A caller serving a few requests a window (a checkout at 3 a window) never
 //! fills one window with the requests needed to judge its call mix
@@ -15,6 +8,15 @@
 //! the calls and the requests summed over the edge's last [`POOL_WINDOWS`]
 //! windows ([`POOLED_CALLS`], [`POOLED_REQUESTS`]); the deviation detector
 //! judges a window too thin on its own by them (`detectors/deviation.rs`).
+//! `edge_stats` has a row only for calls made, so [`CallMix`] remembers the
+//! edges each caller used and counts a window in which the caller served
+//! requests but made none of an edge's calls into that edge's pool, as 0
+//! calls (the next row's pool is then right). It gives such a window no row
+//! of its own: a caller that stops a call altogether is not judged by its
+//! call mix, since that is what a caller does when its peer is dead or a
+//! remedy moved its calls elsewhere (a reroute), and a call-mix anomaly there
+//! would be the failure or the remedy seen again. An edge with no call for
+//! [`FORGET_WINDOWS`] windows is forgotten.
 //!
 //! Memory: at most `max_edges` edges, each its key strings and at most
 //! `POOL_WINDOWS` entries of 24 bytes.
@@ -22,13 +24,12 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::catalogue::SeriesKind;
-use super::rows::{CALLER_REQUESTS, CALLS_PER_REQUEST, Row, caller_identity};
+use super::rows::{CALLER_REQUESTS, Row, caller_identity};
 
 /// Windows an edge's pool sums over: two minutes of 10 s windows.
 pub const POOL_WINDOWS: i64 = 12;
 /// Windows without a call after which an edge is forgotten: an hour of 10 s
-/// windows. Until then a caller that stopped calling for good gets rows of 0
-/// calls, which its baseline learns.
+/// windows.
 pub const FORGET_WINDOWS: i64 = 360;
 /// Calls to the callee over the edge's pool.
 pub const POOLED_CALLS: &str = "pooled_calls";
@@ -41,8 +42,6 @@ type Caller = (String, String);
 /// What is kept per edge.
 #[derive(Debug)]
 struct Memo {
-    /// The callee kind (the row's tag).
-    tag: String,
     /// Window start of the last call.
     last_call: i64,
     /// (window start, calls, caller requests), oldest first.
@@ -97,9 +96,9 @@ impl CallMix {
     }
 
     /// Completes window `t`'s rows: pools on every edge row whose caller
-    /// served requests, and rows of 0 calls for the edges its callers used
-    /// before and did not call in it.
-    pub fn complete(&mut self, rows: &mut Vec<Row>, t: i64, window_ms: i64) {
+    /// served requests; the edges its callers used before and did not call in
+    /// it count the window as 0 calls.
+    pub fn complete(&mut self, rows: &mut [Row], t: i64, window_ms: i64) {
         let served: HashMap<Caller, f64> = rows
             .iter()
             .filter(|r| r.kind == SeriesKind::Service)
@@ -115,7 +114,7 @@ impl CallMix {
             };
             let calls = row.values.get("calls").copied().unwrap_or(0.0);
             let caller = (row.service.clone(), caller_identity(&row.attributes));
-            let Some(memo) = self.memo(&caller, &row.attributes, &row.tag, t) else {
+            let Some(memo) = self.memo(&caller, &row.attributes, t) else {
                 continue;
             };
             let pooled = memo.add(t, calls, requests, window_ms);
@@ -131,19 +130,16 @@ impl CallMix {
             edges.retain(|_, memo| memo.last_call >= forget_before);
             self.len -= before - edges.len();
             for (attributes, memo) in edges.iter_mut() {
-                if called.contains(&(caller.clone(), attributes.clone())) {
-                    continue;
+                if !called.contains(&(caller.clone(), attributes.clone())) {
+                    memo.add(t, 0.0, requests, window_ms);
                 }
-                let mut row = zero_row(caller, attributes, &memo.tag, requests);
-                set_pooled(&mut row, memo.add(t, 0.0, requests, window_ms));
-                rows.push(row);
             }
         }
         self.callers.retain(|_, edges| !edges.is_empty());
     }
 
     /// The memo of an edge, made when there is room.
-    fn memo(&mut self, caller: &Caller, attributes: &str, tag: &str, t: i64) -> Option<&mut Memo> {
+    fn memo(&mut self, caller: &Caller, attributes: &str, t: i64) -> Option<&mut Memo> {
         let full = self.len >= self.max_edges;
         let edges = self.callers.entry(caller.clone()).or_default();
         if !edges.contains_key(attributes) {
@@ -154,7 +150,6 @@ impl CallMix {
             edges.insert(
                 attributes.to_string(),
                 Memo {
-                    tag: tag.to_string(),
                     last_call: t,
                     pool: VecDeque::new(),
                 },
@@ -169,28 +164,10 @@ fn set_pooled(row: &mut Row, (calls, requests): (f64, f64)) {
     row.values.insert(POOLED_REQUESTS, requests);
 }
 
-/// The row of a window in which `caller` served `requests` and made no call
-/// on the edge `attributes`.
-fn zero_row(caller: &Caller, attributes: &str, tag: &str, requests: f64) -> Row {
-    Row {
-        kind: SeriesKind::Edge,
-        service: caller.0.clone(),
-        metric: String::new(),
-        metric_type: String::new(),
-        unit: String::new(),
-        attributes: attributes.to_string(),
-        tag: tag.to_string(),
-        values: HashMap::from([
-            ("calls", 0.0),
-            (CALLS_PER_REQUEST, 0.0),
-            (CALLER_REQUESTS, requests),
-        ]),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::rows::CALLS_PER_REQUEST;
 
     const W: i64 = 10_000;
 
@@ -231,26 +208,28 @@ mod tests {
     }
 
     #[test]
-    fn a_window_without_the_usual_call_gets_a_row_of_none() {
+    fn a_window_without_the_usual_call_counts_in_the_pool_but_makes_no_row() {
         let mut mix = CallMix::new(100);
         let mut rows = vec![
             service("checkout", 3.0),
             edge("checkout", "email", 3.0, 3.0),
         ];
         mix.complete(&mut rows, 0, W);
-        // Window 1: three requests, no call to email.
+        // Window 1: three requests, no call to email: no row.
         let mut rows = vec![service("checkout", 3.0)];
         mix.complete(&mut rows, W, W);
-        assert_eq!(value(&rows, "email", "calls"), Some(0.0));
-        assert_eq!(value(&rows, "email", CALLS_PER_REQUEST), Some(0.0));
-        assert_eq!(value(&rows, "email", CALLER_REQUESTS), Some(3.0));
-        // Pooled over both windows: 3 calls in 6 requests.
-        assert_eq!(value(&rows, "email", POOLED_CALLS), Some(3.0));
-        assert_eq!(value(&rows, "email", POOLED_REQUESTS), Some(6.0));
-        // A window in which checkout served nothing says nothing.
-        let mut rows = vec![];
-        mix.complete(&mut rows, 2 * W, W);
-        assert!(rows.is_empty());
+        assert_eq!(rows.len(), 1);
+        // Window 2: checkout served nothing, which says nothing.
+        mix.complete(&mut [], 2 * W, W);
+        // Window 3: one call in two requests, pooled over the three windows
+        // checkout served: 4 calls in 8 requests.
+        let mut rows = vec![
+            service("checkout", 2.0),
+            edge("checkout", "email", 1.0, 2.0),
+        ];
+        mix.complete(&mut rows, 3 * W, W);
+        assert_eq!(value(&rows, "email", POOLED_CALLS), Some(4.0));
+        assert_eq!(value(&rows, "email", POOLED_REQUESTS), Some(8.0));
     }
 
     #[test]
@@ -285,10 +264,8 @@ mod tests {
         assert!(value(&rows, "payment", POOLED_CALLS).is_none());
         let mut rows = vec![service("checkout", 3.0)];
         mix.complete(&mut rows, FORGET_WINDOWS * W, W);
-        assert_eq!(rows.len(), 2, "still remembered");
-        let mut rows = vec![service("checkout", 3.0)];
+        assert_eq!(mix.len(), 1, "still remembered");
         mix.complete(&mut rows, (FORGET_WINDOWS + 1) * W, W);
-        assert_eq!(rows.len(), 1, "forgotten");
-        assert!(mix.is_empty());
+        assert!(mix.is_empty(), "forgotten");
     }
 }

@@ -322,15 +322,6 @@ fn detects_requests_cut_short_by_the_calls_they_skip() {
 }
 
 #[test]
-fn detects_requests_that_stop_making_a_call_altogether() {
-    // No call, no row in `edge_stats`: the stage itself gives the windows in
-    // which the service served requests and made none of its usual calls a
-    // row of 0 calls per request (`detect::call_mix`).
-    let mix = call_mix_anomaly(Fault::SkipsCall);
-    assert_eq!(mix.observed, 0.0, "{mix:?}");
-}
-
-#[test]
 fn detects_a_quiet_dependency_slowing_down() {
     // Three calls a window are too few for the edge's quantiles (below the
     // pattern's `min_volume`): the window is judged by its median call. The

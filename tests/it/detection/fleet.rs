@@ -95,9 +95,6 @@ pub enum Fault {
     /// The service's requests end early (a wrong answer, an exception): 70% of
     /// them skip its call to the next service, and no span carries an error.
     EarlyReturn,
-    /// The service's requests no longer make their call to the next service
-    /// at all (a code path skipped): its edge has no row in `edge_stats`.
-    SkipsCall,
     /// The quiet dependency every service calls a couple of times a window
     /// (too few calls for the edge's quantiles to be its own) answers 20 times
     /// slower, called three times and once in turn.
@@ -124,7 +121,7 @@ impl Fault {
             Fault::TemplateBurst => FailureClass::LogPattern,
             Fault::SlowLeak => FailureClass::MemoryLeak,
             Fault::DatabaseDown => FailureClass::DependencyFailure,
-            Fault::EarlyReturn | Fault::SkipsCall => FailureClass::TrafficAnomaly,
+            Fault::EarlyReturn => FailureClass::TrafficAnomaly,
             Fault::QuietDependencySlow => FailureClass::DependencyFailure,
         }
     }
@@ -308,20 +305,17 @@ pub fn window_at(
         let edge_errors = (calls as f64 * edge_p + (calls as f64 * edge_p).sqrt() * noise.normal())
             .round()
             .clamp(0.0, calls as f64);
-        // Skipped: no call, no row.
-        if !(faulty && active(Fault::SkipsCall)) {
-            edge.row(
-                &["shop", &svc, "prod", "shop", &callee, "prod", kind, ""],
-                &[
-                    Cell::U64(Some(calls)),
-                    Cell::U64(Some(edge_errors as u64)),
-                    Cell::F64(Some(edge_errors / calls as f64)),
-                    Cell::F64(Some(edge_latency * 0.4)),
-                    Cell::F64(Some(edge_latency)),
-                    Cell::F64(Some(edge_latency * 0.5)),
-                ],
-            );
-        }
+        edge.row(
+            &["shop", &svc, "prod", "shop", &callee, "prod", kind, ""],
+            &[
+                Cell::U64(Some(calls)),
+                Cell::U64(Some(edge_errors as u64)),
+                Cell::F64(Some(edge_errors / calls as f64)),
+                Cell::F64(Some(edge_latency * 0.4)),
+                Cell::F64(Some(edge_latency)),
+                Cell::F64(Some(edge_latency * 0.5)),
+            ],
+        );
         let slow = faulty && active(Fault::QuietDependencySlow);
         // While slow: 3 calls, then 1, and so on (a window of one call between
         // two of three judges nothing and must not break the run).
