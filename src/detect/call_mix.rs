@@ -21,10 +21,10 @@
 //! Memory: at most `max_edges` edges, each its key strings and at most
 //! `POOL_WINDOWS` entries of 24 bytes.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use super::catalogue::SeriesKind;
-use super::rows::{CALLER_REQUESTS, Row, caller_identity};
+use super::rows::{CALLER_REQUESTS, Row, caller_identity, served_requests};
 
 /// Windows an edge's pool sums over: two minutes of 10 s windows.
 pub const POOL_WINDOWS: i64 = 12;
@@ -44,6 +44,8 @@ type Caller = (String, String);
 struct Memo {
     /// Window start of the last call.
     last_call: i64,
+    /// Window start of the last row (a window with a call).
+    last_row: i64,
     /// (window start, calls, caller requests), oldest first.
     pool: VecDeque<(i64, f64, f64)>,
 }
@@ -99,15 +101,7 @@ impl CallMix {
     /// served requests; the edges its callers used before and did not call in
     /// it count the window as 0 calls.
     pub fn complete(&mut self, rows: &mut [Row], t: i64, window_ms: i64) {
-        let served: HashMap<Caller, f64> = rows
-            .iter()
-            .filter(|r| r.kind == SeriesKind::Service)
-            .filter_map(|r| {
-                let n = r.values.get("requests").copied().filter(|n| *n > 0.0)?;
-                Some(((r.service.clone(), r.attributes.clone()), n))
-            })
-            .collect();
-        let mut called: HashSet<(Caller, String)> = HashSet::new();
+        let served = served_requests(rows);
         for row in rows.iter_mut().filter(|r| r.kind == SeriesKind::Edge) {
             let Some(&requests) = row.values.get(CALLER_REQUESTS) else {
                 continue;
@@ -117,9 +111,9 @@ impl CallMix {
             let Some(memo) = self.memo(&caller, &row.attributes, t) else {
                 continue;
             };
+            memo.last_row = t;
             let pooled = memo.add(t, calls, requests, window_ms);
             set_pooled(row, pooled);
-            called.insert((caller, row.attributes.clone()));
         }
         let forget_before = t - FORGET_WINDOWS * window_ms;
         for (caller, edges) in &mut self.callers {
@@ -129,10 +123,8 @@ impl CallMix {
             let before = edges.len();
             edges.retain(|_, memo| memo.last_call >= forget_before);
             self.len -= before - edges.len();
-            for (attributes, memo) in edges.iter_mut() {
-                if !called.contains(&(caller.clone(), attributes.clone())) {
-                    memo.add(t, 0.0, requests, window_ms);
-                }
+            for memo in edges.values_mut().filter(|memo| memo.last_row != t) {
+                memo.add(t, 0.0, requests, window_ms);
             }
         }
         self.callers.retain(|_, edges| !edges.is_empty());
@@ -151,6 +143,7 @@ impl CallMix {
                 attributes.to_string(),
                 Memo {
                     last_call: t,
+                    last_row: t,
                     pool: VecDeque::new(),
                 },
             );

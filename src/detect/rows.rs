@@ -88,24 +88,27 @@ pub fn rows(tables: &WindowTables) -> Vec<Row> {
 /// Gives every edge row whose caller served requests in the window its
 /// [`CALLS_PER_REQUEST`] and [`CALLER_REQUESTS`].
 fn add_calls_per_request(rows: &mut [Row]) {
-    let requests: HashMap<(String, String), f64> = rows
-        .iter()
-        .filter(|r| r.kind == SeriesKind::Service)
-        .filter_map(|r| {
-            let n = r.values.get("requests").copied()?;
-            Some(((r.service.clone(), r.attributes.clone()), n))
-        })
-        .collect();
+    let requests = served_requests(rows);
     for row in rows.iter_mut().filter(|r| r.kind == SeriesKind::Edge) {
         let key = (row.service.clone(), caller_identity(&row.attributes));
         let (Some(&served), Some(&calls)) = (requests.get(&key), row.values.get("calls")) else {
             continue;
         };
-        if served > 0.0 {
-            row.values.insert(CALLS_PER_REQUEST, calls / served);
-            row.values.insert(CALLER_REQUESTS, served);
-        }
+        row.values.insert(CALLS_PER_REQUEST, calls / served);
+        row.values.insert(CALLER_REQUESTS, served);
     }
+}
+
+/// The requests each service served in the window (those that served any),
+/// by (service, identity attributes) as edge rows name their caller.
+pub(super) fn served_requests(rows: &[Row]) -> HashMap<(String, String), f64> {
+    rows.iter()
+        .filter(|r| r.kind == SeriesKind::Service)
+        .filter_map(|r| {
+            let n = r.values.get("requests").copied().filter(|n| *n > 0.0)?;
+            Some(((r.service.clone(), r.attributes.clone()), n))
+        })
+        .collect()
 }
 
 /// The caller's identity in an edge row's `attributes`: those before its
