@@ -474,14 +474,7 @@ impl IncidentStage {
                         && (own()
                             || incident.last_onset_ms >= join_from
                                 && incident.members.iter().any(|m| {
-                                    graph::related(
-                                        graph,
-                                        &service,
-                                        onset,
-                                        &m.anomaly,
-                                        p.hops,
-                                        p.window_ms,
-                                    )
+                                    graph::related(graph, &anomaly, &m.anomaly, p.hops, p.window_ms)
                                 }))
                 }
             }
@@ -544,8 +537,10 @@ impl IncidentStage {
 /// outside its own baseline). A lone resource metric or log count is the
 /// commonest false alarm and otherwise waits for corroboration.
 fn corroborated(members: &[Member], min: usize) -> bool {
-    let series: BTreeSet<&crate::detect::SeriesKey> =
-        members.iter().map(|m| &m.anomaly.key).collect();
+    let series: BTreeSet<(&str, &str, Vec<&str>, Vec<&str>)> = members
+        .iter()
+        .map(|m| measurement(&m.anomaly.key))
+        .collect();
     series.len() >= min
         || members.iter().any(|m| {
             let key = &m.anomaly.key;
@@ -556,6 +551,28 @@ fn corroborated(members: &[Member], min: usize) -> bool {
                 || m.anomaly.class == crate::detect::FailureClass::FaultyDeployment
                 || m.anomaly.decisive
         })
+}
+
+/// The measurement a series is one view of: its service, signal, and name and
+/// attributes without a quantile (a `p50`, `p99`, ... segment of the name, a
+/// `quantile` attribute). The p90, p95 and p99 of one latency move together:
+/// three of them off at once are one piece of evidence, not three.
+fn measurement(key: &crate::detect::SeriesKey) -> (&str, &str, Vec<&str>, Vec<&str>) {
+    let quantile = |s: &str| {
+        s.strip_prefix('p')
+            .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let name = key
+        .name
+        .split(['.', '_'])
+        .filter(|s| !quantile(s))
+        .collect();
+    let attributes = key
+        .attributes
+        .split(',')
+        .filter(|pair| !pair.starts_with("quantile="))
+        .collect();
+    (&key.service, &key.signal, name, attributes)
 }
 
 /// The operations (else services) of the members' request series on nodes

@@ -307,22 +307,36 @@ pub enum Relation {
 /// may cross its bar a window or two after its callers).
 const CAUSE_LAG_WINDOWS: i64 = 2;
 
-/// Whether a new anomaly on `service` from `onset` belongs with `member`: on
-/// the same node; on a caller of the member's node (a symptom of it); on a
-/// fellow caller of a common dependency (symptoms of one cause); or on a node
-/// the member's node calls (its cause) if it began by `CAUSE_LAG_WINDOWS`
-/// after the member did. Two callees of one caller are not related by it.
+/// Whether a new `anomaly` belongs with `member`, each taken as being about the
+/// node it implicates ([`super::rank::implicated`]: a caller's view of its calls
+/// to a peer is about the peer): on the same node, or on the caller of a
+/// peer-naming series itself; on a caller of the member's node (a symptom of
+/// it); on a fellow caller of a common dependency (symptoms of one cause); or on
+/// a node the member's node calls (its cause) if it began by
+/// `CAUSE_LAG_WINDOWS` after the member did. Two callees of one caller are not
+/// related by it, and neither is a caller's view of one of them with the other:
+/// a failing shipping service does not slow checkout's calls to the mailer.
 pub fn related(
     graph: &ServiceGraph,
-    service: &str,
-    onset: i64,
+    anomaly: &crate::detect::Anomaly,
     member: &crate::detect::Anomaly,
     hops: usize,
     window_ms: i64,
 ) -> bool {
-    match graph.relation(service, &node::own(&member.key), hops) {
+    let (own, about) = (
+        node::own(&anomaly.key),
+        super::rank::implicated(&anomaly.key).0,
+    );
+    let (member_own, member_about) = (
+        node::own(&member.key),
+        super::rank::implicated(&member.key).0,
+    );
+    if own == member_own || own == member_about || about == member_own {
+        return true;
+    }
+    match graph.relation(&about, &member_about, hops) {
         Relation::Same | Relation::Calls | Relation::Share => true,
-        Relation::CalledBy => onset <= member.onset_ms + CAUSE_LAG_WINDOWS * window_ms,
+        Relation::CalledBy => anomaly.onset_ms <= member.onset_ms + CAUSE_LAG_WINDOWS * window_ms,
         Relation::Unrelated => false,
     }
 }

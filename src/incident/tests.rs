@@ -572,3 +572,73 @@ fn more_of_a_failing_node_joins_its_open_incident_minutes_later_a_neighbour_does
     stage.on_event(&AnomalyEvent::Opened(later));
     assert_eq!(stage.incidents().len(), 3);
 }
+
+/// `checkout` calls `shipping` and `mailer`. While shipping's incident gathers,
+/// checkout's calls to the mailer slow down: a caller's view of one callee says
+/// nothing of the other, so that is an incident of its own. Checkout's calls to
+/// shipping, and checkout's own requests, are shipping's symptoms.
+#[test]
+fn a_callers_view_of_one_callee_is_not_anothers_incident() {
+    let shop = [("checkout", "shipping"), ("checkout", "mailer")];
+    let calls_to = |callee: &str, w: i64| {
+        let mut a = anomaly("checkout", w);
+        a.key.signal = "edge".into();
+        a.key.name = "p99_ms".into();
+        a.key.attributes = format!("callee={callee},callee_kind=service");
+        a
+    };
+    let services = |stage: &IncidentStage| -> Vec<Vec<String>> {
+        let nodes = |i: &Incident| {
+            let mut n: Vec<String> = i.anomalies().map(|a| rank::implicated(&a.key).0).collect();
+            n.sort();
+            n.dedup();
+            n
+        };
+        stage.incidents().iter().map(nodes).collect()
+    };
+    let stage_with = |anomalies: Vec<Anomaly>| {
+        let mut stage = IncidentStage::new(params(), IncidentLog::default());
+        stage.on_window(&window(0, &shop));
+        stage.on_event(&AnomalyEvent::Opened(anomaly("shipping", 1)));
+        for a in anomalies {
+            stage.on_event(&AnomalyEvent::Opened(a));
+        }
+        services(&stage)
+    };
+    assert_eq!(
+        stage_with(vec![calls_to("mailer", 2)]),
+        vec![vec!["shipping"], vec!["mailer"]]
+    );
+    assert_eq!(
+        stage_with(vec![calls_to("shipping", 2), anomaly("checkout", 2)]),
+        vec![vec!["checkout", "shipping"]]
+    );
+}
+
+/// The p90, p95 and p99 of one latency metric off at once are one piece of
+/// evidence: with `min_anomalies = 2` they wait for another measurement.
+#[test]
+fn quantiles_of_one_metric_corroborate_nothing() {
+    let mut p = params();
+    p.min_anomalies = 2;
+    let mut stage = IncidentStage::new(p, IncidentLog::default());
+    stage.on_window(&window(0, &CHAIN));
+    let metric = |name: &str| {
+        let mut a = anomaly("checkout", 1);
+        a.key.signal = "metric".into();
+        a.key.name = name.into();
+        a.class = crate::detect::FailureClass::Generic;
+        a
+    };
+    for q in ["p90", "p95", "p99"] {
+        let name = format!("pod.client.latency.{q}");
+        stage.on_event(&AnomalyEvent::Opened(metric(&name)));
+    }
+    assert_eq!(stage.incidents().len(), 1);
+    assert!(
+        !stage.incidents()[0].confirmed,
+        "three quantiles confirmed it"
+    );
+    stage.on_event(&AnomalyEvent::Opened(metric("pod.network.receive")));
+    assert!(stage.incidents()[0].confirmed);
+}
