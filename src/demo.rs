@@ -103,7 +103,7 @@ pub fn engine_config(
 ) -> Result<Config, crate::config::ConfigError> {
     let demo = include_str!("demo/demo.toml")
         .replace("{W}", &window_ms.to_string())
-        .replace("{L}", &(window_ms / 10).to_string())
+        .replace("{L}", &(window_ms / 20).max(100).to_string())
         .replace("{I}", &(window_ms * 6).to_string());
     let addresses = format!(
         "[otlp]\ngrpc_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n[api]\naddr = \"{api}\"\ncontrol_token = \"{token}\"\n[executor]\nwebhook_url = \"http://{hook}/remediate\"\n"
@@ -278,6 +278,6 @@ async fn drive(
         if settled {
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_secs_f64((window / 10.0).min(0.5))).await;
+        tokio::time::sleep(Duration::from_secs_f64((window / 25.0).min(0.5))).await;
     }
 }
