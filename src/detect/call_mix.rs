@@ -117,12 +117,14 @@ impl CallMix {
         }
         let forget_before = t - FORGET_WINDOWS * window_ms;
         for (caller, edges) in &mut self.callers {
-            let Some(&requests) = served.get(caller) else {
-                continue;
-            };
+            // A caller that stopped serving (scaled away, renamed) is
+            // forgotten too: its edges would hold the room new ones need.
             let before = edges.len();
             edges.retain(|_, memo| memo.last_call >= forget_before);
             self.len -= before - edges.len();
+            let Some(&requests) = served.get(caller) else {
+                continue;
+            };
             for memo in edges.values_mut().filter(|memo| memo.last_row != t) {
                 memo.add(t, 0.0, requests, window_ms);
             }
@@ -260,5 +262,31 @@ mod tests {
         assert_eq!(mix.len(), 1, "still remembered");
         mix.complete(&mut rows, (FORGET_WINDOWS + 1) * W, W);
         assert!(mix.is_empty(), "forgotten");
+    }
+
+    #[test]
+    fn a_caller_that_stopped_serving_is_forgotten_and_its_room_reused() {
+        let mut mix = CallMix::new(1);
+        let mut rows = vec![
+            service("checkout-v1", 3.0),
+            edge("checkout-v1", "email", 3.0, 3.0),
+        ];
+        mix.complete(&mut rows, 0, W);
+        // checkout-v1 is gone; its successor calls the same mailer.
+        let successor = || {
+            vec![
+                service("checkout-v2", 3.0),
+                edge("checkout-v2", "email", 3.0, 3.0),
+            ]
+        };
+        let mut rows = successor();
+        mix.complete(&mut rows, FORGET_WINDOWS * W, W);
+        assert!(value(&rows, "email", POOLED_CALLS).is_none(), "no room yet");
+        let mut rows = successor();
+        mix.complete(&mut rows, (FORGET_WINDOWS + 1) * W, W);
+        let mut rows = successor();
+        mix.complete(&mut rows, (FORGET_WINDOWS + 2) * W, W);
+        assert_eq!(mix.len(), 1);
+        assert_eq!(value(&rows, "email", POOLED_CALLS), Some(3.0));
     }
 }
