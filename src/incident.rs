@@ -6,8 +6,12 @@
 //! the incident open to later, unrelated failures) and holds a member it is
 //! related to within `hops` calls on the service graph ([`graph`]): the same
 //! node, a node it calls or shares a dependency with, or a node that calls it
-//! if it began soon enough to be that node's cause ([`graph::related`]). An
-//! anomaly on a node already in an incident that is still gathering (within
+//! if it began soon enough to be that node's cause ([`graph::related`]); a
+//! caller's view of its calls to a peer is about that peer, and about the
+//! caller only as the caller itself. An incident is reported once its
+//! anomalies corroborate one another ([`IncidentParams::min_anomalies`]
+//! distinct measurements, the quantiles of one counting once, or one strong
+//! enough alone). An anomaly on a node already in an incident that is still gathering (within
 //! `max_join_windows` of its opening) joins it however long after the last
 //! onset: more of the same failure. Else it opens a new incident. An
 //! incident is `resolved` once every member anomaly has ended and `resolve_windows`
@@ -70,7 +74,8 @@ pub struct IncidentParams {
     pub history_windows: usize,
     /// Most series in that history.
     pub max_history_series: usize,
-    /// Anomalies on distinct series an incident needs before it is reported.
+    /// Anomalies on distinct measurements (the quantiles of one count once)
+    /// an incident needs before it is reported.
     pub min_anomalies: usize,
 }
 

@@ -34,7 +34,8 @@ pub struct IncidentConfig {
     pub history_windows: usize,
     /// Most series held for the ranking.
     pub max_history_series: usize,
-    /// Anomalies on distinct series an incident needs before it is reported.
+    /// Anomalies on distinct measurements (the quantiles of one count once)
+    /// an incident needs before it is reported.
     pub min_anomalies: usize,
 }
 
