@@ -101,6 +101,8 @@ pub fn apply(
                 Action::Restart => {
                     s.memory = super::model::BASE_MEMORY;
                     s.leak_per_s = 0.0;
+                    // The requests it held are lost with the process.
+                    s.waiting_work = 0.0;
                     s.restarts += 1;
                     Ok(format!("restarted {subject} (restart #{})", s.restarts))
                 }
@@ -117,6 +119,8 @@ pub fn apply(
                 Action::Scale => {
                     let before = s.replicas;
                     s.replicas = scaled(before, params)?;
+                    // The waiting work spreads over the new replicas.
+                    s.waiting_work *= f64::from(before) / f64::from(s.replicas.max(1));
                     Ok(format!(
                         "scaled {subject} from {before} to {} replicas",
                         s.replicas

@@ -126,6 +126,9 @@ pub const MEMORY_LIMIT: f64 = 512.0 * 1024.0 * 1024.0;
 pub const CONSUMER_RATE: f64 = 10.0;
 /// Utilisation is capped here (a saturated service still answers, slowly).
 const MAX_UTILISATION: f64 = 0.96;
+/// CPU-seconds of work a replica holds waiting for its CPU at most; beyond it
+/// requests are shed (they time out at their callers).
+const MAX_WAITING_WORK: f64 = 1.0;
 
 /// The faults the demo injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +232,9 @@ pub struct ServiceState {
     /// The process's own CPU use per replica (capacity stolen by a noisy
     /// neighbour does not show in it).
     pub cpu: f64,
+    /// CPU-seconds of work per replica waiting for the CPU: a tick's work that
+    /// did not fit runs in the next, so a starved process runs at its limit.
+    pub waiting_work: f64,
     pub restarts: u32,
 }
 
@@ -246,6 +252,7 @@ impl ServiceState {
             bad_versions: BTreeMap::new(),
             utilisation: NOMINAL_UTILISATION,
             cpu: NOMINAL_UTILISATION,
+            waiting_work: 0.0,
             restarts: 0,
         }
     }
@@ -342,7 +349,15 @@ impl Fleet {
             let replicas = f64::from(s.replicas);
             let target = demand / (replicas * s.capacity);
             s.utilisation += smoothing * (target.min(1.0) - s.utilisation);
-            s.cpu += smoothing * ((demand / replicas).min(1.0) - s.cpu);
+            // Busy while there is work: this tick's and what earlier ticks left.
+            let work = s.waiting_work + demand / replicas * dt;
+            let busy = if dt > 0.0 {
+                (work / dt).min(1.0)
+            } else {
+                s.cpu
+            };
+            s.waiting_work = (work - dt).clamp(0.0, MAX_WAITING_WORK);
+            s.cpu += smoothing * (busy - s.cpu);
             s.memory = (s.memory + s.leak_per_s * dt).min(MEMORY_LIMIT);
         }
     }
@@ -428,5 +443,62 @@ impl Fleet {
             }
             FaultKind::DependencyOutage => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+    use rand_distr::{Distribution, Poisson};
+
+    use super::*;
+
+    /// `seconds` of traffic in ticks of 0.2 s, each tick's arrivals drawn as
+    /// the demo's traffic makes them (a few requests a tick for most services);
+    /// the lowest CPU reading of the last `last` seconds.
+    fn lowest_cpu(fleet: &mut Fleet, service: &'static str, seconds: f64, last: f64) -> f64 {
+        let dt = 0.2;
+        let nominal = nominal_rates();
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut lowest = f64::INFINITY;
+        let ticks = (seconds / dt) as usize;
+        for tick in 0..ticks {
+            let observed = nominal
+                .iter()
+                .map(|(&name, &rate)| {
+                    let arrivals = Poisson::new(rate * dt).map_or(0.0, |p| p.sample(&mut rng));
+                    (name, arrivals / dt)
+                })
+                .collect();
+            fleet.advance(dt, &observed);
+            if (ticks - tick) as f64 * dt <= last {
+                lowest = lowest.min(fleet.services[service].cpu);
+            }
+        }
+        lowest
+    }
+
+    #[test]
+    fn a_process_starved_of_cpu_runs_at_its_limit_and_a_scale_out_frees_it() {
+        let fault = Fault {
+            kind: FaultKind::CpuSaturation,
+            target: "recommendation",
+        };
+        let mut fleet = Fleet::new();
+        let healthy = lowest_cpu(&mut fleet, fault.target, 30.0, 30.0);
+        assert!(healthy < 0.5, "healthy at {healthy}");
+        fleet.inject(fault);
+        // Within seconds the process is pinned at its limit, tick after tick,
+        // though only a few requests arrive per tick.
+        let starved = lowest_cpu(&mut fleet, fault.target, 20.0, 15.0);
+        assert!(starved > 0.95, "starved, lowest {starved}");
+        fleet
+            .services
+            .get_mut(fault.target)
+            .expect("known")
+            .replicas = 3;
+        let scaled = lowest_cpu(&mut fleet, fault.target, 20.0, 10.0);
+        assert!(scaled < 0.6, "scaled out, lowest {scaled}");
     }
 }
