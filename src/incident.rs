@@ -450,13 +450,13 @@ impl IncidentStage {
         let onset = anomaly.onset_ms;
         let join_from = onset - p.join_windows * p.window_ms;
         let reopen_from = onset - p.reopen_windows * p.window_ms;
-        let service = node::own(&anomaly.key);
+        let subject = graph::Subject::of(&anomaly);
         let graph = &self.graph;
         let quiet = p.resolve_windows * p.window_ms;
         let gather_from = onset - p.max_join_windows * p.window_ms;
         let recur_from = reopen_from - quiet;
         let found = self.incidents.iter().rposition(|incident| {
-            let own = || incident.has_node(&service);
+            let own = || incident.has_node(&subject.own);
             match incident.quiet_since(quiet) {
                 // A recurrence is a series of it failing again within a few
                 // windows of its own recovery (flapping); a neighbour failing
@@ -479,7 +479,8 @@ impl IncidentStage {
                         && (own()
                             || incident.last_onset_ms >= join_from
                                 && incident.members.iter().any(|m| {
-                                    graph::related(graph, &anomaly, &m.anomaly, p.hops, p.window_ms)
+                                    let member = graph::Subject::of(&m.anomaly);
+                                    graph::related(graph, &subject, &member, p.hops, p.window_ms)
                                 }))
                 }
             }
@@ -504,7 +505,7 @@ impl IncidentStage {
                 if !incident.confirmed {
                     incident.confirmed = corroborated(&incident.members, p.min_anomalies);
                     if incident.confirmed {
-                        info!(incident = incident.id, service = %node::name(&service), "incident opened");
+                        info!(incident = incident.id, service = %node::name(&subject.own), "incident opened");
                     }
                 }
                 incident.id
@@ -514,7 +515,7 @@ impl IncidentStage {
                 self.next_id += 1;
                 let confirmed = corroborated(std::slice::from_ref(&member), p.min_anomalies);
                 if confirmed {
-                    info!(incident = id, service = %node::name(&service), "incident opened");
+                    info!(incident = id, service = %node::name(&subject.own), "incident opened");
                 }
                 self.incidents.push(Incident {
                     id,

@@ -307,9 +307,28 @@ pub enum Relation {
 /// may cross its bar a window or two after its callers).
 const CAUSE_LAG_WINDOWS: i64 = 2;
 
-/// Whether a new `anomaly` belongs with `member`, each taken as being about the
-/// node it implicates ([`super::rank::implicated`]: a caller's view of its calls
-/// to a peer is about the peer): on the same node, or on the caller of a
+/// What relating an anomaly to an incident's members reads of it: the node
+/// its series is on, the node it implicates ([`super::rank::implicated`]: a
+/// caller's view of its calls to a peer is about the peer) and its onset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub own: String,
+    pub about: String,
+    pub onset_ms: i64,
+}
+
+impl Subject {
+    pub fn of(anomaly: &crate::detect::Anomaly) -> Self {
+        Subject {
+            own: node::own(&anomaly.key),
+            about: super::rank::implicated(&anomaly.key).0,
+            onset_ms: anomaly.onset_ms,
+        }
+    }
+}
+
+/// Whether a new anomaly (`subject`) belongs with `member`, each taken as
+/// being about the node it implicates: on the same node, or on the caller of a
 /// peer-naming series itself; on a caller of the member's node (a symptom of
 /// it); on a fellow caller of a common dependency (symptoms of one cause); or on
 /// a node the member's node calls (its cause) if it began by
@@ -318,25 +337,17 @@ const CAUSE_LAG_WINDOWS: i64 = 2;
 /// a failing shipping service does not slow checkout's calls to the mailer.
 pub fn related(
     graph: &ServiceGraph,
-    anomaly: &crate::detect::Anomaly,
-    member: &crate::detect::Anomaly,
+    subject: &Subject,
+    member: &Subject,
     hops: usize,
     window_ms: i64,
 ) -> bool {
-    let (own, about) = (
-        node::own(&anomaly.key),
-        super::rank::implicated(&anomaly.key).0,
-    );
-    let (member_own, member_about) = (
-        node::own(&member.key),
-        super::rank::implicated(&member.key).0,
-    );
-    if own == member_own || own == member_about || about == member_own {
+    if subject.own == member.own || subject.own == member.about || subject.about == member.own {
         return true;
     }
-    match graph.relation(&about, &member_about, hops) {
+    match graph.relation(&subject.about, &member.about, hops) {
         Relation::Same | Relation::Calls | Relation::Share => true,
-        Relation::CalledBy => anomaly.onset_ms <= member.onset_ms + CAUSE_LAG_WINDOWS * window_ms,
+        Relation::CalledBy => subject.onset_ms <= member.onset_ms + CAUSE_LAG_WINDOWS * window_ms,
         Relation::Unrelated => false,
     }
 }
