@@ -382,6 +382,19 @@ impl IncidentStage {
         }
     }
 
+    /// Groups and ranks the anomalies an early look into the open window
+    /// opened, and publishes the incidents; the window's close moves their
+    /// lifecycle on (and hands them to remediation) as usual.
+    fn on_early(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        self.on_batch(batch);
+        self.rank_open();
+        self.log.publish(&self.incidents);
+    }
+
     /// Forgets unconfirmed incidents that resolved, resolved incidents older
     /// than `retain_ms`, and the oldest resolved beyond `max_incidents`.
     fn drop_old(&mut self, now_ms: i64) {
@@ -620,6 +633,7 @@ impl Stage for IncidentStage {
                 AnomalyEvent::Opened(anomaly) => self.pending.push(anomaly),
                 event => self.on_event(&event),
             },
+            DetectOutput::Early(_) => self.on_early(),
             DetectOutput::Closed(window) => {
                 let batch = std::mem::take(&mut self.pending);
                 self.on_batch(batch);

@@ -42,6 +42,9 @@ pub enum WindowEvent {
     Logs(RecordBatch),
     /// A closed window.
     Closed(Arc<WindowTables>),
+    /// The request and call statistics of the open window so far
+    /// (`window.early_look`); the window closes later as usual.
+    Early(Arc<WindowTables>),
     /// A service's version changed (before the windows it shows in close).
     Deployment(VersionChange),
     /// A service's live instances changed.
@@ -217,6 +220,14 @@ impl WindowStage {
                 self.publish(closed, out);
             }
             Err(error) => warn!(%error, "failed to close windows"),
+        }
+        if !self.downstream {
+            return;
+        }
+        match self.windows.early_look(now_unix_nano()) {
+            Ok(Some(early)) => out.push(WindowEvent::Early(Arc::new(early))),
+            Ok(None) => {}
+            Err(error) => warn!(%error, "failed to look into the open window"),
         }
     }
 

@@ -120,6 +120,10 @@ pub struct Windows {
     spare_identities: Option<identities::IdentitySet>,
     counts: WindowCounts,
     edges: Vec<EdgeObservation>,
+    /// `window.early_look` in ms of a window (0: never), and the start of the
+    /// last window offered early.
+    early_ms: i64,
+    looked_ms: i64,
 }
 
 /// Hash maps of the hot path: foldhash, randomly seeded per map (SipHash was a
@@ -160,6 +164,8 @@ impl Windows {
             spare_identities: None,
             counts: WindowCounts::default(),
             edges: Vec::new(),
+            early_ms: (config.early_look.clamp(0.0, 1.0) * size_ms as f64) as i64,
+            looked_ms: i64::MIN,
         }
     }
 
@@ -354,6 +360,39 @@ impl Windows {
         }
         let through = watermark - watermark.rem_euclid(self.size_ms);
         self.close_through(through)
+    }
+
+    /// The request and call statistics (`service_stats`, `operation_stats`,
+    /// `edge_stats`; the other tables empty) of the open window the watermark
+    /// is in, once per window, when the watermark is `window.early_look` of
+    /// the way through it. Its `end_ms` is the watermark: the rows hold what
+    /// arrived before it. The window stays open and closes as usual.
+    pub fn early_look(&mut self, now_ns: u64) -> Result<Option<WindowTables>, ArrowError> {
+        if self.early_ms <= 0 || self.max_event_ms == i64::MIN {
+            return Ok(None);
+        }
+        let watermark = self.watermark_ms(now_ns);
+        if watermark <= i64::MIN + self.lateness_ms {
+            return Ok(None);
+        }
+        let start = watermark - watermark.rem_euclid(self.size_ms);
+        if watermark - start < self.early_ms
+            || start <= self.looked_ms
+            || start < self.closed_through_ms
+        {
+            return Ok(None);
+        }
+        let Some(window) = self.open.get(&start) else {
+            return Ok(None);
+        };
+        self.looked_ms = start;
+        let [service, operation, edge] = window.span_tables(start, watermark)?;
+        let empty = |index| tables::TableBuilder::new(index, start, watermark).finish();
+        Ok(Some(WindowTables {
+            start_ms: start,
+            end_ms: watermark,
+            batches: [service, operation, edge, empty(3)?, empty(4)?],
+        }))
     }
 
     /// Closes every open window and empties the pairing store (input went idle, or

@@ -101,10 +101,9 @@ impl Episodes {
                 ended_ms: t,
             });
         };
-        let deviation = (c.observed - c.expected).abs();
         if let Some(onset) = episode.active {
             episode.windows += 1;
-            episode.peak = episode.peak.max(deviation);
+            episode.peak = episode.peak.max((c.observed - c.expected).abs());
             return Some(AnomalyEvent::Updated {
                 key,
                 pattern: pattern.name.clone(),
@@ -113,60 +112,42 @@ impl Episodes {
                 windows: episode.windows,
             });
         }
-        if episode.run == 0 {
-            episode.run_onset = c.onset.unwrap_or(t).min(t);
-            episode.run_peak = 0.0;
-            episode.run_escalated = true;
-        }
-        episode.run_peak = episode.run_peak.max(deviation);
-        episode.run += 1;
-        episode.run_escalated &= c.decisive && deviation >= ESCALATION * episode.peak;
-        let cooldown = i64::from(pattern.cooldown) * window_ms;
-        let ended = episode.quiet_until - cooldown;
-        let flapping = t < ended + cooldown / FLAP_PART;
-        let needed = match (t < episode.quiet_until && !episode.run_escalated, flapping) {
-            (false, _) => pattern.consecutive,
-            (true, false) => pattern.consecutive + SUSTAINED,
-            (true, true) => {
-                episode.run = 0;
-                return None;
-            }
-        };
-        if episode.run < needed {
+        open(episode, pattern, key, c, t, window_ms)
+    }
+
+    /// Whether pattern `index` has a run under way on `key` that one more
+    /// window may complete: nothing open, and at least one window held.
+    pub(crate) fn pending(&self, index: usize, key: &SeriesKey) -> bool {
+        self.map
+            .get(&(index, series_id(key, "")))
+            .is_some_and(|e| e.active.is_none() && e.run > 0)
+    }
+
+    /// Counts `candidate`, held in the first part of the open window `t`, as
+    /// the window that completes the run under way on `key`: opens the
+    /// episode when it does; otherwise changes nothing (the window is judged
+    /// again when it closes). The episode counts the windows closed so far.
+    pub(crate) fn confirm_early(
+        &mut self,
+        (index, pattern): (usize, &Pattern),
+        key: SeriesKey,
+        candidate: Candidate,
+        t: i64,
+        window_ms: i64,
+    ) -> Option<AnomalyEvent> {
+        let episode = self.map.get_mut(&(index, series_id(&key, "")))?;
+        if episode.active.is_some() || episode.run == 0 {
             return None;
         }
-        episode.active = Some(episode.run_onset);
-        episode.windows = u64::from(episode.run);
-        episode.peak = episode.run_peak;
-        if may_go_silent(&key) {
-            let cooldown = i64::from(pattern.cooldown) * window_ms;
-            episode.silent_end = Some((key.clone(), pattern.name.clone(), cooldown));
+        let mut trial = episode.clone();
+        let mut event = open(&mut trial, pattern, key, candidate, t, window_ms)?;
+        trial.run -= 1;
+        trial.windows = u64::from(trial.run);
+        if let AnomalyEvent::Opened(anomaly) = &mut event {
+            anomaly.windows = trial.windows;
         }
-        let anomaly = Anomaly {
-            key,
-            class: pattern.class,
-            pattern: pattern.name.clone(),
-            onset_ms: episode.run_onset,
-            detected_ms: t,
-            ended_ms: None,
-            observed: c.observed,
-            expected: c.expected,
-            score: c.score,
-            windows: episode.windows,
-            detail: c.detail,
-            decisive: c.decisive,
-        };
-        info!(
-            class = %anomaly.class,
-            pattern = %anomaly.pattern,
-            series = %anomaly.key,
-            observed = anomaly.observed,
-            expected = anomaly.expected,
-            score = anomaly.score,
-            detail = %anomaly.detail,
-            "anomaly detected"
-        );
-        Some(AnomalyEvent::Opened(anomaly))
+        *episode = trial;
+        Some(event)
     }
 
     /// Ends the open episodes of edges and operations absent from the windows
@@ -201,6 +182,73 @@ impl Episodes {
         self.map
             .retain(|_, e| e.active.is_some() || e.run > 0 || e.quiet_until > t);
     }
+}
+
+/// Counts window `t`'s candidate `c` into the run of an episode with nothing
+/// open; opens the episode when the run is long enough.
+fn open(
+    episode: &mut Episode,
+    pattern: &Pattern,
+    key: SeriesKey,
+    c: Candidate,
+    t: i64,
+    window_ms: i64,
+) -> Option<AnomalyEvent> {
+    let deviation = (c.observed - c.expected).abs();
+    if episode.run == 0 {
+        episode.run_onset = c.onset.unwrap_or(t).min(t);
+        episode.run_peak = 0.0;
+        episode.run_escalated = true;
+    }
+    episode.run_peak = episode.run_peak.max(deviation);
+    episode.run += 1;
+    episode.run_escalated &= c.decisive && deviation >= ESCALATION * episode.peak;
+    let cooldown = i64::from(pattern.cooldown) * window_ms;
+    let ended = episode.quiet_until - cooldown;
+    let flapping = t < ended + cooldown / FLAP_PART;
+    let needed = match (t < episode.quiet_until && !episode.run_escalated, flapping) {
+        (false, _) => pattern.consecutive,
+        (true, false) => pattern.consecutive + SUSTAINED,
+        (true, true) => {
+            episode.run = 0;
+            return None;
+        }
+    };
+    if episode.run < needed {
+        return None;
+    }
+    episode.active = Some(episode.run_onset);
+    episode.windows = u64::from(episode.run);
+    episode.peak = episode.run_peak;
+    if may_go_silent(&key) {
+        let cooldown = i64::from(pattern.cooldown) * window_ms;
+        episode.silent_end = Some((key.clone(), pattern.name.clone(), cooldown));
+    }
+    let anomaly = Anomaly {
+        key,
+        class: pattern.class,
+        pattern: pattern.name.clone(),
+        onset_ms: episode.run_onset,
+        detected_ms: t,
+        ended_ms: None,
+        observed: c.observed,
+        expected: c.expected,
+        score: c.score,
+        windows: episode.windows,
+        detail: c.detail,
+        decisive: c.decisive,
+    };
+    info!(
+        class = %anomaly.class,
+        pattern = %anomaly.pattern,
+        series = %anomaly.key,
+        observed = anomaly.observed,
+        expected = anomaly.expected,
+        score = anomaly.score,
+        detail = %anomaly.detail,
+        "anomaly detected"
+    );
+    Some(AnomalyEvent::Opened(anomaly))
 }
 
 #[cfg(test)]
@@ -288,5 +336,83 @@ mod tests {
         let mut windows = vec![held, held, calm, calm];
         windows.extend([held; 4]);
         assert_eq!(opened(&windows), vec![1]);
+    }
+
+    #[test]
+    fn a_look_into_the_open_window_completes_a_run_under_way() {
+        let catalogue = Catalogue::built_in().expect("the built-in catalogue loads");
+        let pattern = &catalogue.patterns[0];
+        let key = SeriesKey {
+            service: "api".into(),
+            signal: "service".into(),
+            name: "error_rate".into(),
+            attributes: String::new(),
+        };
+        let held = || Candidate {
+            observed: 0.3,
+            expected: 0.01,
+            score: 1.0,
+            onset: None,
+            detail: String::new(),
+            decisive: false,
+        };
+        let mut episodes = Episodes::default();
+        // Nothing under way: a look opens nothing.
+        assert!(!episodes.pending(0, &key));
+        assert!(
+            episodes
+                .confirm_early((0, pattern), key.clone(), held(), 0, W)
+                .is_none()
+        );
+        // One window held: the look into the next opens the episode, counting
+        // the closed window only; the next close updates it.
+        assert!(
+            episodes
+                .step((0, pattern), key.clone(), Some(held()), 0, W)
+                .is_none()
+        );
+        assert!(episodes.pending(0, &key));
+        let opened = episodes.confirm_early((0, pattern), key.clone(), held(), W, W);
+        let Some(AnomalyEvent::Opened(anomaly)) = opened else {
+            panic!("not opened: {opened:?}");
+        };
+        assert_eq!(
+            (anomaly.onset_ms, anomaly.detected_ms, anomaly.windows),
+            (0, W, 1)
+        );
+        assert!(!episodes.pending(0, &key));
+        let closed = episodes.step((0, pattern), key.clone(), Some(held()), W, W);
+        assert!(
+            matches!(closed, Some(AnomalyEvent::Updated { windows: 2, .. })),
+            "{closed:?}"
+        );
+        // A window that does not hold when it closes ends it.
+        let ended = episodes.step((0, pattern), key.clone(), None, 2 * W, W);
+        assert!(
+            matches!(ended, Some(AnomalyEvent::Ended { .. })),
+            "{ended:?}"
+        );
+        // In the cooldown a look is held to what its close would be: past the
+        // first third, a run one window longer than `consecutive`. A look
+        // that does not complete the run leaves it as it was.
+        let later = 2 * W + 15 * W;
+        assert!(
+            episodes
+                .step((0, pattern), key.clone(), Some(held()), later, W)
+                .is_none()
+        );
+        let short = episodes.confirm_early((0, pattern), key.clone(), held(), later + W, W);
+        assert!(short.is_none(), "{short:?}");
+        assert!(episodes.pending(0, &key));
+        assert!(
+            episodes
+                .step((0, pattern), key.clone(), Some(held()), later + W, W)
+                .is_none()
+        );
+        let opened = episodes.confirm_early((0, pattern), key.clone(), held(), later + 2 * W, W);
+        assert!(
+            matches!(opened, Some(AnomalyEvent::Opened(_))),
+            "{opened:?}"
+        );
     }
 }

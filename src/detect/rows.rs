@@ -85,6 +85,17 @@ pub fn rows(tables: &WindowTables) -> Vec<Row> {
     out
 }
 
+/// Whether `measure` means the same over part of a window as over all of
+/// it: a share or a quantile of the requests or calls counted so far, not a
+/// count or a ratio of two counts that complete at different times (calls are
+/// counted when both of their spans have arrived, requests at once).
+pub fn holds_early(measure: &str) -> bool {
+    matches!(
+        measure,
+        "error_rate" | "p50_ms" | "p95_ms" | "p99_ms" | "mean_ms"
+    )
+}
+
 /// Gives every edge row whose caller served requests in the window its
 /// [`CALLS_PER_REQUEST`] and [`CALLER_REQUESTS`].
 fn add_calls_per_request(rows: &mut [Row]) {

@@ -31,6 +31,8 @@ use super::univariate::UnivariateParams;
 use crate::window::deployments::VersionChange;
 use crate::window::{FastMap, WindowTables};
 
+mod early;
+
 /// Everything the stage needs to know besides the catalogue.
 #[derive(Debug, Clone)]
 pub struct StageParams {

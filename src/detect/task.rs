@@ -20,6 +20,9 @@ pub enum DetectOutput {
     Event(Box<AnomalyEvent>),
     /// A closed window, after its events.
     Closed(Arc<WindowTables>),
+    /// An early look into the open window (`window.early_look`), after the
+    /// events it gave.
+    Early(Arc<WindowTables>),
     /// A service's version changed (passed on for remediation's rollbacks).
     Deployment(crate::window::deployments::VersionChange),
     /// A service's live instances changed (passed on for canary remediation).
@@ -41,6 +44,25 @@ impl DetectTask {
     }
 }
 
+impl DetectTask {
+    /// Reports the anomalies `events` opened, and the stage's sizes.
+    fn report(&mut self, events: &[AnomalyEvent]) {
+        let opened: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                AnomalyEvent::Opened(a) => Some(a.clone()),
+                _ => None,
+            })
+            .collect();
+        self.metrics.detection(
+            &opened,
+            self.stage.series_count(),
+            self.stage.take_untracked(),
+            self.stage.template_count(),
+        );
+    }
+}
+
 impl Stage for DetectTask {
     type In = WindowEvent;
     type Out = DetectOutput;
@@ -59,21 +81,15 @@ impl Stage for DetectTask {
                 self.stage.on_deployment(change.clone());
                 out.push(DetectOutput::Deployment(change));
             }
+            WindowEvent::Early(window) => {
+                let events = self.stage.on_early(&window);
+                self.report(&events);
+                out.extend(events.into_iter().map(|e| DetectOutput::Event(Box::new(e))));
+                out.push(DetectOutput::Early(window));
+            }
             WindowEvent::Closed(window) => {
                 let events = self.stage.on_window(&window);
-                let opened: Vec<_> = events
-                    .iter()
-                    .filter_map(|e| match e {
-                        AnomalyEvent::Opened(a) => Some(a.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                self.metrics.detection(
-                    &opened,
-                    self.stage.series_count(),
-                    self.stage.take_untracked(),
-                    self.stage.template_count(),
-                );
+                self.report(&events);
                 out.extend(events.into_iter().map(|e| DetectOutput::Event(Box::new(e))));
                 out.push(DetectOutput::Closed(window));
             }

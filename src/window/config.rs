@@ -32,6 +32,11 @@ pub struct WindowConfig {
     /// Records stamped further than this in the future are rejected.
     #[serde(with = "humantime_serde")]
     pub max_future_skew: Duration,
+    /// Share of a window after which (by the watermark) its request and call
+    /// statistics so far are offered to detection once, before it closes, so
+    /// a failure already seen in the last closed window is confirmed without
+    /// waiting for the next to close (0: never).
+    pub early_look: f64,
 }
 
 impl WindowConfig {
@@ -46,6 +51,9 @@ impl WindowConfig {
         }
         if self.retain < self.size {
             problems.push("window.retain must be at least window.size".to_string());
+        }
+        if !(0.0..1.0).contains(&self.early_look) {
+            problems.push("window.early_look must be at least 0 and below 1".to_string());
         }
         if self.max_series == 0 {
             problems.push("window.max_series must be positive".to_string());

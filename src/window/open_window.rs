@@ -244,13 +244,13 @@ impl OpenWindow {
         true
     }
 
-    /// Builds the window's tables; cumulative metric series advance `cumulative`.
-    pub(crate) fn finish(
-        self,
+    /// The span tables (`service_stats`, `operation_stats`, `edge_stats`) of
+    /// what the window holds so far; the window stays open.
+    pub(crate) fn span_tables(
+        &self,
         start_ms: i64,
         end_ms: i64,
-        cumulative: &mut CumulativeState,
-    ) -> Result<WindowTables, ArrowError> {
+    ) -> Result<[arrow::record_batch::RecordBatch; 3], ArrowError> {
         let s = &self.strings;
         let svc = |k: &ServiceKey| [s.get(k[0]), s.get(k[1]), s.get(k[2])];
 
@@ -292,7 +292,19 @@ impl OpenWindow {
             table.edge_row(&keys, &exemplar, red);
         }
         let edge_stats = table.finish()?;
+        Ok([service_stats, operation_stats, edge_stats])
+    }
 
+    /// Builds the window's tables; cumulative metric series advance `cumulative`.
+    pub(crate) fn finish(
+        self,
+        start_ms: i64,
+        end_ms: i64,
+        cumulative: &mut CumulativeState,
+    ) -> Result<WindowTables, ArrowError> {
+        let [service_stats, operation_stats, edge_stats] = self.span_tables(start_ms, end_ms)?;
+        let s = &self.strings;
+        let svc = |k: &ServiceKey| [s.get(k[0]), s.get(k[1]), s.get(k[2])];
         let window_secs = (end_ms - start_ms) as f64 / 1000.0;
         let mut series: Vec<_> = self
             .series

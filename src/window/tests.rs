@@ -149,3 +149,63 @@ fn extreme_timestamps_do_not_panic() {
     w.ingest(&extreme, 0, now).expect("ingest");
     w.close_all().expect("close");
 }
+
+#[test]
+fn the_open_window_is_looked_into_once_when_the_watermark_is_halfway() {
+    let mut w = windows();
+    let now = BASE + 3600 * SEC;
+    w.ingest(&spans("a", &[(1, BASE + SEC), (2, BASE + 9 * SEC)]), 0, now)
+        .expect("ingest");
+    // The watermark, 9 s - 5 s lateness, is 4 s into [0, 10): not yet halfway.
+    assert!(w.early_look(now).expect("look").is_none());
+    w.ingest(&spans("a", &[(3, BASE + 10 * SEC)]), 0, now)
+        .expect("ingest");
+    let look = w.early_look(now).expect("look").expect("halfway at 5 s");
+    assert_eq!(
+        (look.start_ms, look.end_ms),
+        (1_700_000_000_000, 1_700_000_005_000)
+    );
+    assert_eq!(requests(&look), vec![("a".to_string(), 2)]);
+    assert!(look.batches[3..].iter().all(|b| b.num_rows() == 0));
+    assert!(
+        w.early_look(now).expect("look").is_none(),
+        "once per window"
+    );
+    assert!(w.advance(now).expect("advance").is_empty(), "it stays open");
+    // The window closes as usual, with what came after the look.
+    w.ingest(
+        &spans("a", &[(4, BASE + 8 * SEC), (5, BASE + 16 * SEC)]),
+        0,
+        now,
+    )
+    .expect("ingest");
+    let closed = w.advance(now).expect("advance");
+    assert_eq!(requests(&closed[0]), vec![("a".to_string(), 3)]);
+    assert!(
+        w.early_look(now).expect("look").is_none(),
+        "1 s into [10, 20)"
+    );
+    w.ingest(&spans("a", &[(6, BASE + 21 * SEC)]), 0, now)
+        .expect("ingest");
+    let look = w.early_look(now).expect("look").expect("[10, 20) halfway");
+    assert_eq!(look.start_ms, 1_700_000_010_000);
+    assert_eq!(requests(&look), vec![("a".to_string(), 2)]);
+}
+
+#[test]
+fn an_early_look_of_zero_never_looks() {
+    let config = Config::from_toml_str("[window]\nearly_look = 0.0\n").expect("config");
+    let mut w = Windows::new(&config.window);
+    let now = BASE + 3600 * SEC;
+    w.ingest(
+        &spans("a", &[(1, BASE + SEC), (2, BASE + 14 * SEC)]),
+        0,
+        now,
+    )
+    .expect("ingest");
+    assert!(w.early_look(now).expect("look").is_none());
+    assert!(
+        Config::from_toml_str("[window]\nearly_look = 1.0\n").is_err(),
+        "a look at the end is the close"
+    );
+}

@@ -16,6 +16,7 @@ use homeostat::detect::{
 };
 
 mod deploys;
+mod early;
 mod fleet;
 mod query;
 mod seasons;
