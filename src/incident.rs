@@ -385,12 +385,23 @@ impl IncidentStage {
     /// Groups and ranks the anomalies an early look into the open window
     /// opened, and publishes the incidents; the window's close moves their
     /// lifecycle on (and hands them to remediation) as usual.
+    ///
+    /// An anomaly that would join another node's incident waits for the
+    /// close: the window's endings go out before its openings (an incident
+    /// whose last members end in it is recovering, and a neighbour failing
+    /// then is a failure of its own), and an early look comes before them.
     fn on_early(&mut self) {
-        if self.pending.is_empty() {
+        let pending = std::mem::take(&mut self.pending);
+        let (now, later): (Vec<Anomaly>, Vec<Anomaly>) = pending.into_iter().partition(|anomaly| {
+            let subject = graph::Subject::of(anomaly);
+            self.incident_for(anomaly, &subject)
+                .is_none_or(|i| self.incidents[i].has_node(&subject.own))
+        });
+        self.pending = later;
+        if now.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.pending);
-        self.on_batch(batch);
+        self.on_batch(now);
         self.rank_open();
         self.log.publish(&self.incidents);
     }
@@ -458,17 +469,17 @@ impl IncidentStage {
     }
 
     /// Adds a new anomaly to the incident it belongs to, or opens one.
-    fn join(&mut self, anomaly: Anomaly) -> u64 {
+    /// The incident `anomaly` (whose subject is `subject`) joins, if any.
+    fn incident_for(&self, anomaly: &Anomaly, subject: &graph::Subject) -> Option<usize> {
         let p = &self.params;
         let onset = anomaly.onset_ms;
         let join_from = onset - p.join_windows * p.window_ms;
         let reopen_from = onset - p.reopen_windows * p.window_ms;
-        let subject = graph::Subject::of(&anomaly);
         let graph = &self.graph;
         let quiet = p.resolve_windows * p.window_ms;
         let gather_from = onset - p.max_join_windows * p.window_ms;
         let recur_from = reopen_from - quiet;
-        let found = self.incidents.iter().rposition(|incident| {
+        self.incidents.iter().rposition(|incident| {
             let own = || incident.has_node(&subject.own);
             match incident.quiet_since(quiet) {
                 // A recurrence is a series of it failing again within a few
@@ -493,11 +504,19 @@ impl IncidentStage {
                             || incident.last_onset_ms >= join_from
                                 && incident.members.iter().any(|m| {
                                     let member = graph::Subject::of(&m.anomaly);
-                                    graph::related(graph, &subject, &member, p.hops, p.window_ms)
+                                    graph::related(graph, subject, &member, p.hops, p.window_ms)
                                 }))
                 }
             }
-        });
+        })
+    }
+
+    fn join(&mut self, anomaly: Anomaly) -> u64 {
+        let subject = graph::Subject::of(&anomaly);
+        let found = self.incident_for(&anomaly, &subject);
+        let p = &self.params;
+        let onset = anomaly.onset_ms;
+        let quiet = p.resolve_windows * p.window_ms;
         let member = Member {
             anomaly,
             ended_ms: None,

@@ -642,3 +642,51 @@ fn quantiles_of_one_metric_corroborate_nothing() {
     stage.on_event(&AnomalyEvent::Opened(metric("pod.network.receive")));
     assert!(stage.incidents()[0].confirmed);
 }
+
+/// An early look into window 6 opens checkout's anomaly while payments'
+/// incident still has an open member, which ends when window 6 closes: the
+/// anomaly waits for the close, where the endings go first, and is an
+/// incident of its own; an anomaly that joins no incident is grouped at once.
+#[test]
+fn an_early_anomaly_joins_another_nodes_incident_only_at_the_close() {
+    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    let mut out = Vec::new();
+    let mut send = |stage: &mut IncidentStage, input: DetectOutput| stage.on_data(input, &mut out);
+    let opened = |a: &Anomaly| DetectOutput::Event(Box::new(AnomalyEvent::Opened(a.clone())));
+    let payments = anomaly("payments", 1);
+    send(
+        &mut stage,
+        DetectOutput::Closed(std::sync::Arc::new(window(0, &CHAIN))),
+    );
+    send(&mut stage, opened(&payments));
+    for w in 2..6 {
+        send(
+            &mut stage,
+            DetectOutput::Closed(std::sync::Arc::new(window(w, &CHAIN))),
+        );
+    }
+    send(&mut stage, opened(&anomaly("checkout", 5)));
+    send(&mut stage, opened(&anomaly("search", 5)));
+    send(
+        &mut stage,
+        DetectOutput::Early(std::sync::Arc::new(window(6, &CHAIN))),
+    );
+    let services = |stage: &IncidentStage| -> Vec<Vec<String>> {
+        let incidents = stage.incidents();
+        incidents
+            .iter()
+            .map(|i| i.services().into_iter().map(String::from).collect())
+            .collect()
+    };
+    assert_eq!(services(&stage), vec![vec!["payments"], vec!["search"]]);
+    let end = DetectOutput::Event(Box::new(ended(&payments, 6)));
+    send(&mut stage, end);
+    send(
+        &mut stage,
+        DetectOutput::Closed(std::sync::Arc::new(window(6, &CHAIN))),
+    );
+    assert_eq!(
+        services(&stage),
+        vec![vec!["payments"], vec!["search"], vec!["checkout"]]
+    );
+}
