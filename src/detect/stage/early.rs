@@ -6,13 +6,20 @@
 //! began late in a window (its first, partial window not yet anomalous) was
 //! confirmed only when the window after next closed. The part of the next
 //! window already seen is a sample of its own, independent of the windows
-//! before: when a run is one window short, that sample judged at the pattern's
-//! own bars (its volume counted: a half-window has half the requests, so its
-//! tail is weighed as such) is the evidence the closing window would give,
-//! half a window sooner. Only shares and quantiles are judged (an error rate
-//! means the same over half a window; a request count does not), nothing is
-//! learned, no run begins or ends here, and the window is judged in full when
-//! it closes: an episode opened early ends then if it does not hold.
+//! before: when a run is one window short, that sample (its volume counted: a
+//! half-window has half the requests, so its tail is weighed as such) can give
+//! the evidence the closing window would, half a window sooner. A look is one
+//! more test of the same window, though, and every extra test lets more
+//! chance deviations through; so, as the interim analyses of a sequential
+//! test are held to a stricter bound than the final one, a look must be
+//! decisive ([`Candidate::decisive`](crate::detect::detectors::Candidate):
+//! its tail alone as small as the whole run's at the bar), not merely over
+//! the bar. A failure deviates that far within half a window; a burst of a
+//! healthy service (half again its usual latency) seldom does. Only shares
+//! and quantiles are judged (an error rate means the same over half a window;
+//! a request count does not), nothing is learned, no run begins or ends here,
+//! and the window is judged in full when it closes: an episode opened early
+//! ends then if it does not hold.
 
 use super::DetectStage;
 use crate::detect::anomaly::AnomalyEvent;
@@ -76,7 +83,7 @@ impl DetectStage {
                 };
                 let candidate = rule
                     .evaluate(&eval, &mut scope)
-                    .filter(|c| self.tolerances.exceeds(&key, c));
+                    .filter(|c| c.decisive && self.tolerances.exceeds(&key, c));
                 let Some(candidate) = candidate else {
                     continue;
                 };

@@ -88,3 +88,57 @@ fn a_look_alone_opens_nothing() {
     let events = stage.on_early(&look(FAULT_WINDOW, Some(Fault::ErrorSpike), 9));
     assert!(events.is_empty(), "{events:#?}");
 }
+
+/// `tables` with the faulty service's error rate set to `rate`.
+fn with_error_rate(tables: WindowTables, rate: f64) -> WindowTables {
+    use arrow::array::{Array, ArrayRef, Float64Array, StringArray};
+    let batch = &tables.batches[0];
+    let names = batch.column_by_name("service_name").expect("service_name");
+    let names = names
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("strings");
+    let index = batch.schema().index_of("error_rate").expect("error_rate");
+    let old = batch
+        .column(index)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .expect("f64");
+    let new: Float64Array = (0..old.len())
+        .map(|i| {
+            Some(if names.value(i) == name(FAULTY) {
+                rate
+            } else {
+                old.value(i)
+            })
+        })
+        .collect();
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns[index] = std::sync::Arc::new(new);
+    let mut batches = tables.batches.clone();
+    batches[0] = arrow::record_batch::RecordBatch::try_new(batch.schema(), columns).expect("batch");
+    WindowTables { batches, ..tables }
+}
+
+/// A look is held to a stricter bar than a close: after the spike's first
+/// window, a look in which the error rate is three times its usual 1% (over
+/// the pattern's bar, short of decisive) opens nothing; one at 30% opens.
+#[test]
+fn a_look_that_is_not_decisive_opens_nothing() {
+    let opened = |rate: f64| {
+        let (mut stage, _) = shipped_stage(MINUTE.window_ms);
+        let mut noise = Noise::new(5);
+        for w in 0..=FAULT_WINDOW {
+            stage.on_window(&window_at(MINUTE, w, Some(Fault::ErrorSpike), &mut noise).0);
+        }
+        let look = with_error_rate(look(FAULT_WINDOW + 1, None, 1), rate);
+        stage.on_early(&look).iter().any(|e| {
+            matches!(e, AnomalyEvent::Opened(a) if a.key.service == name(FAULTY) && a.key.name == "error_rate")
+        })
+    };
+    assert!(
+        !opened(0.032),
+        "a look over the bar but not decisive opened"
+    );
+    assert!(opened(0.3), "a decisive look did not open");
+}
