@@ -28,6 +28,7 @@ pub mod calls;
 pub mod config;
 pub mod graph;
 pub mod history;
+mod join;
 pub mod log;
 pub mod node;
 pub mod rank;
@@ -206,6 +207,8 @@ pub struct IncidentStage {
     removed: Vec<u64>,
     /// The window's new anomalies, grouped once the window closes.
     pending: Vec<Anomaly>,
+    /// Updates of anomalies in `pending`, applied once they are grouped.
+    pending_updates: Vec<AnomalyEvent>,
 }
 
 impl IncidentStage {
@@ -221,6 +224,7 @@ impl IncidentStage {
             changed: BTreeSet::new(),
             removed: Vec::new(),
             pending: Vec::new(),
+            pending_updates: Vec::new(),
         }
     }
 
@@ -406,6 +410,34 @@ impl IncidentStage {
         self.log.publish(&self.incidents);
     }
 
+    /// Groups the anomalies waiting in `pending`, then applies their updates.
+    fn group_pending(&mut self) {
+        let batch = std::mem::take(&mut self.pending);
+        self.on_batch(batch);
+        for event in std::mem::take(&mut self.pending_updates) {
+            self.on_event(&event);
+        }
+    }
+
+    /// Takes an update or ending of an anomaly still waiting in `pending` (one
+    /// opened by a look, held for the close by [`Self::on_early`]); gives any
+    /// other event back. An update waits with it. An ending withdraws it: the
+    /// close judged its window in full and did not hold it, so it joins
+    /// nothing (it would otherwise join as an open member that nothing ends
+    /// any more, holding its incident open for good).
+    fn on_pending(&mut self, event: AnomalyEvent) -> Option<AnomalyEvent> {
+        let Some(index) = self.pending.iter().position(|a| is_of(&event, a)) else {
+            return Some(event);
+        };
+        if matches!(event, AnomalyEvent::Ended { .. }) {
+            let withdrawn = self.pending.remove(index);
+            self.pending_updates.retain(|e| !is_of(e, &withdrawn));
+        } else {
+            self.pending_updates.push(event);
+        }
+        None
+    }
+
     /// Forgets unconfirmed incidents that resolved, resolved incidents older
     /// than `retain_ms`, and the oldest resolved beyond `max_incidents`.
     fn drop_old(&mut self, now_ms: i64) {
@@ -467,150 +499,25 @@ impl IncidentStage {
             Some((incident, index))
         })
     }
+}
 
-    /// Adds a new anomaly to the incident it belongs to, or opens one.
-    /// The incident `anomaly` (whose subject is `subject`) joins, if any.
-    fn incident_for(&self, anomaly: &Anomaly, subject: &graph::Subject) -> Option<usize> {
-        let p = &self.params;
-        let onset = anomaly.onset_ms;
-        let join_from = onset - p.join_windows * p.window_ms;
-        let reopen_from = onset - p.reopen_windows * p.window_ms;
-        let graph = &self.graph;
-        let quiet = p.resolve_windows * p.window_ms;
-        let gather_from = onset - p.max_join_windows * p.window_ms;
-        let recur_from = reopen_from - quiet;
-        self.incidents.iter().rposition(|incident| {
-            let own = || incident.has_node(&subject.own);
-            match incident.quiet_since(quiet) {
-                // A recurrence is a series of it failing again within a few
-                // windows of its own recovery (flapping); a neighbour failing
-                // after the incident resolved is a failure of its own, and so
-                // is another symptom of one of its nodes, or one healthy
-                // since long before (a failure's long tail on the node kept
-                // the incident from resolving until now).
-                Some(resolved) if resolved <= onset => {
-                    resolved >= reopen_from && incident.recurs(&anomaly.key, recur_from)
-                }
-                // Every member ended: it is recovering, not gathering; a
-                // neighbour failing now is a failure of its own too.
-                _ if incident.members.iter().all(|m| m.ended_ms.is_some()) => own(),
-                // Still gathering: a node already in it that shows more of
-                // its failure joins however long ago the last one began (a
-                // metric sampled once a minute shows a new symptom minutes
-                // apart); another node joins when it is related and recent.
-                _ => {
-                    incident.opened_ms >= gather_from
-                        && (own()
-                            || incident.last_onset_ms >= join_from
-                                && incident.members.iter().any(|m| {
-                                    let member = graph::Subject::of(&m.anomaly);
-                                    graph::related(graph, subject, &member, p.hops, p.window_ms)
-                                }))
-                }
-            }
-        })
-    }
-
-    fn join(&mut self, anomaly: Anomaly) -> u64 {
-        let subject = graph::Subject::of(&anomaly);
-        let found = self.incident_for(&anomaly, &subject);
-        let p = &self.params;
-        let onset = anomaly.onset_ms;
-        let quiet = p.resolve_windows * p.window_ms;
-        let member = Member {
-            anomaly,
-            ended_ms: None,
-        };
-        match found {
-            Some(index) => {
-                let incident = &mut self.incidents[index];
-                if incident.quiet_since(quiet).is_some_and(|r| r <= onset) {
-                    incident.state = IncidentState::Open;
-                    incident.resolved_ms = None;
-                    incident.reopened += 1;
-                    info!(incident = incident.id, "incident reopened");
-                }
-                tracing::debug!(incident = incident.id, series = %member.anomaly.key, onset, "anomaly joined incident");
-                incident.active_ms = incident.active_ms.max(onset);
-                incident.last_onset_ms = incident.last_onset_ms.max(onset);
-                incident.members.push(member);
-                if !incident.confirmed {
-                    incident.confirmed = corroborated(&incident.members, p.min_anomalies);
-                    if incident.confirmed {
-                        info!(incident = incident.id, service = %node::name(&subject.own), "incident opened");
-                    }
-                }
-                incident.id
-            }
-            None => {
-                let id = self.next_id;
-                self.next_id += 1;
-                let confirmed = corroborated(std::slice::from_ref(&member), p.min_anomalies);
-                if confirmed {
-                    info!(incident = id, service = %node::name(&subject.own), "incident opened");
-                }
-                self.incidents.push(Incident {
-                    id,
-                    state: IncidentState::Open,
-                    opened_ms: onset,
-                    active_ms: onset,
-                    last_onset_ms: onset,
-                    resolved_ms: None,
-                    reopened: 0,
-                    confirmed,
-                    members: vec![member],
-                    root_causes: Vec::new(),
-                    entry_points: Vec::new(),
-                });
-                id
-            }
+/// Whether `event` is an update or ending of `anomaly`'s episode.
+fn is_of(event: &AnomalyEvent, anomaly: &Anomaly) -> bool {
+    match event {
+        AnomalyEvent::Opened(_) => false,
+        AnomalyEvent::Updated {
+            key,
+            pattern,
+            onset_ms,
+            ..
         }
+        | AnomalyEvent::Ended {
+            key,
+            pattern,
+            onset_ms,
+            ..
+        } => anomaly.onset_ms == *onset_ms && anomaly.pattern == *pattern && anomaly.key == *key,
     }
-}
-
-/// Whether anomalies are enough for an incident: `min` distinct series, or one
-/// on requests (a service's, an operation's, or calls to a peer as the caller
-/// sees them), on a log template (the application itself saying something new
-/// or unusual), right after a deployment, or decisive (a resource's use far
-/// outside its own baseline). A lone resource metric or log count is the
-/// commonest false alarm and otherwise waits for corroboration.
-fn corroborated(members: &[Member], min: usize) -> bool {
-    let series: BTreeSet<(&str, &str, Vec<&str>, Vec<&str>)> = members
-        .iter()
-        .map(|m| measurement(&m.anomaly.key))
-        .collect();
-    series.len() >= min
-        || members.iter().any(|m| {
-            let key = &m.anomaly.key;
-            matches!(
-                key.signal.as_str(),
-                "service" | "operation" | "edge" | "log_template"
-            ) || rank::implicated(key).1
-                || m.anomaly.class == crate::detect::FailureClass::FaultyDeployment
-                || m.anomaly.decisive
-        })
-}
-
-/// The measurement a series is one view of: its service, signal, and name and
-/// attributes without a quantile (a `p50`, `p99`, ... segment of the name, a
-/// `quantile` attribute). The p90, p95 and p99 of one latency move together:
-/// three of them off at once are one piece of evidence, not three.
-fn measurement(key: &crate::detect::SeriesKey) -> (&str, &str, Vec<&str>, Vec<&str>) {
-    let quantile = |s: &str| {
-        s.strip_prefix('p')
-            .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-    };
-    let name = key
-        .name
-        .split(['.', '_'])
-        .filter(|s| !quantile(s))
-        .collect();
-    let attributes = key
-        .attributes
-        .split(',')
-        .filter(|pair| !pair.starts_with("quantile="))
-        .collect();
-    (&key.service, &key.signal, name, attributes)
 }
 
 /// The operations (else services) of the members' request series on nodes
@@ -650,12 +557,15 @@ impl Stage for IncidentStage {
         match input {
             DetectOutput::Event(event) => match *event {
                 AnomalyEvent::Opened(anomaly) => self.pending.push(anomaly),
-                event => self.on_event(&event),
+                event => {
+                    if let Some(event) = self.on_pending(event) {
+                        self.on_event(&event);
+                    }
+                }
             },
             DetectOutput::Early(_) => self.on_early(),
             DetectOutput::Closed(window) => {
-                let batch = std::mem::take(&mut self.pending);
-                self.on_batch(batch);
+                self.group_pending();
                 out.push(self.on_window(&window));
             }
             DetectOutput::Deployment(change) => out.push(IncidentEvent::Deployment(change)),
@@ -665,8 +575,7 @@ impl Stage for IncidentStage {
     }
 
     fn on_stop(&mut self, _out: &mut Emit<IncidentEvent>) {
-        let batch = std::mem::take(&mut self.pending);
-        self.on_batch(batch);
+        self.group_pending();
         self.persist();
     }
 }

@@ -380,13 +380,7 @@ impl DetectStage {
                     new_templates,
                     logs_warm: &logs_warm,
                 };
-                let rule = pattern.detector.rule();
-                if rule.judges(&eval) {
-                    let mut scope = Scope {
-                        series: &mut self.series,
-                        learn,
-                    };
-                    let candidate = rule.evaluate(&eval, &mut scope);
+                if let Some(candidate) = Self::judge(&mut self.series, &eval, learn) {
                     evaluated.push((index, key.clone(), candidate));
                 }
                 learn.insert((key, measure), value);
@@ -394,6 +388,21 @@ impl DetectStage {
         }
         self.matched = matched;
         evaluated
+    }
+
+    /// `eval` judged by its pattern's rule against its series: `None` when
+    /// the rule does not judge this window, else what it found.
+    fn judge(
+        series: &mut SeriesTable,
+        eval: &Eval<'_>,
+        learn: &mut Learn,
+    ) -> Option<Option<Candidate>> {
+        let rule = eval.pattern.detector.rule();
+        if !rule.judges(eval) {
+            return None;
+        }
+        let mut scope = Scope { series, learn };
+        Some(rule.evaluate(eval, &mut scope))
     }
 
     /// Services that sent telemetry but no spans: zero throughput, for stalls.

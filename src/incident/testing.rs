@@ -91,3 +91,30 @@ pub(crate) fn anomaly(service: &str, onset_w: i64) -> Anomaly {
         decisive: false,
     }
 }
+
+pub(crate) fn ended(a: &Anomaly, w: i64) -> AnomalyEvent {
+    AnomalyEvent::Ended {
+        key: a.key.clone(),
+        pattern: a.pattern.clone(),
+        onset_ms: a.onset_ms,
+        ended_ms: w * W,
+    }
+}
+
+pub(crate) const CHAIN: [(&str, &str); 3] = [
+    ("frontend", "checkout"),
+    ("checkout", "payments"),
+    ("payments", "postgres"),
+];
+
+/// A stage on [`CHAIN`] with one incident: `service` anomalous from window 1,
+/// ended at window 4.
+pub(crate) fn one_ended(service: &str) -> (IncidentStage, IncidentLog) {
+    let log = IncidentLog::default();
+    let mut stage = IncidentStage::new(params(), log.clone());
+    stage.on_window(&window(0, &CHAIN));
+    let a = anomaly(service, 1);
+    stage.on_event(&AnomalyEvent::Opened(a.clone()));
+    stage.on_event(&ended(&a, 4));
+    (stage, log)
+}

@@ -24,7 +24,7 @@
 use super::DetectStage;
 use crate::detect::anomaly::AnomalyEvent;
 use crate::detect::catalogue::Detector;
-use crate::detect::detectors::{Eval, Learn, Scope, WindowContext};
+use crate::detect::detectors::{Eval, Learn, WindowContext};
 use crate::detect::rows::{holds_early, patterns_for, rows};
 use crate::detect::series::key_for;
 use crate::window::WindowTables;
@@ -73,16 +73,8 @@ impl DetectStage {
                     new_templates: &[],
                     logs_warm: &logs_warm,
                 };
-                let rule = pattern.detector.rule();
-                if !rule.judges(&eval) {
-                    continue;
-                }
-                let mut scope = Scope {
-                    series: &mut self.series,
-                    learn: &mut learn,
-                };
-                let candidate = rule
-                    .evaluate(&eval, &mut scope)
+                let candidate = Self::judge(&mut self.series, &eval, &mut learn)
+                    .flatten()
                     .filter(|c| c.decisive && self.tolerances.exceeds(&key, c));
                 let Some(candidate) = candidate else {
                     continue;
