@@ -491,11 +491,10 @@ impl IncidentStage {
         onset_ms: i64,
     ) -> Option<(&mut Incident, usize)> {
         self.incidents.iter_mut().rev().find_map(|incident| {
-            let index = incident.members.iter().position(|m| {
-                m.anomaly.onset_ms == onset_ms
-                    && m.anomaly.pattern == pattern
-                    && &m.anomaly.key == key
-            })?;
+            let index = incident
+                .members
+                .iter()
+                .position(|m| m.anomaly.is_episode(key, pattern, onset_ms))?;
             Some((incident, index))
         })
     }
@@ -503,21 +502,9 @@ impl IncidentStage {
 
 /// Whether `event` is an update or ending of `anomaly`'s episode.
 fn is_of(event: &AnomalyEvent, anomaly: &Anomaly) -> bool {
-    match event {
-        AnomalyEvent::Opened(_) => false,
-        AnomalyEvent::Updated {
-            key,
-            pattern,
-            onset_ms,
-            ..
-        }
-        | AnomalyEvent::Ended {
-            key,
-            pattern,
-            onset_ms,
-            ..
-        } => anomaly.onset_ms == *onset_ms && anomaly.pattern == *pattern && anomaly.key == *key,
-    }
+    event
+        .episode()
+        .is_some_and(|(key, pattern, onset)| anomaly.is_episode(key, pattern, onset))
 }
 
 /// The operations (else services) of the members' request series on nodes

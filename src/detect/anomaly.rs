@@ -139,7 +139,35 @@ pub enum AnomalyEvent {
     },
 }
 
+impl Anomaly {
+    /// Whether this is the episode of `pattern` on `key` that began at
+    /// `onset_ms` (what updates and endings name it by).
+    pub fn is_episode(&self, key: &SeriesKey, pattern: &str, onset_ms: i64) -> bool {
+        self.onset_ms == onset_ms && self.pattern == pattern && &self.key == key
+    }
+}
+
 impl AnomalyEvent {
+    /// The episode an update or ending is of: (series, pattern, onset);
+    /// `None` for an opening.
+    pub fn episode(&self) -> Option<(&SeriesKey, &str, i64)> {
+        match self {
+            AnomalyEvent::Opened(_) => None,
+            AnomalyEvent::Updated {
+                key,
+                pattern,
+                onset_ms,
+                ..
+            }
+            | AnomalyEvent::Ended {
+                key,
+                pattern,
+                onset_ms,
+                ..
+            } => Some((key, pattern, *onset_ms)),
+        }
+    }
+
     /// The series the episode is on.
     pub fn key(&self) -> &SeriesKey {
         match self {
@@ -218,7 +246,7 @@ impl AnomalyLog {
                 .anomalies
                 .iter_mut()
                 .rev()
-                .find(|a| a.onset_ms == onset_ms && a.pattern == pattern && &a.key == key)
+                .find(|a| a.is_episode(key, pattern, onset_ms))
         {
             f(a);
         }
