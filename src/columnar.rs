@@ -43,6 +43,10 @@ pub struct Decoded {
     pub signal: Signal,
     /// The accepted records.
     pub batch: RecordBatch,
+    /// The lengths of the batch's runs of rows from one resource, in row order
+    /// (they sum to the row count). A run's rows share every resource column, so
+    /// a reader of those columns can read them once per run.
+    pub resource_runs: Vec<usize>,
     /// Records that could not be used.
     pub rejected: u64,
     /// Why the first rejected record was rejected.

@@ -262,7 +262,9 @@ impl WindowStage {
             Signal::Traces => "end_time_unix_nano",
             Signal::Metrics | Signal::Logs => "time_unix_nano",
         };
-        let inventory = self.inventory.observe(&decoded.batch, time_column);
+        let inventory =
+            self.inventory
+                .observe(&decoded.batch, time_column, Some(&decoded.resource_runs));
         if self.downstream {
             out.extend(inventory.into_iter().map(WindowEvent::Instances));
             let closed = self.windows.closed_through_ms();
@@ -278,7 +280,9 @@ impl WindowStage {
                 Signal::Logs => {}
             }
         }
-        let changes = self.deployments.observe(&decoded.batch, time_column);
+        let changes =
+            self.deployments
+                .observe(&decoded.batch, time_column, Some(&decoded.resource_runs));
         if !changes.is_empty() {
             for c in &changes {
                 info!(service = %c.service, from = %c.from, to = %c.to, "version change");

@@ -153,6 +153,7 @@ impl LogBatchBuilder {
 
     /// The batch.
     pub(crate) fn finish(mut self) -> Result<Decoded, ArrowError> {
+        let resource_runs = self.resource.runs();
         let mut columns = self.resource.finish()?;
         columns.extend([
             Arc::new(self.time.finish()) as ArrayRef,
@@ -167,6 +168,7 @@ impl LogBatchBuilder {
         Ok(Decoded {
             signal: Signal::Logs,
             batch,
+            resource_runs,
             rejected: self.rejections.count,
             rejection: self.rejections.first,
         })

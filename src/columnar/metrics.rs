@@ -290,6 +290,7 @@ pub fn to_arrow(resource_metrics: &[ResourceMetrics]) -> Result<Decoded, ArrowEr
         }
     }
 
+    let resource_runs = b.resource.runs();
     let mut columns = b.resource.finish()?;
     columns.extend([
         Arc::new(b.name.finish()) as ArrayRef,
@@ -313,6 +314,7 @@ pub fn to_arrow(resource_metrics: &[ResourceMetrics]) -> Result<Decoded, ArrowEr
     Ok(Decoded {
         signal: Signal::Metrics,
         batch,
+        resource_runs,
         rejected: rejections.count,
         rejection: rejections.first,
     })

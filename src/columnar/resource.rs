@@ -118,6 +118,11 @@ impl ResourceColumns {
         }
     }
 
+    /// The lengths of the runs of rows with one resource, in row order.
+    pub fn runs(&self) -> Vec<usize> {
+        self.runs.iter().map(|(_, n)| *n).collect()
+    }
+
     /// Finishes the columns in schema order: each run's value is written by
     /// doubling copies and the offsets from the runs' lengths, not row by row.
     pub fn finish(self) -> Result<Vec<ArrayRef>, ArrowError> {

@@ -196,6 +196,7 @@ impl SpanBatchBuilder {
     }
 
     pub(crate) fn finish(mut self) -> Result<Decoded, ArrowError> {
+        let resource_runs = self.resource.runs();
         let mut columns = self.resource.finish()?;
         columns.extend([
             Arc::new(self.trace_id.finish()) as ArrayRef,
@@ -217,6 +218,7 @@ impl SpanBatchBuilder {
         Ok(Decoded {
             signal: Signal::Traces,
             batch,
+            resource_runs,
             rejected: self.rejections.count,
             rejection: self.rejections.first,
         })

@@ -236,6 +236,34 @@ fn find_int(attributes: &[Attribute<'_>], key: &str) -> Option<i64> {
     }
 }
 
+/// Bit `n` is set when some column's attribute name is `n` bytes long. A span's
+/// attributes are mostly not columns: testing the key's length against this mask
+/// keeps them out of the dozen name comparisons each column lookup makes.
+const COLUMN_KEY_LENGTHS: u64 = {
+    let mut mask = 0u64;
+    let mut i = 0;
+    while i < HTTP_STATUS_ATTRIBUTES.len() {
+        mask |= 1 << HTTP_STATUS_ATTRIBUTES[i].len();
+        i += 1;
+    }
+    let mut column = 0;
+    while column < STRING_ATTRIBUTES.len() {
+        let keys = STRING_ATTRIBUTES[column];
+        let mut k = 0;
+        while k < keys.len() {
+            mask |= 1 << keys[k].len();
+            k += 1;
+        }
+        column += 1;
+    }
+    mask
+};
+
+/// Whether an attribute named `key` may feed a column (see [`COLUMN_KEY_LENGTHS`]).
+fn may_be_column(key: &[u8]) -> bool {
+    key.len() < 64 && COLUMN_KEY_LENGTHS >> key.len() & 1 == 1
+}
+
 /// Decodes a traces request into the span batch, or gives up.
 pub fn decode(body: &[u8]) -> Result<Result<Decoded, ArrowError>, Unsupported> {
     // Size the builders by a cheap estimate: about 200 bytes per span.
@@ -385,7 +413,10 @@ fn span<'a>(
             }
             9 => {
                 expect(wire_type, LEN)?;
-                attributes.push(attribute(reader.bytes()?)?);
+                let attribute = attribute(reader.bytes()?)?;
+                if may_be_column(attribute.key) {
+                    attributes.push(attribute);
+                }
             }
             15 => {
                 expect(wire_type, LEN)?;

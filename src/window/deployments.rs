@@ -16,7 +16,6 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
-use super::FastMap;
 use crate::read_model::TableSource;
 
 /// Versions remembered per service.
@@ -35,6 +34,26 @@ pub struct VersionChange {
     pub at_ms: i64,
 }
 
+/// Per service (namespace, name, environment), looked up by borrowed parts
+/// ([`ServiceRef`]): a sighting of a known service allocates nothing.
+pub(super) type ServiceMap<V> = hashbrown::HashMap<[String; 3], V, foldhash::fast::RandomState>;
+
+/// A borrowed service key for [`ServiceMap`] lookups. It hashes as the owned key
+/// does: both hash as a slice of three strings.
+pub(super) struct ServiceRef<'a>(pub(super) [&'a str; 3]);
+
+impl std::hash::Hash for ServiceRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<[String; 3]> for ServiceRef<'_> {
+    fn equivalent(&self, key: &[String; 3]) -> bool {
+        self.0[1] == key[1] && self.0[0] == key[0] && self.0[2] == key[2]
+    }
+}
+
 /// A Utf8 column of `batch` by name.
 pub(super) fn text_column<'a>(batch: &'a RecordBatch, name: &str) -> Option<&'a StringArray> {
     batch
@@ -50,55 +69,86 @@ pub(super) struct ResourceRows<'a> {
     env: &'a StringArray,
     times: &'a arrow::array::UInt64Array,
     rows: usize,
+    /// The lengths of the runs of rows from one resource, when known.
+    runs: Option<&'a [usize]>,
 }
 
 impl<'a> ResourceRows<'a> {
-    /// The columns of `batch`, with event times from `time_column` (ns).
-    pub(super) fn of(batch: &'a RecordBatch, time_column: &str) -> Option<Self> {
+    /// The columns of `batch`, with event times from `time_column` (ns), and the
+    /// batch's resource runs when known (`Decoded::resource_runs`; ignored when
+    /// they do not cover the batch).
+    pub(super) fn of(
+        batch: &'a RecordBatch,
+        time_column: &str,
+        runs: Option<&'a [usize]>,
+    ) -> Option<Self> {
         let times = batch
             .column_by_name(time_column)
             .and_then(|c| c.as_any().downcast_ref::<arrow::array::UInt64Array>())?;
+        let rows = batch.num_rows();
         Some(Self {
             ns: text_column(batch, "service_namespace")?,
             svc: text_column(batch, "service_name")?,
             env: text_column(batch, "deployment_environment")?,
             times,
-            rows: batch.num_rows(),
+            rows,
+            runs: runs.filter(|runs| runs.iter().sum::<usize>() == rows),
         })
     }
 
     /// (row, service key, event time ms) of the rows where `value` (a resource
-    /// attribute) is set, skipping rows that repeat the previous one's service,
-    /// value and second: rows of one resource repeat its identity, so a
-    /// tracker looks up only when it changes.
+    /// attribute) is set, for a tracker to look up. With the runs known, each run
+    /// of one resource gives its earliest time and, when later, its latest: its
+    /// rows share the resource, and their times need not be in order. Without,
+    /// rows that repeat the previous one's service, value and second are skipped.
     pub(super) fn sightings<'v>(
         &'v self,
         value: impl Fn(usize) -> Option<&'v str> + 'v,
-    ) -> impl Iterator<Item = (usize, [&'a str; 3], i64)> + 'v {
+    ) -> Box<dyn Iterator<Item = (usize, [&'a str; 3], i64)> + 'v> {
+        let key = |i: usize| [self.ns.value(i), self.svc.value(i), self.env.value(i)];
+        let ms = |ns: u64| (ns / 1_000_000) as i64;
+        if let Some(runs) = self.runs {
+            let mut start = 0;
+            return Box::new(runs.iter().flat_map(move |n| {
+                let rows = start..start + n;
+                start += n;
+                let first = rows.start;
+                let set = *n > 0 && value(first).is_some_and(|v| !v.is_empty());
+                set.then(|| {
+                    let times = &self.times.values()[rows];
+                    let low = ms(times.iter().min().copied().unwrap_or(0));
+                    let high = ms(times.iter().max().copied().unwrap_or(0));
+                    let later = (high > low).then_some((first, key(first), high));
+                    std::iter::once((first, key(first), low)).chain(later)
+                })
+                .into_iter()
+                .flatten()
+            }));
+        }
         let mut previous: Option<usize> = None;
-        (0..self.rows).filter_map(move |i| {
+        let second = |i: usize| self.times.value(i) / 1_000_000_000;
+        Box::new((0..self.rows).filter_map(move |i| {
             let v = value(i).filter(|v| !v.is_empty())?;
             let same = previous.is_some_and(|p| {
                 value(p) == Some(v)
                     && self.svc.value(p) == self.svc.value(i)
                     && self.ns.value(p) == self.ns.value(i)
                     && self.env.value(p) == self.env.value(i)
-                    && self.times.value(p) / 1_000_000_000 == self.times.value(i) / 1_000_000_000
+                    && second(p) == second(i)
             });
             previous = Some(i);
             if same {
                 return None;
             }
-            let key = [self.ns.value(i), self.svc.value(i), self.env.value(i)];
-            Some((i, key, (self.times.value(i) / 1_000_000) as i64))
-        })
+            Some((i, key(i), ms(self.times.value(i))))
+        }))
     }
 }
 
 /// Versions per (namespace, service, environment), each with its last sighting.
 #[derive(Debug)]
 pub struct Deployments {
-    services: FastMap<[String; 3], Vec<(String, i64)>>,
+    services: ServiceMap<Vec<(String, i64)>>,
     gap_ms: i64,
     max_services: usize,
 }
@@ -107,7 +157,7 @@ impl Deployments {
     /// A tracker for which a version unseen for `gap_ms` is new again.
     pub fn new(gap_ms: i64, max_services: usize) -> Self {
         Self {
-            services: FastMap::default(),
+            services: ServiceMap::default(),
             gap_ms,
             max_services,
         }
@@ -126,11 +176,16 @@ impl Deployments {
         }
     }
 
-    /// Reads a batch's resource columns and event times (`time_column`, ns);
-    /// returns the changes it shows, in row order.
-    pub fn observe(&mut self, batch: &RecordBatch, time_column: &str) -> Vec<VersionChange> {
+    /// Reads a batch's resource columns and event times (`time_column`, ns), with
+    /// its resource runs when known; returns the changes it shows, in row order.
+    pub fn observe(
+        &mut self,
+        batch: &RecordBatch,
+        time_column: &str,
+        runs: Option<&[usize]>,
+    ) -> Vec<VersionChange> {
         let (Some(rows), Some(version)) = (
-            ResourceRows::of(batch, time_column),
+            ResourceRows::of(batch, time_column, runs),
             text_column(batch, "service_version"),
         ) else {
             return Vec::new();
@@ -145,12 +200,14 @@ impl Deployments {
     }
 
     fn sighting(&mut self, key: [&str; 3], version: &str, at_ms: i64) -> Option<VersionChange> {
-        let owned = key.map(str::to_string);
-        if !self.services.contains_key(&owned) && self.services.len() >= self.max_services {
-            return None;
-        }
         let gap = self.gap_ms;
-        let versions = self.services.entry(owned).or_default();
+        if !self.services.contains_key(&ServiceRef(key)) {
+            if self.services.len() >= self.max_services {
+                return None;
+            }
+            self.services.insert(key.map(str::to_string), Vec::new());
+        }
+        let versions = self.services.get_mut(&ServiceRef(key))?;
         if let Some(seen) = versions.iter_mut().find(|(v, _)| v == version) {
             let fresh = at_ms - seen.1 > gap;
             seen.1 = seen.1.max(at_ms);
@@ -288,6 +345,88 @@ mod tests {
         assert_eq!(seen(&mut d, "1.1", 10_000_000), None);
         let back = seen(&mut d, "1.0", 10_010_000).expect("rollback");
         assert_eq!((back.from.as_str(), back.to.as_str()), ("1.1", "1.0"));
+    }
+
+    /// One traces request: per (version, end times in seconds), a resource of
+    /// the service `cart` running that version with a span per time.
+    fn request(resources: &[(&str, &[u64])]) -> crate::columnar::Decoded {
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+        let attribute = |key: &str, value: &str| KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.into())),
+            }),
+            ..Default::default()
+        };
+        let resource_spans: Vec<ResourceSpans> = resources
+            .iter()
+            .map(|(version, ends)| ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![
+                        attribute("service.name", "cart"),
+                        attribute("service.version", version),
+                    ],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: ends
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| Span {
+                            trace_id: vec![1; 16],
+                            span_id: vec![i as u8 + 1; 8],
+                            start_time_unix_nano: s * 1_000_000_000 - 1,
+                            end_time_unix_nano: s * 1_000_000_000,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect();
+        crate::columnar::spans::to_arrow(&resource_spans).expect("spans")
+    }
+
+    #[test]
+    fn a_resource_run_shows_its_earliest_record_whatever_the_row_order() {
+        let decoded = request(&[("1", &[5, 1, 3]), ("2", &[9, 7, 8])]);
+        assert_eq!(decoded.resource_runs, [3, 3]);
+        let mut d = Deployments::new(3_600_000, 100);
+        let changes = d.observe(
+            &decoded.batch,
+            "end_time_unix_nano",
+            Some(&decoded.resource_runs),
+        );
+        let found: Vec<_> = changes
+            .iter()
+            .map(|c| (c.from.as_str(), c.to.as_str(), c.at_ms))
+            .collect();
+        assert_eq!(found, [("1", "2", 7_000)]);
+        // Row by row (runs unknown) the change is at the new version's first row.
+        let mut d = Deployments::new(3_600_000, 100);
+        let changes = d.observe(&decoded.batch, "end_time_unix_nano", None);
+        let found: Vec<_> = changes
+            .iter()
+            .map(|c| (c.from.as_str(), c.to.as_str(), c.at_ms))
+            .collect();
+        assert_eq!(found, [("1", "2", 9_000)]);
+        // Runs that do not cover the batch are not trusted.
+        let mut d = Deployments::new(3_600_000, 100);
+        let changes = d.observe(&decoded.batch, "end_time_unix_nano", Some(&[3, 4]));
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].at_ms, 9_000);
+    }
+
+    #[test]
+    fn a_borrowed_key_finds_the_owned_one() {
+        let mut map: ServiceMap<u32> = ServiceMap::default();
+        map.insert(["shop".into(), "cart".into(), "prod".into()], 7);
+        assert_eq!(map.get(&ServiceRef(["shop", "cart", "prod"])), Some(&7));
+        assert_eq!(map.get(&ServiceRef(["shop", "cart", "test"])), None);
+        assert_eq!(map.get(&ServiceRef(["", "shopcart", "prod"])), None);
     }
 
     #[test]

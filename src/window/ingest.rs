@@ -10,6 +10,7 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
 use super::*;
+use crate::window::open_window::ServiceKey;
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, ArrowError> {
     batch
@@ -43,6 +44,20 @@ enum Verdict {
     Counted,
     /// Seen before in its window.
     Repeat,
+}
+
+/// For each row of `batch`, the index of its run of rows from one resource
+/// (`runs`: their lengths); each row is a run of its own when `runs` does not
+/// cover the batch.
+fn run_ids(runs: &[usize], batch: &RecordBatch) -> impl Iterator<Item = usize> {
+    let rows = batch.num_rows();
+    let known = runs.iter().sum::<usize>() == rows;
+    let per_run = runs
+        .iter()
+        .enumerate()
+        .flat_map(|(run, n)| std::iter::repeat_n(run, *n))
+        .take(if known { rows } else { 0 });
+    per_run.chain((0..rows).skip(if known { rows } else { 0 }))
 }
 
 fn opt(a: &StringArray, i: usize) -> Option<&str> {
@@ -100,7 +115,7 @@ impl Windows {
         });
         clock.last_seen_ns = now_ns;
         match decoded.signal {
-            Signal::Traces => self.ingest_spans(&decoded.batch, now_ns),
+            Signal::Traces => self.ingest_spans(&decoded.batch, &decoded.resource_runs, now_ns),
             Signal::Metrics => self.ingest_metrics(&decoded.batch, now_ns),
             Signal::Logs => self.ingest_logs(&decoded.batch, now_ns),
         }
@@ -146,6 +161,7 @@ impl Windows {
     fn ingest_spans(
         &mut self,
         batch: &RecordBatch,
+        runs: &[usize],
         now_ns: u64,
     ) -> Result<Option<i64>, ArrowError> {
         let services = ServiceColumns::of(batch)?;
@@ -168,7 +184,10 @@ impl Windows {
         let mut release: Option<i64> = None;
 
         let verdicts = self.span_verdicts(end, trace_id, span_id, now_ns);
-        for (i, verdict) in verdicts.into_iter().enumerate() {
+        // A run of rows from one resource has one service: its key is looked up
+        // once per run and window, not once per span.
+        let mut service_key: Option<(usize, i64, ServiceKey)> = None;
+        for ((i, verdict), run) in verdicts.into_iter().enumerate().zip(run_ids(runs, batch)) {
             let end_ns = end.value(i);
             if verdict == Verdict::Future {
                 self.counts.future += 1;
@@ -199,7 +218,15 @@ impl Windows {
                 let open = self.open_window(window);
                 let counted = !server_like || {
                     let operation = opt(route, i).unwrap_or(name.value(i));
-                    open.add_request(service_row, operation, duration_ms, error, max_series)
+                    let key = match service_key {
+                        Some((r, w, key)) if r == run && w == window => key,
+                        _ => {
+                            let key = open.service(service_row);
+                            service_key = Some((run, window, key));
+                            key
+                        }
+                    };
+                    open.add_service_request(key, operation, duration_ms, error, max_series)
                 };
                 self.counts.accepted += 1;
                 if !counted {

@@ -106,7 +106,7 @@ fn metrics(instance: &str, points: &[(f64, u64)], monotonic_total: f64) -> Recor
 fn inventory(instances: &[&str]) -> Inventory {
     let mut inv = Inventory::new(10);
     let all: Vec<ResourceSpans> = instances.iter().map(|i| spans(i, 2, 1, 0, 1, 0)).collect();
-    inv.observe(&batch(&all), "end_time_unix_nano");
+    inv.observe(&batch(&all), "end_time_unix_nano", None);
     inv
 }
 

@@ -10,8 +10,9 @@
 use arrow::array::{Array, StringArray};
 use arrow::record_batch::RecordBatch;
 
-use super::FastMap;
-use super::deployments::ResourceRows;
+use hashbrown::Equivalent;
+
+use super::deployments::{ResourceRows, ServiceMap, ServiceRef};
 
 /// An instance's name from its resource: `k8s.pod.name` where Kubernetes runs
 /// it (the name its API acts on: a canary restart deletes that pod), else
@@ -57,7 +58,7 @@ struct Entry {
 /// Live instances per (namespace, service, environment).
 #[derive(Debug)]
 pub struct Inventory {
-    services: FastMap<[String; 3], Entry>,
+    services: ServiceMap<Entry>,
     max_services: usize,
     /// Services with two or more live instances.
     several: usize,
@@ -66,7 +67,7 @@ pub struct Inventory {
 impl Inventory {
     pub fn new(max_services: usize) -> Self {
         Self {
-            services: FastMap::default(),
+            services: ServiceMap::default(),
             max_services,
             several: 0,
         }
@@ -81,20 +82,25 @@ impl Inventory {
     /// environment) runs.
     pub fn instances(&self, key: [&str; 3]) -> usize {
         self.services
-            .get(&key.map(str::to_string))
+            .get(&ServiceRef(key))
             .map_or(0, |e| e.live.len())
     }
 
     /// Reads a batch's resource columns and event times (`time_column`, ns);
     /// returns the services whose live set changed, with the set now.
-    pub fn observe(&mut self, batch: &RecordBatch, time_column: &str) -> Vec<Instances> {
+    pub fn observe(
+        &mut self,
+        batch: &RecordBatch,
+        time_column: &str,
+        runs: Option<&[usize]>,
+    ) -> Vec<Instances> {
         let text = |name: &str| {
             batch
                 .column_by_name(name)
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>())
         };
         let (Some(rows), Some(id), Some(pod), Some(k8s_ns), Some(k8s_deploy)) = (
-            ResourceRows::of(batch, time_column),
+            ResourceRows::of(batch, time_column, runs),
             text("service_instance_id"),
             text("k8s_pod_name"),
             text("k8s_namespace_name"),
@@ -105,11 +111,12 @@ impl Inventory {
         let instance = |i: usize| Some(instance_name(pod, id, i));
         let mut changed: Vec<[String; 3]> = Vec::new();
         for (i, key, at_ms) in rows.sightings(instance) {
-            let owned = key.map(str::to_string);
             let name = instance(i).unwrap_or_default();
             let k8s = [k8s_ns.value(i), k8s_deploy.value(i)];
-            if self.sighting(key, name, k8s, at_ms) && !changed.contains(&owned) {
-                changed.push(owned);
+            if self.sighting(key, name, k8s, at_ms)
+                && !changed.iter().any(|c| ServiceRef(key).equivalent(c))
+            {
+                changed.push(key.map(str::to_string));
             }
         }
         changed
@@ -138,11 +145,16 @@ impl Inventory {
     /// Records one sighting; true when the service's live set (or where
     /// Kubernetes runs it) changed.
     fn sighting(&mut self, key: [&str; 3], name: &str, k8s: [&str; 2], at_ms: i64) -> bool {
-        let owned = key.map(str::to_string);
-        if !self.services.contains_key(&owned) && self.services.len() >= self.max_services {
-            return false;
+        if !self.services.contains_key(&ServiceRef(key)) {
+            if self.services.len() >= self.max_services {
+                return false;
+            }
+            self.services
+                .insert(key.map(str::to_string), Entry::default());
         }
-        let entry = self.services.entry(owned).or_default();
+        let Some(entry) = self.services.get_mut(&ServiceRef(key)) else {
+            return false;
+        };
         let mut changed = false;
         for (slot, value) in entry.k8s.iter_mut().zip(k8s) {
             if !value.is_empty() && slot != value {

@@ -79,7 +79,8 @@ const PRESIZE_AFTER: usize = 1024;
 pub(crate) struct OpenWindow {
     strings: Interner,
     seen: IdentitySet,
-    services: FastMap<ServiceKey, Red>,
+    /// The services counted; their rows are the sums of their operations' rows.
+    services: FastMap<ServiceKey, ()>,
     operations: FastMap<(ServiceKey, u32), Red>,
     edges: FastMap<(u32, u32, CalleeKind), (Red, Exemplar)>,
     series: FastMap<SeriesId, (u32, SeriesAccumulator)>,
@@ -148,7 +149,8 @@ impl OpenWindow {
         set
     }
 
-    fn service(&mut self, row: [&str; 3]) -> ServiceKey {
+    /// The window's key of a service (namespace, name, environment).
+    pub(crate) fn service(&mut self, row: [&str; 3]) -> ServiceKey {
         [
             self.strings.id(row[0]),
             self.strings.id(row[1]),
@@ -166,14 +168,30 @@ impl OpenWindow {
         max_series: usize,
     ) -> bool {
         let key = self.service(service);
+        self.add_service_request(key, operation, duration_ms, error, max_series)
+    }
+
+    /// [`Self::add_request`] for a service whose key ([`Self::service`]) is known.
+    pub(crate) fn add_service_request(
+        &mut self,
+        key: ServiceKey,
+        operation: &str,
+        duration_ms: f64,
+        error: bool,
+        max_series: usize,
+    ) -> bool {
         let op = (key, self.strings.id(operation));
-        if !room(&self.services, &key, max_series) || !room(&self.operations, &op, max_series) {
+        // Only the operation counts the request: its service's row is the sum of
+        // the service's operations (`span_tables`), which halves the sketch
+        // updates and table lookups of every server span.
+        if let Some(red) = self.operations.get_mut(&op) {
+            red.add(duration_ms, error);
+            return true;
+        }
+        if !room(&self.services, &key, max_series) || self.operations.len() >= max_series {
             return false;
         }
-        self.services
-            .entry(key)
-            .or_default()
-            .add(duration_ms, error);
+        self.services.insert(key, ());
         self.operations
             .entry(op)
             .or_default()
@@ -254,14 +272,6 @@ impl OpenWindow {
         let s = &self.strings;
         let svc = |k: &ServiceKey| [s.get(k[0]), s.get(k[1]), s.get(k[2])];
 
-        let mut services: Vec<_> = self.services.iter().map(|(k, v)| (svc(k), v)).collect();
-        services.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut table = TableBuilder::new(0, start_ms, end_ms);
-        for (keys, red) in services {
-            table.red_row(&keys, red);
-        }
-        let service_stats = table.finish()?;
-
         let mut operations: Vec<_> = self
             .operations
             .iter()
@@ -271,6 +281,26 @@ impl OpenWindow {
             })
             .collect();
         operations.sort_by(|a, b| a.0.cmp(&b.0));
+        // A service's row sums its operations' rows, merged in their sorted order so
+        // that equal input gives equal sums.
+        let mut services: Vec<([&str; 3], Red)> = Vec::new();
+        for (keys, red) in &operations {
+            let service = [keys[0], keys[1], keys[2]];
+            match services.last_mut() {
+                Some((last, sum)) if *last == service => sum.merge(red),
+                _ => {
+                    let mut sum = Red::default();
+                    sum.merge(red);
+                    services.push((service, sum));
+                }
+            }
+        }
+        let mut table = TableBuilder::new(0, start_ms, end_ms);
+        for (keys, red) in &services {
+            table.red_row(keys, red);
+        }
+        let service_stats = table.finish()?;
+
         let mut table = TableBuilder::new(1, start_ms, end_ms);
         for (keys, red) in operations {
             table.red_row(&keys, red);

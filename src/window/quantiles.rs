@@ -54,6 +54,35 @@ impl Quantiles {
         }
     }
 
+    /// Adds every sample of `other`: the same distribution as adding them one by
+    /// one (a sketch's bins count samples, in any order; exact samples past
+    /// the exact limit become a sketch of all of them, as `add` would make).
+    pub fn merge(&mut self, other: &Quantiles) {
+        match (&mut *self, other) {
+            (Quantiles::Sketch(sketch), Quantiles::Sketch(theirs)) => {
+                if sketch.merge(theirs).is_err() {
+                    // Unreachable: every sketch has the same configuration.
+                    debug_assert!(false, "sketches of different configurations");
+                }
+            }
+            (Quantiles::Exact(_), Quantiles::Sketch(theirs)) => {
+                let Quantiles::Exact(values) =
+                    std::mem::replace(self, Quantiles::Sketch(theirs.clone()))
+                else {
+                    unreachable!("matched above")
+                };
+                for v in values {
+                    self.add(v);
+                }
+            }
+            (_, Quantiles::Exact(values)) => {
+                for v in values {
+                    self.add(*v);
+                }
+            }
+        }
+    }
+
     /// The nearest-rank quantile `q` in [0, 1] (exact mode), or the sketch's estimate.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         match self {
@@ -98,6 +127,46 @@ mod tests {
             q.quantiles([0.5, 0.95, 0.99]),
             [Some(50.0), Some(95.0), Some(99.0)]
         );
+    }
+
+    #[test]
+    fn merging_gives_what_adding_gives() {
+        // Exact + exact within the limit, exact + exact past it, sketch + exact,
+        // exact + sketch, sketch + sketch.
+        for (left, right) in [
+            (10, 20),
+            (1500, 1500),
+            (3000, 100),
+            (100, 3000),
+            (3000, 5000),
+        ] {
+            let samples = |n: usize, seed: usize| {
+                (0..n).map(move |i| ((i * 7919 + seed) % 1000) as f64 / 3.0)
+            };
+            let mut merged = Quantiles::default();
+            let mut theirs = Quantiles::default();
+            let mut added = Quantiles::default();
+            for v in samples(left, 1) {
+                merged.add(v);
+                added.add(v);
+            }
+            for v in samples(right, 2) {
+                theirs.add(v);
+                added.add(v);
+            }
+            merged.merge(&theirs);
+            assert_eq!(
+                matches!(merged, Quantiles::Sketch(_)),
+                matches!(added, Quantiles::Sketch(_)),
+                "{left} + {right}"
+            );
+            let qs = [0.0, 0.25, 0.5, 0.9, 0.99, 1.0];
+            assert_eq!(
+                merged.quantiles(qs),
+                added.quantiles(qs),
+                "{left} + {right}"
+            );
+        }
     }
 
     #[test]

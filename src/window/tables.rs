@@ -169,6 +169,15 @@ impl Red {
         self.max_ms = self.max_ms.max(duration_ms);
         self.latency.add(duration_ms);
     }
+
+    /// Adds every request `other` counted.
+    pub fn merge(&mut self, other: &Red) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.total_ms += other.total_ms;
+        self.max_ms = self.max_ms.max(other.max_ms);
+        self.latency.merge(&other.latency);
+    }
 }
 
 /// Builds one table batch: the leading string keys, then the value columns.
