@@ -150,9 +150,13 @@ impl Incident {
             .collect()
     }
 
-    /// Whether one of its anomalies is on node `id`'s own series ([`node`]).
+    /// Whether one of its anomalies is on node `id`'s own series ([`node`]),
+    /// or on a series of its callers that points at it (the incident is about
+    /// `id` already: `id` showing more of its failure is part of it).
     fn has_node(&self, id: &str) -> bool {
-        self.members.iter().any(|m| node::own(&m.anomaly.key) == id)
+        self.members
+            .iter()
+            .any(|m| node::own(&m.anomaly.key) == id || rank::implicated(&m.anomaly.key).0 == id)
     }
 
     /// Whether series `key` is one of its members and was anomalous at or

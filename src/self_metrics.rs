@@ -127,7 +127,7 @@ impl SelfMetrics {
         let pairing_overflow = Counter::default();
         registry.register(
             "pairing_overflow",
-            "Spans not stored because the pairing store was full",
+            "Spans not stored because the pairing store (or the store of where requests end) was full",
             pairing_overflow.clone(),
         );
         let dedup_overflow = Counter::default();

@@ -15,6 +15,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
 use arrow::record_batch::RecordBatch;
@@ -198,7 +200,8 @@ fn read_window(dir: &Path, start_ms: i64, size_ms: i64) -> Result<WindowTables, 
         let reader = FileReader::try_new(file, None).map_err(arrow_err(&path))?;
         let mut parts = Vec::new();
         for batch in reader {
-            parts.push(batch.map_err(arrow_err(&path))?);
+            let batch = batch.map_err(arrow_err(&path))?;
+            parts.push(conform(batch, schema).map_err(arrow_err(&path))?);
         }
         let batch = arrow::compute::concat_batches(schema, &parts).map_err(arrow_err(&path))?;
         if let Some(column) = batch.column_by_name("window_end")
@@ -222,6 +225,30 @@ fn read_window(dir: &Path, start_ms: i64, size_ms: i64) -> Result<WindowTables, 
     })
 }
 
+/// `batch` in `schema`: a window stored by an older release lacks the columns
+/// added since (nullable, as every added column is), which read as null.
+fn conform(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    if batch.schema() == *schema {
+        return Ok(batch);
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| match batch.column_by_name(field.name()) {
+            Some(column) => Ok(column.clone()),
+            None if field.is_nullable() => Ok(arrow::array::new_null_array(
+                field.data_type(),
+                batch.num_rows(),
+            )),
+            None => Err(ArrowError::SchemaError(format!(
+                "stored table lacks column {}",
+                field.name()
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
+}
+
 /// Embedded persistence of closed windows.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -236,6 +263,32 @@ mod tests {
     use crate::config::Config;
     use crate::window::Windows;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    #[test]
+    fn a_table_stored_before_a_column_was_added_reads_it_as_null() {
+        use crate::window::tables::{LAST_CALLS, TableBuilder};
+        let schema = crate::window::tables::schemas()[2].clone();
+        let mut edge = TableBuilder::new(2, 0, 10_000);
+        edge.row(
+            &["", "web", "", "", "cart", "", "service", ""],
+            &crate::incident::testing::healthy_calls(),
+        );
+        let new = edge.finish().expect("edge");
+        // The same table as an older release wrote it: without `last_calls`.
+        let keep: Vec<usize> = (0..schema.fields().len())
+            .filter(|&i| schema.field(i).name() != LAST_CALLS)
+            .collect();
+        let old = new.project(&keep).expect("project");
+        let read = conform(old, &schema).expect("conform");
+        assert_eq!(read.schema(), schema);
+        assert!(read.column_by_name(LAST_CALLS).expect("column").is_null(0));
+        assert_eq!(conform(new.clone(), &schema).expect("same"), new);
+        // A column that may not be null cannot be made up.
+        let keep: Vec<usize> = (1..schema.fields().len()).collect();
+        let err = conform(new.project(&keep).expect("project"), &schema)
+            .expect_err("a column that may not be null");
+        assert!(err.to_string().contains("window_start"), "{err}");
+    }
 
     fn closed_windows(count: u64) -> (Vec<WindowTables>, Checkpoint) {
         let config = Config::from_toml_str("").expect("config");

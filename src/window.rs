@@ -31,6 +31,7 @@ pub mod tables;
 
 mod identities;
 mod ingest;
+mod last_calls;
 mod open_window;
 
 use std::collections::BTreeMap;
@@ -120,6 +121,7 @@ pub struct Windows {
     spare_identities: Option<identities::IdentitySet>,
     counts: WindowCounts,
     edges: Vec<EdgeObservation>,
+    last_calls: last_calls::LastCalls,
     /// `window.early_look` in ms of a window (0: never), and the start of the
     /// last window offered early.
     early_ms: i64,
@@ -164,6 +166,7 @@ impl Windows {
             spare_identities: None,
             counts: WindowCounts::default(),
             edges: Vec::new(),
+            last_calls: last_calls::LastCalls::new(config.max_pending_pairs),
             early_ms: (config.early_look.clamp(0.0, 1.0) * size_ms as f64) as i64,
             looked_ms: i64::MIN,
         }
@@ -196,9 +199,12 @@ impl Windows {
         self.counts
     }
 
-    /// Pairing store counters.
+    /// Pairing store counters; `overflow` includes the requests whose last
+    /// call was not followed for want of room (`last_calls`).
     pub fn pairing_counts(&self) -> pairing::PairingCounts {
-        self.pairing.counts()
+        let mut counts = self.pairing.counts();
+        counts.overflow += self.last_calls.overflow();
+        counts
     }
 
     /// Spans waiting in the pairing store.
@@ -422,6 +428,11 @@ impl Windows {
         );
         self.route_edges(&mut edges);
         self.edges = edges;
+        for call in self.last_calls.close_through(through_ms) {
+            if let Some(window) = self.open.get_mut(&call.window_ms) {
+                window.add_last_call(&call);
+            }
+        }
         self.closed_through_ms = through_ms;
         let mut closed = Vec::new();
         while let Some(entry) = self.open.first_entry() {

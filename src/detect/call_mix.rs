@@ -18,13 +18,19 @@
 //! would be the failure or the remedy seen again. An edge with no call for
 //! [`FORGET_WINDOWS`] windows is forgotten.
 //!
+//!
+//! Where the caller's requests end ([`super::rows::LAST_CALL_SHARE`]) is pooled the same
+//! way: the edge's last calls ([`POOLED_LAST_CALLS`]) over the caller's last
+//! calls to any callee ([`POOLED_CALLER_LAST_CALLS`]) in those windows.
+//!
 //! Memory: at most `max_edges` edges, each its key strings and at most
-//! `POOL_WINDOWS` entries of 24 bytes.
+//! `POOL_WINDOWS` entries of 40 bytes.
 
 use std::collections::{HashMap, VecDeque};
 
 use super::catalogue::SeriesKind;
-use super::rows::{CALLER_REQUESTS, Row, caller_identity, served_requests};
+use super::rows::{CALLER_LAST_CALLS, CALLER_REQUESTS, Row, caller_identity, served_requests};
+use crate::window::tables::LAST_CALLS;
 
 /// Windows an edge's pool sums over: two minutes of 10 s windows.
 pub const POOL_WINDOWS: i64 = 12;
@@ -35,6 +41,10 @@ pub const FORGET_WINDOWS: i64 = 360;
 pub const POOLED_CALLS: &str = "pooled_calls";
 /// The caller's requests over the edge's pool.
 pub const POOLED_REQUESTS: &str = "pooled_requests";
+/// The edge's last calls (`last_calls`) over its pool.
+pub const POOLED_LAST_CALLS: &str = "pooled_last_calls";
+/// The caller's last calls, to any callee, over the edge's pool.
+pub const POOLED_CALLER_LAST_CALLS: &str = "pooled_caller_last_calls";
 
 /// (caller service, caller identity attributes).
 type Caller = (String, String);
@@ -46,26 +56,49 @@ struct Memo {
     last_call: i64,
     /// Window start of the last row (a window with a call).
     last_row: i64,
-    /// (window start, calls, caller requests), oldest first.
-    pool: VecDeque<(i64, f64, f64)>,
+    /// (window start, what the window counted), oldest first.
+    pool: VecDeque<(i64, Counts)>,
+}
+
+/// What one window counted for an edge, or a pool's sums.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Counts {
+    /// Calls to the callee.
+    calls: f64,
+    /// The caller's requests.
+    requests: f64,
+    /// Calls to the callee that were the last of their request.
+    last: f64,
+    /// The caller's last calls to any callee.
+    caller_last: f64,
+}
+
+impl std::ops::Add for Counts {
+    type Output = Counts;
+    fn add(self, o: Counts) -> Counts {
+        Counts {
+            calls: self.calls + o.calls,
+            requests: self.requests + o.requests,
+            last: self.last + o.last,
+            caller_last: self.caller_last + o.caller_last,
+        }
+    }
 }
 
 impl Memo {
     /// Adds window `t` and drops what fell out of the pool; returns the sums.
-    fn add(&mut self, t: i64, calls: f64, requests: f64, window_ms: i64) -> (f64, f64) {
-        if calls > 0.0 {
+    fn add(&mut self, t: i64, counts: Counts, window_ms: i64) -> Counts {
+        if counts.calls > 0.0 {
             self.last_call = t;
         }
-        self.pool.push_back((t, calls, requests));
+        self.pool.push_back((t, counts));
         let from = t - (POOL_WINDOWS - 1) * window_ms;
-        while self.pool.front().is_some_and(|(w, _, _)| *w < from) {
+        while self.pool.front().is_some_and(|(w, _)| *w < from) {
             self.pool.pop_front();
         }
         self.pool
             .iter()
-            .fold((0.0, 0.0), |(c, r), (_, calls, requests)| {
-                (c + calls, r + requests)
-            })
+            .fold(Counts::default(), |sum, (_, counts)| sum + *counts)
     }
 }
 
@@ -102,17 +135,25 @@ impl CallMix {
     /// it count the window as 0 calls.
     pub fn complete(&mut self, rows: &mut [Row], t: i64, window_ms: i64) {
         let served = served_requests(rows);
+        let mut caller_last: HashMap<Caller, f64> = HashMap::new();
         for row in rows.iter_mut().filter(|r| r.kind == SeriesKind::Edge) {
             let Some(&requests) = row.values.get(CALLER_REQUESTS) else {
                 continue;
             };
-            let calls = row.values.get("calls").copied().unwrap_or(0.0);
+            let value = |name| row.values.get(name).copied().unwrap_or(0.0);
+            let counts = Counts {
+                calls: value("calls"),
+                requests,
+                last: value(LAST_CALLS),
+                caller_last: value(CALLER_LAST_CALLS),
+            };
             let caller = (row.service.clone(), caller_identity(&row.attributes));
+            caller_last.insert(caller.clone(), counts.caller_last);
             let Some(memo) = self.memo(&caller, &row.attributes, t) else {
                 continue;
             };
             memo.last_row = t;
-            let pooled = memo.add(t, calls, requests, window_ms);
+            let pooled = memo.add(t, counts, window_ms);
             set_pooled(row, pooled);
         }
         let forget_before = t - FORGET_WINDOWS * window_ms;
@@ -125,8 +166,13 @@ impl CallMix {
             let Some(&requests) = served.get(caller) else {
                 continue;
             };
+            let counts = Counts {
+                requests,
+                caller_last: caller_last.get(caller).copied().unwrap_or(0.0),
+                ..Counts::default()
+            };
             for memo in edges.values_mut().filter(|memo| memo.last_row != t) {
-                memo.add(t, 0.0, requests, window_ms);
+                memo.add(t, counts, window_ms);
             }
         }
         self.callers.retain(|_, edges| !edges.is_empty());
@@ -154,9 +200,14 @@ impl CallMix {
     }
 }
 
-fn set_pooled(row: &mut Row, (calls, requests): (f64, f64)) {
-    row.values.insert(POOLED_CALLS, calls);
-    row.values.insert(POOLED_REQUESTS, requests);
+fn set_pooled(row: &mut Row, pooled: Counts) {
+    row.values.insert(POOLED_CALLS, pooled.calls);
+    row.values.insert(POOLED_REQUESTS, pooled.requests);
+    if pooled.caller_last > 0.0 {
+        row.values.insert(POOLED_LAST_CALLS, pooled.last);
+        row.values
+            .insert(POOLED_CALLER_LAST_CALLS, pooled.caller_last);
+    }
 }
 
 #[cfg(test)]
@@ -225,6 +276,46 @@ mod tests {
         mix.complete(&mut rows, 3 * W, W);
         assert_eq!(value(&rows, "email", POOLED_CALLS), Some(4.0));
         assert_eq!(value(&rows, "email", POOLED_REQUESTS), Some(8.0));
+    }
+
+    #[test]
+    fn where_requests_end_is_pooled_over_the_callers_last_calls() {
+        let with_last = |mut row: Row, last: f64, caller_last: f64| {
+            row.values.insert(LAST_CALLS, last);
+            row.values.insert(CALLER_LAST_CALLS, caller_last);
+            row
+        };
+        let mut mix = CallMix::new(100);
+        // Window 0: 3 requests, 3 ended at email.
+        let mut rows = vec![
+            service("checkout", 3.0),
+            with_last(edge("checkout", "email", 3.0, 3.0), 3.0, 3.0),
+        ];
+        mix.complete(&mut rows, 0, W);
+        // Window 1: no call to email; the 2 requests ended at cart.
+        let mut rows = vec![
+            service("checkout", 2.0),
+            with_last(edge("checkout", "cart", 2.0, 2.0), 2.0, 2.0),
+        ];
+        mix.complete(&mut rows, W, W);
+        assert_eq!(value(&rows, "cart", POOLED_LAST_CALLS), Some(2.0));
+        assert_eq!(value(&rows, "cart", POOLED_CALLER_LAST_CALLS), Some(2.0));
+        // Window 2: one of 2 requests ended at email: over the three windows,
+        // 4 of the 7 last calls; cart's pool counts window 2 as 0 of 2.
+        let mut rows = vec![
+            service("checkout", 2.0),
+            with_last(edge("checkout", "email", 1.0, 2.0), 1.0, 2.0),
+            with_last(edge("checkout", "cart", 1.0, 2.0), 1.0, 2.0),
+        ];
+        mix.complete(&mut rows, 2 * W, W);
+        assert_eq!(value(&rows, "email", POOLED_LAST_CALLS), Some(4.0));
+        assert_eq!(value(&rows, "email", POOLED_CALLER_LAST_CALLS), Some(7.0));
+        assert_eq!(value(&rows, "cart", POOLED_LAST_CALLS), Some(3.0));
+        assert_eq!(value(&rows, "cart", POOLED_CALLER_LAST_CALLS), Some(4.0));
+        // Windows stored before `last_calls` existed pool no share.
+        let mut rows = vec![service("checkout", 2.0), edge("checkout", "pay", 1.0, 2.0)];
+        mix.complete(&mut rows, 3 * W, W);
+        assert_eq!(value(&rows, "pay", POOLED_LAST_CALLS), None);
     }
 
     #[test]

@@ -88,6 +88,8 @@ impl SeriesKind {
                 "p99_ms",
                 "mean_ms",
                 super::rows::CALLS_PER_REQUEST,
+                crate::window::tables::LAST_CALLS,
+                super::rows::LAST_CALL_SHARE,
             ],
             SeriesKind::Metric => &[
                 "auto",

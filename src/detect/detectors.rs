@@ -86,11 +86,11 @@ pub(crate) trait Detect {
 }
 
 /// The smallest meaningful sigma for a measure: Poisson noise for counts,
-/// binomial noise for rates, 2% for latencies, 0.1% for other metrics.
+/// binomial noise for rates and shares, 2% for latencies, 0.1% for other metrics.
 pub(crate) fn resolution(measure: &str, expected: f64, volume: f64) -> f64 {
     match measure {
         "requests" | "calls" | "errors" | "count" | "hist_count" => expected.abs().max(1.0).sqrt(),
-        "error_rate" => {
+        "error_rate" | super::rows::LAST_CALL_SHARE => {
             let p = expected.clamp(0.01, 0.99);
             (p * (1.0 - p) / volume.max(1.0)).sqrt()
         }

@@ -58,6 +58,7 @@ impl Row {
     pub fn volume_for(&self, measure: &str) -> f64 {
         match measure {
             CALLS_PER_REQUEST => self.values.get(CALLER_REQUESTS).copied().unwrap_or(0.0),
+            LAST_CALL_SHARE => self.values.get(CALLER_LAST_CALLS).copied().unwrap_or(0.0),
             _ => self.volume(),
         }
     }
@@ -71,6 +72,15 @@ impl Row {
 pub const CALLS_PER_REQUEST: &str = "calls_per_request";
 /// The caller's requests in the window, next to [`CALLS_PER_REQUEST`].
 pub const CALLER_REQUESTS: &str = "caller_requests";
+/// The edge measure of where the caller's requests end: the share of the
+/// caller's last calls in the window (`last_calls`,
+/// [`crate::window::tables::LAST_CALLS`]) that went to this callee. A callee
+/// whose answers make its callers give up is where their requests now end,
+/// even where no span carries an error status.
+pub const LAST_CALL_SHARE: &str = "last_call_share";
+/// The caller's last calls in the window (over all its edges), next to
+/// [`LAST_CALL_SHARE`].
+pub const CALLER_LAST_CALLS: &str = "caller_last_calls";
 
 /// Every row of the window's tables.
 pub fn rows(tables: &WindowTables) -> Vec<Row> {
@@ -82,6 +92,7 @@ pub fn rows(tables: &WindowTables) -> Vec<Row> {
     read(metric, SeriesKind::Metric, &mut out);
     read(log, SeriesKind::Log, &mut out);
     add_calls_per_request(&mut out);
+    add_last_call_share(&mut out);
     out
 }
 
@@ -107,6 +118,29 @@ fn add_calls_per_request(rows: &mut [Row]) {
         };
         row.values.insert(CALLS_PER_REQUEST, calls / served);
         row.values.insert(CALLER_REQUESTS, served);
+    }
+}
+
+/// Gives every edge row of a caller that made a last call in the window its
+/// [`LAST_CALL_SHARE`] and [`CALLER_LAST_CALLS`].
+fn add_last_call_share(rows: &mut [Row]) {
+    let last_calls = |r: &Row| r.values.get(crate::window::tables::LAST_CALLS).copied();
+    let mut totals: HashMap<(String, String), f64> = HashMap::new();
+    for row in rows.iter().filter(|r| r.kind == SeriesKind::Edge) {
+        if let Some(n) = last_calls(row) {
+            let key = (row.service.clone(), caller_identity(&row.attributes));
+            *totals.entry(key).or_default() += n;
+        }
+    }
+    for row in rows.iter_mut().filter(|r| r.kind == SeriesKind::Edge) {
+        let key = (row.service.clone(), caller_identity(&row.attributes));
+        let (Some(n), Some(&total)) = (last_calls(row), totals.get(&key)) else {
+            continue;
+        };
+        if total > 0.0 {
+            row.values.insert(LAST_CALL_SHARE, n / total);
+            row.values.insert(CALLER_LAST_CALLS, total);
+        }
     }
 }
 
@@ -295,6 +329,7 @@ fn matches(p: &Pattern, row: &Row) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::incident::node;
     use crate::window::tables::{Red, TableBuilder};
 
     #[test]
@@ -331,5 +366,59 @@ mod tests {
         assert_eq!(edges[0].volume_for(CALLS_PER_REQUEST), 40.0);
         assert_eq!(edges[0].volume_for("p99_ms"), 10.0);
         assert_eq!(edges[1].measure(CALLS_PER_REQUEST), None);
+    }
+
+    #[test]
+    fn an_edge_carries_its_share_of_where_its_callers_requests_end() {
+        use crate::window::tables::Cell;
+        let (start, end) = (0, 10_000);
+        let mut edge = TableBuilder::new(2, start, end);
+        let with_last = |n: Option<u64>| {
+            let mut cells = crate::incident::testing::healthy_calls();
+            cells[6] = Cell::U64(n);
+            cells
+        };
+        // web's requests ended 3 times at cart, once at pay, never at the
+        // cache; in staging, web is another caller; a window stored before
+        // the column existed has none.
+        for (callee, env, last) in [
+            ("cart", "prod", Some(3)),
+            ("pay", "prod", Some(1)),
+            ("cache", "prod", Some(0)),
+            ("cart", "staging", Some(2)),
+            ("old", "prod", None),
+        ] {
+            edge.row(
+                &["shop", "web", env, "shop", callee, env, "service", ""],
+                &with_last(last),
+            );
+        }
+        let tables =
+            crate::incident::testing::tables((start, end), TableBuilder::new(0, start, end), edge);
+        let shares: Vec<(String, Option<f64>, f64)> = rows(&tables)
+            .into_iter()
+            .filter(|r| r.kind == SeriesKind::Edge)
+            .map(|r| {
+                let callee = node::attribute(&r.attributes, "callee")
+                    .unwrap_or("")
+                    .to_string();
+                let env = node::attribute(&r.attributes, "environment").unwrap_or("");
+                (
+                    format!("{callee}/{env}"),
+                    r.measure(LAST_CALL_SHARE),
+                    r.volume_for(LAST_CALL_SHARE),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shares,
+            [
+                ("cart/prod".to_string(), Some(0.75), 4.0),
+                ("pay/prod".to_string(), Some(0.25), 4.0),
+                ("cache/prod".to_string(), Some(0.0), 4.0),
+                ("cart/staging".to_string(), Some(1.0), 2.0),
+                ("old/prod".to_string(), None, 0.0),
+            ]
+        );
     }
 }

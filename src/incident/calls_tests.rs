@@ -35,6 +35,7 @@ fn window(
                 Cell::F64(Some(*mean)),
                 Cell::F64(Some(*mean)),
                 Cell::F64(Some(*mean)),
+                Cell::U64(None),
             ],
         );
     }

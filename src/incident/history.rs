@@ -21,13 +21,14 @@ use crate::window::WindowTables;
 /// Measures of `service` and `operation` rows kept.
 const RED: [&str; 5] = ["requests", "error_rate", "p95_ms", "p99_ms", "mean_ms"];
 /// Measures of `edge` rows kept.
-const EDGE: [&str; 6] = [
+const EDGE: [&str; 7] = [
     "calls",
     "error_rate",
     "p50_ms",
     "p99_ms",
     "mean_ms",
     crate::detect::rows::CALLS_PER_REQUEST,
+    crate::detect::rows::LAST_CALL_SHARE,
 ];
 /// Values before an onset that say where a series stood (see
 /// [`History::before_after`]).
@@ -330,6 +331,7 @@ pub(crate) mod tests {
                 Cell::F64(Some(back_ms)),
                 Cell::F64(Some(back_ms)),
                 Cell::F64(Some(back_ms)),
+                Cell::U64(Some(100)),
             ],
         );
         WindowTables {

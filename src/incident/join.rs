@@ -36,8 +36,14 @@ impl IncidentStage {
                     resolved >= reopen_from && incident.recurs(&anomaly.key, recur_from)
                 }
                 // Every member ended: it is recovering, not gathering; a
-                // neighbour failing now is a failure of its own too.
-                _ if incident.members.iter().all(|m| m.ended_ms.is_some()) => own(),
+                // neighbour failing now is a failure of its own too, and so
+                // is anything past `max_join_windows` of its opening, as
+                // while it gathers (else the first anomaly of a window would
+                // revive it and the rest of that window, finding it gathering
+                // past that bound, would open another).
+                _ if incident.members.iter().all(|m| m.ended_ms.is_some()) => {
+                    incident.opened_ms >= gather_from && own()
+                }
                 // Still gathering: a node already in it that shows more of
                 // its failure joins however long ago the last one began (a
                 // metric sampled once a minute shows a new symptom minutes

@@ -423,3 +423,35 @@ fn an_early_anomaly_that_ends_at_its_close_joins_nothing() {
     assert_eq!(incidents[0].members().count(), 2);
     assert_eq!(incidents[0].active_ms, 4 * W);
 }
+
+/// An incident whose members all ended just before (it has not yet resolved),
+/// opened longer than `max_join_windows` (30) ago: two anomalies of one of its
+/// nodes in one window are a new failure, both in one new incident, whichever
+/// comes first (the first used to revive the old incident, and the second,
+/// finding it gathering past its bound, opened another).
+#[test]
+fn a_late_symptom_of_a_recovering_incident_opens_anew_with_its_window() {
+    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    stage.on_window(&window(0, &CHAIN));
+    let first = anomaly("payments", 1);
+    stage.on_event(&AnomalyEvent::Opened(first.clone()));
+    stage.on_event(&ended(&first, 39));
+    let mut latency = anomaly("payments", 40);
+    latency.key.name = "p95_ms".into();
+    let mut calls = anomaly("payments", 40);
+    calls.key.signal = "edge".into();
+    calls.key.name = "p99_ms".into();
+    calls.key.attributes = "callee=postgres,callee_kind=service".into();
+    stage.on_event(&AnomalyEvent::Opened(latency));
+    stage.on_event(&AnomalyEvent::Opened(calls));
+    let incidents = stage.incidents();
+    let members: Vec<usize> = incidents.iter().map(|i| i.members.len()).collect();
+    assert_eq!(members, [1, 2], "{incidents:#?}");
+    // Within the bound, the same node's late symptom still joins.
+    let mut stage = IncidentStage::new(params(), IncidentLog::default());
+    stage.on_window(&window(0, &CHAIN));
+    stage.on_event(&AnomalyEvent::Opened(first.clone()));
+    stage.on_event(&ended(&first, 20));
+    stage.on_event(&AnomalyEvent::Opened(anomaly("payments", 21)));
+    assert_eq!(stage.incidents().len(), 1);
+}

@@ -37,8 +37,9 @@ pub(crate) fn window(w: i64, edges: &[(&str, &str)]) -> crate::window::WindowTab
     tables((start, end), TableBuilder::new(0, start, end), edge)
 }
 
-/// The measures of an edge row of 10 healthy calls.
-pub(crate) fn healthy_calls() -> [Cell; 6] {
+/// The measures of an edge row of 10 healthy calls (where requests end
+/// unknown).
+pub(crate) fn healthy_calls() -> [Cell; 7] {
     [
         Cell::U64(Some(10)),
         Cell::U64(Some(0)),
@@ -46,6 +47,7 @@ pub(crate) fn healthy_calls() -> [Cell; 6] {
         Cell::F64(Some(1.0)),
         Cell::F64(Some(2.0)),
         Cell::F64(Some(1.0)),
+        Cell::U64(None),
     ]
 }
 

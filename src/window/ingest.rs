@@ -11,6 +11,7 @@ use arrow::record_batch::RecordBatch;
 
 use super::*;
 use crate::window::open_window::ServiceKey;
+use crate::window::pairing::span_key;
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, ArrowError> {
     batch
@@ -266,11 +267,22 @@ impl Windows {
                     operation: self.intern(operation),
                 })
             });
+            let parent_id = has_parent.then(|| id_u64(parent.value(i)));
+            if kind == kind::CLIENT
+                && let Some(parent_id) = parent_id
+            {
+                self.last_calls.call(
+                    span_key(trace, parent_id),
+                    span_key(trace, span),
+                    start.value(i),
+                    end_ns,
+                );
+            }
             let span = PairSpan {
                 entry,
                 trace,
                 span,
-                parent: has_parent.then(|| id_u64(parent.value(i))),
+                parent: parent_id,
                 service: service_row,
                 kind,
                 end_ns,
@@ -298,7 +310,9 @@ impl Windows {
                 continue;
             }
             let max_series = self.max_series;
-            if !self.open_window(window).add_edge(&edge, max_series) {
+            if self.open_window(window).add_edge(&edge, max_series) {
+                self.last_calls.paired(&edge, window);
+            } else {
                 self.counts.series_overflow += 1;
             }
             if let Some(entry) = &edge.entry {

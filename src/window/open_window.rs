@@ -4,6 +4,7 @@ use arrow::error::ArrowError;
 
 use super::FastMap;
 use super::identities::IdentitySet;
+use super::last_calls::LastCall;
 use super::metric_series::{CumulativeState, MetricType, PointValue, SeriesAccumulator};
 use super::pairing::{CalleeKind, EdgeObservation, node_parts};
 use super::tables::{Red, TableBuilder, WindowTables};
@@ -82,7 +83,9 @@ pub(crate) struct OpenWindow {
     /// The services counted; their rows are the sums of their operations' rows.
     services: FastMap<ServiceKey, ()>,
     operations: FastMap<(ServiceKey, u32), Red>,
-    edges: FastMap<(u32, u32, CalleeKind), (Red, Exemplar)>,
+    /// Per edge: its calls, its exemplar, and the calls that were the last of
+    /// their request (`window::last_calls`).
+    edges: FastMap<(u32, u32, CalleeKind), (Red, Exemplar, u64)>,
     series: FastMap<SeriesId, (u32, SeriesAccumulator)>,
     logs: FastMap<(ServiceKey, u32), u64>,
 }
@@ -209,10 +212,23 @@ impl OpenWindow {
         if !room(&self.edges, &key, max_series) {
             return false;
         }
-        let (red, exemplar) = self.edges.entry(key).or_default();
+        let (red, exemplar, _) = self.edges.entry(key).or_default();
         red.add(edge.duration_ms, edge.error);
         exemplar.offer(edge.trace, edge.duration_ms, edge.error);
         true
+    }
+
+    /// Counts a call that was the last of its request on its edge (which its
+    /// call made in this window).
+    pub(super) fn add_last_call(&mut self, call: &LastCall) {
+        let key = (
+            self.strings.id(&call.caller),
+            self.strings.id(&call.callee),
+            call.kind,
+        );
+        if let Some((_, _, last_calls)) = self.edges.get_mut(&key) {
+            *last_calls += 1;
+        }
     }
 
     /// Adds one metric point; false when the table is full.
@@ -310,16 +326,20 @@ impl OpenWindow {
         let mut edges: Vec<_> = self
             .edges
             .iter()
-            .map(|((caller, callee, kind), (red, exemplar))| {
+            .map(|((caller, callee, kind), (red, exemplar, last_calls))| {
                 let [a, b, c] = node_parts(s.get(*caller));
                 let [d, e, f] = node_parts(s.get(*callee));
-                ([a, b, c, d, e, f, kind.as_str()], red, exemplar.hex())
+                (
+                    [a, b, c, d, e, f, kind.as_str()],
+                    (red, *last_calls),
+                    exemplar.hex(),
+                )
             })
             .collect();
         edges.sort_by(|a, b| a.0.cmp(&b.0));
         let mut table = TableBuilder::new(2, start_ms, end_ms);
-        for (keys, red, exemplar) in edges {
-            table.edge_row(&keys, &exemplar, red);
+        for (keys, (red, last_calls), exemplar) in edges {
+            table.edge_row(&keys, &exemplar, red, last_calls);
         }
         let edge_stats = table.finish()?;
         Ok([service_stats, operation_stats, edge_stats])

@@ -123,6 +123,9 @@ pub struct EdgeObservation {
     pub error: bool,
     /// Trace id of the call (0 when unknown).
     pub trace: u128,
+    /// The caller span's key ([`span_key`]), by which the calls a request made
+    /// last are found (`window::last_calls`).
+    pub caller_key: u64,
     /// The callee had no kind and is now known to be an entry span.
     pub entry: Option<EntryObservation>,
 }
@@ -211,6 +214,10 @@ pub struct PairingStore {
 const COMPACT_MIN: usize = 4096;
 
 /// A span's key: never 0 (an empty slot of the recent table).
+pub fn span_key(trace: u128, span: u64) -> u64 {
+    key(trace, span)
+}
+
 fn key(trace: u128, span: u64) -> u64 {
     use std::hash::BuildHasher;
     foldhash::quality::FixedState::with_seed(0x7061_6972_696e_6721)
@@ -302,7 +309,13 @@ impl PairingStore {
             match caller {
                 Some(caller) => {
                     if caller.service != service {
-                        out.push(self.edge(&caller, &this, span.trace, span.entry.as_ref()));
+                        out.push(self.edge(
+                            &caller,
+                            &this,
+                            span.trace,
+                            span.entry.as_ref(),
+                            parent_key,
+                        ));
                     }
                     if caller.kind == kind::CLIENT as u8 {
                         self.callers.remove(&parent_key);
@@ -322,7 +335,7 @@ impl PairingStore {
                 for callee in std::iter::once(first).chain(more) {
                     let entry = self.take_entry(callee.extra);
                     if callee.service != service {
-                        out.push(self.edge(&this, &callee, span.trace, entry.as_ref()));
+                        out.push(self.edge(&this, &callee, span.trace, entry.as_ref(), own_key));
                     }
                 }
                 paired_client = span.kind == kind::CLIENT;
@@ -426,6 +439,7 @@ impl PairingStore {
             duration_ms: span.duration_ms,
             error: span.error,
             trace: span.trace,
+            caller_key: key(span.trace, span.span),
             entry: None,
         }
     }
@@ -436,6 +450,7 @@ impl PairingStore {
         callee: &Record,
         trace: u128,
         entry: Option<&Arc<EntryKey>>,
+        caller_key: u64,
     ) -> EdgeObservation {
         let duration_ms = if caller.kind == kind::CLIENT as u8 {
             caller.duration_ms
@@ -450,6 +465,7 @@ impl PairingStore {
             duration_ms: duration_ms as f64,
             error: caller.error || callee.error,
             trace,
+            caller_key,
             entry: entry.map(|key| EntryObservation {
                 key: key.clone(),
                 end_ns: callee.end_ns,
@@ -491,6 +507,7 @@ impl PairingStore {
                     duration_ms: r.duration_ms as f64,
                     error: r.error,
                     trace,
+                    caller_key: *key,
                     entry: None,
                 });
             }

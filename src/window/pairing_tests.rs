@@ -22,6 +22,40 @@ fn name(id: &Arc<str>) -> &str {
 }
 
 #[test]
+fn a_leaf_edge_names_its_caller_span() {
+    // (A paired edge's: `pairs_in_either_order_and_once`.)
+    let mut store = PairingStore::new(1_000, 10_000_000_000, 100);
+    let mut out = Vec::new();
+    // A database call, an unpaired call to an external peer.
+    store.offer(
+        PairSpan {
+            database: Some("orders-db"),
+            ..span(3, Some(9), "a", kind::CLIENT, 100)
+        },
+        &mut out,
+    );
+    store.offer(
+        PairSpan {
+            peer: Some("payments.example"),
+            ..span(4, Some(9), "a", kind::CLIENT, 100)
+        },
+        &mut out,
+    );
+    store.expire(u64::MAX, &mut out);
+    let keys: Vec<(&str, u64)> = out
+        .iter()
+        .map(|e| (name(&e.callee), e.caller_key))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("orders-db", span_key(7, 3)),
+            ("payments.example", span_key(7, 4))
+        ]
+    );
+}
+
+#[test]
 fn pairs_in_either_order_and_once() {
     for client_first in [true, false] {
         let mut store = PairingStore::new(1_000, 10_000_000_000, 100);
@@ -37,6 +71,11 @@ fn pairs_in_either_order_and_once() {
         }
         assert_eq!(out.len(), 1);
         assert_eq!((name(&out[0].caller), name(&out[0].callee)), ("a", "b"));
+        assert_eq!(
+            out[0].caller_key,
+            span_key(7, 1),
+            "client first: {client_first}"
+        );
         store.expire(u64::MAX, &mut out);
         assert_eq!(out.len(), 1, "no leaf edge after pairing");
         assert!(store.is_empty());

@@ -68,6 +68,13 @@ fn schema_with(mut head: Vec<Field>, tail: Vec<Field>) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// The `edge_stats` column counting the calls that were the last their
+/// caller's request made (the latest-started CLIENT child of its parent):
+/// where requests end. A callee whose answers make its callers give up
+/// (a wrong answer, an exception the caller does not mark as an error) is
+/// where their requests now end.
+pub const LAST_CALLS: &str = "last_calls";
+
 /// Schemas in [`TABLE_NAMES`] order.
 pub fn schemas() -> [SchemaRef; 5] {
     static SCHEMAS: LazyLock<[SchemaRef; 5]> = LazyLock::new(|| {
@@ -106,6 +113,8 @@ pub fn schemas() -> [SchemaRef; 5] {
                     f64f("p50_ms"),
                     f64f("p99_ms"),
                     f64f("mean_ms"),
+                    // Nullable: windows stored before the column existed read as null.
+                    Field::new(LAST_CALLS, DataType::UInt64, true),
                 ],
             ),
             schema_with(
@@ -267,8 +276,9 @@ impl TableBuilder {
         );
     }
 
-    /// Appends an edge row: its identity keys, then its exemplar trace id.
-    pub fn edge_row(&mut self, identity: &[&str], exemplar: &str, red: &Red) {
+    /// Appends an edge row: its identity keys, then its exemplar trace id; its
+    /// calls, and those that were the last of their request ([`LAST_CALLS`]).
+    pub fn edge_row(&mut self, identity: &[&str], exemplar: &str, red: &Red, last_calls: u64) {
         let keys: Vec<&str> = identity.iter().copied().chain([exemplar]).collect();
         let [p50, p99] = red.latency.quantiles([0.5, 0.99]);
         let n = red.requests.max(1) as f64;
@@ -281,6 +291,7 @@ impl TableBuilder {
                 Cell::F64(p50),
                 Cell::F64(p99),
                 Cell::F64(Some(red.total_ms / n)),
+                Cell::U64(Some(last_calls)),
             ],
         );
     }

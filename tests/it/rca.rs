@@ -5,7 +5,9 @@
 //! gauges by the generated OTLP/gRPC client). Each failure is
 //! injected into one node after 30 healthy seconds (1 s windows): the engine
 //! must open exactly one incident within 3 windows of onset and rank the faulty
-//! node first; a deploy that changes nothing opens none. The table of what was
+//! node first; a deploy that changes nothing opens none. One fault leaves no
+//! error anywhere: a node that answers wrongly, after which its callers give up
+//! their requests (found by where requests end, `window::last_calls`). The table of what was
 //! injected and what was ranked is printed (`cargo test rca -- --nocapture`).
 
 pub(crate) mod topology;
@@ -298,6 +300,7 @@ async fn the_shop_root_causes_are_ranked_first() {
             Fault::Errors("email", 0.5),
             Fault::ErrorLogs("shipping"),
             Fault::CpuStarved("catalog"),
+            Fault::WrongAnswers("catalog", 0.8),
             Fault::Deploy("catalog"),
         ],
     )
@@ -324,6 +327,7 @@ async fn the_feed_root_causes_are_ranked_first() {
             Fault::Latency("warehouse", 5.0),
             Fault::ErrorLogs("ranker"),
             Fault::CpuStarved("posts"),
+            Fault::WrongAnswers("timeline", 0.8),
             Fault::Deploy("timeline"),
         ],
     )

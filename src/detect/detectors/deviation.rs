@@ -5,9 +5,11 @@ use serde::Deserialize;
 use statrs::function::factorial::binomial;
 
 use super::{Candidate, Detect, Eval, Scope, resolution, short};
-use crate::detect::call_mix::{POOLED_CALLS, POOLED_REQUESTS};
+use crate::detect::call_mix::{
+    POOLED_CALLER_LAST_CALLS, POOLED_CALLS, POOLED_LAST_CALLS, POOLED_REQUESTS,
+};
 use crate::detect::catalogue::{Direction, SeriesKind};
-use crate::detect::rows::{CALLS_PER_REQUEST, Row};
+use crate::detect::rows::{CALLS_PER_REQUEST, LAST_CALL_SHARE, Row};
 
 /// Fires when the deviation's score reaches `min_score` in `direction`, the
 /// change is at least `min_delta` (absolute) and `min_ratio` (observed /
@@ -66,12 +68,17 @@ impl Deviation {
     /// A call mix too thin to judge in its window, pooled over the edge's last
     /// windows ([`crate::detect::call_mix`]) once they hold `min_volume` of
     /// the caller's requests: (calls, requests).
+    ///
+    /// Where requests end ([`LAST_CALL_SHARE`]) is pooled the same way: the
+    /// edge's last calls over the caller's last calls.
     fn pooled(&self, row: &Row, measure: &str) -> Option<(f64, f64)> {
-        if measure != CALLS_PER_REQUEST {
-            return None;
-        }
-        let calls = row.values.get(POOLED_CALLS).copied()?;
-        let requests = row.values.get(POOLED_REQUESTS).copied()?;
+        let (count, base) = match measure {
+            CALLS_PER_REQUEST => (POOLED_CALLS, POOLED_REQUESTS),
+            LAST_CALL_SHARE => (POOLED_LAST_CALLS, POOLED_CALLER_LAST_CALLS),
+            _ => return None,
+        };
+        let calls = row.values.get(count).copied()?;
+        let requests = row.values.get(base).copied()?;
         (requests > 0.0 && requests >= self.min_volume).then_some((calls, requests))
     }
 
@@ -120,6 +127,18 @@ fn pooled_score(calls: f64, expected: f64) -> f64 {
         poisson.sf(k - 1)
     };
     1.0 - (2.0 * tail).min(1.0)
+}
+
+/// The rate a pool's count is expected at: the baseline's; a share, like
+/// a rate's resolution (`detectors::resolution`), at least 1% (a callee never
+/// seen last becomes last by chance now and then: 0 would make any count
+/// infinitely unlikely).
+fn pooled_rate(measure: &str, expected: f64) -> f64 {
+    if measure == LAST_CALL_SHARE {
+        expected.clamp(0.01, 0.99)
+    } else {
+        expected.max(0.0)
+    }
 }
 
 /// The score of a window whose median of `calls` calls deviates with `score`
@@ -185,7 +204,7 @@ impl Detect for Deviation {
             Basis::Window => d.score(),
             Basis::MedianOfFew => few_calls_score(d.score(), volume),
             Basis::Pooled { calls, requests } => {
-                pooled_score(calls, d.expected.max(0.0) * requests)
+                pooled_score(calls, pooled_rate(measure, d.expected) * requests)
             }
         };
         let run = i32::try_from(eval.pattern.consecutive.max(1)).unwrap_or(i32::MAX);
@@ -216,7 +235,7 @@ impl Detect for Deviation {
                         "{measure} {} to {} over the last {requests:.0} requests, too few for one window ({calls:.0} calls where {:.1} were expected, P {:.0e})",
                         if up { "up" } else { "down" },
                         short(value),
-                        d.expected * requests,
+                        pooled_rate(measure, d.expected) * requests,
                         1.0 - score
                     ),
                     Basis::Window => {

@@ -139,7 +139,7 @@ fn count(noise: &mut Noise, lambda: f64) -> u64 {
 /// each 20 ms times `slower` with a heavy tail
 /// (log-normal, sigma 0.5), so the edge's "p99" is just its slowest call and
 /// its p50 the nearest-rank median, as the window stage computes them.
-fn quiet_calls(noise: &mut Noise, calls: u64, slower: f64) -> Option<[Cell; 6]> {
+fn quiet_calls(noise: &mut Noise, calls: u64, slower: f64) -> Option<[Cell; 7]> {
     let mut ms: Vec<f64> = (0..calls)
         .map(|_| 20.0 * slower * (0.5 * noise.normal()).exp())
         .collect();
@@ -152,6 +152,7 @@ fn quiet_calls(noise: &mut Noise, calls: u64, slower: f64) -> Option<[Cell; 6]> 
         Cell::F64(Some(median)),
         Cell::F64(Some(slowest)),
         Cell::F64(Some(ms.iter().sum::<f64>() / calls as f64)),
+        Cell::U64(None),
     ])
 }
 
@@ -314,6 +315,7 @@ pub fn window_at(
                 Cell::F64(Some(edge_latency * 0.4)),
                 Cell::F64(Some(edge_latency)),
                 Cell::F64(Some(edge_latency * 0.5)),
+                Cell::U64(None),
             ],
         );
         let slow = faulty && active(Fault::QuietDependencySlow);

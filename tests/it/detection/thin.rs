@@ -45,6 +45,7 @@ fn window(w: i64, p: f64, rng: &mut Rng) -> WindowTables {
                 Cell::F64(Some(10.0)),
                 Cell::F64(Some(20.0)),
                 Cell::F64(Some(11.0)),
+                Cell::U64(None),
             ],
         );
     }

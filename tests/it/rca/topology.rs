@@ -62,6 +62,11 @@ pub enum Fault {
     Deploy(&'static str),
     /// The service's pod is starved of CPU: only its CPU metrics show it.
     CpuStarved(&'static str),
+    /// The node answers this share of its requests wrongly, at once and
+    /// without an error status; a caller given a wrong answer makes no more
+    /// calls for that request and answers as if nothing happened (an early
+    /// return). No span anywhere says "error".
+    WrongAnswers(&'static str, f64),
 }
 
 impl Fault {
@@ -71,7 +76,8 @@ impl Fault {
             | Fault::Errors(n, _)
             | Fault::ErrorLogs(n)
             | Fault::Deploy(n)
-            | Fault::CpuStarved(n) => n,
+            | Fault::CpuStarved(n)
+            | Fault::WrongAnswers(n, _) => n,
         }
     }
 }
@@ -218,6 +224,16 @@ impl Walk<'_> {
         self.rng.unit() < share + 0.002
     }
 
+    /// Whether the node answers this request wrongly (the rng is drawn only
+    /// while such a fault is on, so the other scenarios' draws are as before).
+    fn answers_wrongly(&mut self, node: Node) -> bool {
+        let share = self.active(|f| match f {
+            Fault::WrongAnswers(n, p) if n == node.name => Some(p),
+            _ => None,
+        });
+        share.is_some_and(|p| self.rng.unit() < p)
+    }
+
     fn tracer(&self, service: &'static str) -> opentelemetry_sdk::trace::SdkTracer {
         let deployed = self
             .active(|f| matches!(f, Fault::Deploy(n) if n == service).then_some(1.0))
@@ -226,14 +242,14 @@ impl Walk<'_> {
     }
 
     /// Serves a request in `service` from `start` under `parent`; returns its
-    /// end and whether it failed.
+    /// end, whether it failed and whether it answered wrongly.
     fn serve(
         &mut self,
         service: Node,
         kind: SpanKind,
         start: SystemTime,
         parent: &Context,
-    ) -> (SystemTime, bool) {
+    ) -> (SystemTime, bool, bool) {
         let tracer = self.tracer(service.name);
         let mut span = tracer
             .span_builder(format!("{} handle", service.name))
@@ -243,27 +259,36 @@ impl Walk<'_> {
         let cx = Context::new().with_remote_span_context(span.span_context().clone());
         let mut at = start + ms(self.own_ms(service));
         let mut failed = self.fails(service);
-        let callees: Vec<Node> = self.traffic.topology.callees(service.name).collect();
+        let wrong = self.answers_wrongly(service);
+        let callees: Vec<Node> = if wrong {
+            Vec::new()
+        } else {
+            self.traffic.topology.callees(service.name).collect()
+        };
         for callee in callees {
-            let (end, bad) = self.call(service.name, callee, at, &cx);
+            let (end, bad, given_up) = self.call(service.name, callee, at, &cx);
             at = end;
             failed |= bad;
+            if given_up {
+                break;
+            }
         }
         if failed {
             span.set_status(Status::error("request failed"));
         }
         span.end_with_timestamp(at);
-        (at, failed)
+        (at, failed, wrong)
     }
 
-    /// One call from `caller` to `callee` starting at `start`.
+    /// One call from `caller` to `callee` starting at `start`: its end, whether
+    /// it failed, whether the answer was wrong.
     fn call(
         &mut self,
         caller: &'static str,
         callee: Node,
         start: SystemTime,
         cx: &Context,
-    ) -> (SystemTime, bool) {
+    ) -> (SystemTime, bool, bool) {
         let tracer = self.tracer(caller);
         let (kind, attributes) = match callee.kind {
             Kind::Service => (
@@ -293,28 +318,30 @@ impl Walk<'_> {
             .with_attributes(attributes)
             .start_with_context(&tracer, cx);
         let child = Context::new().with_remote_span_context(span.span_context().clone());
-        let (end, failed) = match callee.kind {
+        let (end, failed, wrong) = match callee.kind {
             Kind::Service => {
-                let (end, failed) = self.serve(callee, SpanKind::Server, start + ms(0.5), &child);
-                (end + ms(0.5), failed)
+                let (end, failed, wrong) =
+                    self.serve(callee, SpanKind::Server, start + ms(0.5), &child);
+                (end + ms(0.5), failed, wrong)
             }
             Kind::Queue(consumer) => {
                 let consumer = self.traffic.topology.node(consumer);
                 let sent = start + ms(self.own_ms(callee));
                 // The consumer picks the message up later; the caller goes on.
                 self.serve(consumer, SpanKind::Consumer, sent + ms(5.0), &child);
-                (sent, false)
+                (sent, false, false)
             }
             Kind::Database(_) | Kind::External => {
                 let failed = self.fails(callee);
-                (start + ms(self.own_ms(callee)), failed)
+                let wrong = self.answers_wrongly(callee);
+                (start + ms(self.own_ms(callee)), failed, wrong)
             }
         };
         if failed {
             span.set_status(Status::error("call failed"));
         }
         span.end_with_timestamp(end);
-        (end, failed)
+        (end, failed, wrong)
     }
 
     /// Every service's pod CPU gauges for the second at `at`, sent with the
