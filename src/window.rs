@@ -428,11 +428,7 @@ impl Windows {
         );
         self.route_edges(&mut edges);
         self.edges = edges;
-        for call in self.last_calls.close_through(through_ms) {
-            if let Some(window) = self.open.get_mut(&call.window_ms) {
-                window.add_last_call(&call);
-            }
-        }
+        self.last_calls.close_through(through_ms);
         self.closed_through_ms = through_ms;
         let mut closed = Vec::new();
         while let Some(entry) = self.open.first_entry() {

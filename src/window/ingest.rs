@@ -243,6 +243,7 @@ impl Windows {
                 continue;
             }
             release = release.max(Some(window + self.size_ms + ttl_ms));
+            self.last_calls.span_arrived(trace, span);
             if kind == kind::INTERNAL {
                 continue;
             }
@@ -271,12 +272,17 @@ impl Windows {
             if kind == kind::CLIENT
                 && let Some(parent_id) = parent_id
             {
-                self.last_calls.call(
+                let replaced = self.last_calls.call(
                     span_key(trace, parent_id),
                     span_key(trace, span),
                     start.value(i),
                     end_ns,
                 );
+                if let Some((window, edge)) = replaced
+                    && let Some(open) = self.open.get_mut(&window)
+                {
+                    open.count_last_call(&edge, false);
+                }
             }
             let span = PairSpan {
                 entry,
@@ -310,10 +316,15 @@ impl Windows {
                 continue;
             }
             let max_series = self.max_series;
-            if self.open_window(window).add_edge(&edge, max_series) {
-                self.last_calls.paired(&edge, window);
-            } else {
-                self.counts.series_overflow += 1;
+            match self.open_window(window).add_edge(&edge, max_series) {
+                Some(id) => {
+                    if self.last_calls.paired(edge.caller_key, window, id)
+                        && let Some(open) = self.open.get_mut(&window)
+                    {
+                        open.count_last_call(&id, true);
+                    }
+                }
+                None => self.counts.series_overflow += 1,
             }
             if let Some(entry) = &edge.entry {
                 let window = self.window_start(entry.end_ns);

@@ -6,30 +6,24 @@
 //! calling it: the calls they would have made next are skipped. For every
 //! parent span of CLIENT spans, this store follows the child that started
 //! last (ties to the later end, then the later arrival), whichever batch each
-//! arrives in (an SDK's simple span processor exports every span alone);
-//! once that child has paired into an edge, the call counts toward that
-//! edge's `last_calls` ([`super::tables::LAST_CALLS`]) in the edge's window,
-//! when the window closes: a later sibling arriving before then takes its
-//! place. Detection follows each callee's share of its caller's last calls.
+//! arrives in (an SDK's simple span processor exports every span alone).
+//! Once that child has paired into an edge, the call counts toward that
+//! edge's `last_calls` ([`super::tables::LAST_CALLS`]) in the edge's window;
+//! a later sibling arriving before that window closes takes the count back.
+//! Detection follows each callee's share of its caller's last calls.
 //!
-//! Memory: at most `capacity` parents, each about 80 bytes with its child's
-//! index entry; a parent leaves when its last call is counted at its window's
-//! close, or when its latest child's window closed before it paired.
+//! Memory: at most `capacity` parents, each about 72 bytes with its child's
+//! index entry; a parent leaves when its own span arrives (exporters send it
+//! right after its children), else when the window its last call counted in
+//! closes, or when its latest child's window closed before it paired.
 //! Parents beyond the capacity are counted (`overflow`), not followed.
 
-use std::sync::Arc;
-
 use super::FastMap;
-use super::pairing::{CalleeKind, EdgeObservation};
+use super::open_window::EdgeId;
+use super::pairing::span_key;
 
-/// The edge a request's last call was made on, and the window it counts in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct LastCall {
-    pub(super) window_ms: i64,
-    pub(super) caller: Arc<str>,
-    pub(super) callee: Arc<str>,
-    pub(super) kind: CalleeKind,
-}
+/// Where a parent's latest child was counted: its window and its edge there.
+pub(super) type Counted = (i64, EdgeId);
 
 /// The latest child of one parent so far.
 #[derive(Debug)]
@@ -38,17 +32,21 @@ struct Latest {
     end_ns: u64,
     /// The child's span key ([`super::pairing::span_key`]).
     child: u64,
-    /// Its edge, once it paired.
-    edge: Option<LastCall>,
+    /// Where it was counted, once it paired.
+    counted: Option<Counted>,
 }
+
+/// In `waiting`: the parent ended, so this child is its last call for good.
+const FINAL: u64 = 0;
 
 /// The store (see the module docs).
 #[derive(Debug, Default)]
 pub(super) struct LastCalls {
     /// By parent span key.
     parents: FastMap<u64, Latest>,
-    /// Latest children not yet paired: child span key -> parent span key.
-    waiting: FastMap<u64, u64>,
+    /// Latest children not yet paired: child span key -> (parent span key, or
+    /// [`FINAL`] once the parent ended, and the child's end).
+    waiting: FastMap<u64, (u64, u64)>,
     capacity: usize,
     overflow: u64,
 }
@@ -75,134 +73,162 @@ impl LastCalls {
 
     /// A CLIENT span `child` of `parent` (span keys) ran from `start_ns` to
     /// `end_ns`; offered before the pairing store sees it, so its edge finds it.
-    pub(super) fn call(&mut self, parent: u64, child: u64, start_ns: u64, end_ns: u64) {
+    /// When it takes the place of a sibling already counted, returns where
+    /// that one was counted (to take back).
+    pub(super) fn call(
+        &mut self,
+        parent: u64,
+        child: u64,
+        start_ns: u64,
+        end_ns: u64,
+    ) -> Option<Counted> {
         let fresh = Latest {
             start_ns,
             end_ns,
             child,
-            edge: None,
+            counted: None,
         };
         let full = self.parents.len() >= self.capacity;
-        match self.parents.get_mut(&parent) {
+        let replaced = match self.parents.get_mut(&parent) {
             Some(latest) => {
                 if (start_ns, end_ns) < (latest.start_ns, latest.end_ns) {
-                    return;
+                    return None;
                 }
                 self.waiting.remove(&latest.child);
-                *latest = fresh;
+                std::mem::replace(latest, fresh).counted
             }
             None if full => {
                 self.overflow += 1;
-                return;
+                return None;
             }
             None => {
                 self.parents.insert(parent, fresh);
+                None
             }
-        }
-        self.waiting.insert(child, parent);
-    }
-
-    /// An edge observed in window `window_ms`: if its caller is a parent's
-    /// latest child, that call is now known to be on this edge.
-    pub(super) fn paired(&mut self, edge: &EdgeObservation, window_ms: i64) {
-        if self.waiting.is_empty() {
-            return;
-        }
-        let Some(parent) = self.waiting.remove(&edge.caller_key) else {
-            return;
         };
-        if let Some(latest) = self.parents.get_mut(&parent) {
-            latest.edge = Some(LastCall {
-                window_ms,
-                caller: edge.caller.clone(),
-                callee: edge.callee.clone(),
-                kind: edge.callee_kind,
-            });
+        self.waiting.insert(child, (parent, end_ns));
+        replaced
+    }
+
+    /// Span `span` of `trace` arrived: if it is a followed parent, its calls all
+    /// ended before it, so its latest one is its last: a counted one stays
+    /// counted, one still unpaired counts when it pairs. Exporters send a
+    /// span after its children (they end first), so a parent is followed
+    /// only for the moments between its children and itself.
+    pub(super) fn span_arrived(&mut self, trace: u128, span: u64) {
+        if self.parents.is_empty() {
+            return;
+        }
+        if let Some(latest) = self.parents.remove(&span_key(trace, span))
+            && latest.counted.is_none()
+            && let Some(waiting) = self.waiting.get_mut(&latest.child)
+        {
+            waiting.0 = FINAL;
         }
     }
 
-    /// Windows before `through_ms` close: the last calls counted in them, and
-    /// the parents whose latest child ended before it and never paired are
-    /// forgotten.
-    pub(super) fn close_through(&mut self, through_ms: i64) -> Vec<LastCall> {
+    /// The call of span `caller_key` was counted on edge `edge` of window
+    /// `window_ms`: whether it is its parent's latest call, to count as the
+    /// last call there.
+    pub(super) fn paired(&mut self, caller_key: u64, window_ms: i64, edge: EdgeId) -> bool {
+        if self.waiting.is_empty() {
+            return false;
+        }
+        let Some((parent, _)) = self.waiting.remove(&caller_key) else {
+            return false;
+        };
+        if parent == FINAL {
+            return true;
+        }
+        match self.parents.get_mut(&parent) {
+            Some(latest) => {
+                latest.counted = Some((window_ms, edge));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Windows before `through_ms` close: the parents counted in them, and
+    /// those whose latest child ended before it and never paired, are
+    /// forgotten (a later sibling can no longer move the count).
+    pub(super) fn close_through(&mut self, through_ms: i64) {
         let through_ns = through_ms.max(0).saturating_mul(1_000_000) as u64;
-        let mut counted = Vec::new();
-        let waiting = &mut self.waiting;
-        self.parents.retain(|_, latest| match &latest.edge {
-            Some(edge) if edge.window_ms < through_ms => {
-                counted.push(edge.clone());
-                false
-            }
-            Some(_) => true,
-            None if latest.end_ns < through_ns => {
-                waiting.remove(&latest.child);
-                false
-            }
-            None => true,
+        self.parents.retain(|_, latest| match latest.counted {
+            Some((window_ms, _)) => window_ms >= through_ms,
+            None => latest.end_ns >= through_ns,
         });
-        counted
+        self.waiting.retain(|_, (_, end_ns)| *end_ns >= through_ns);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::window::pairing::CalleeKind;
 
     const MS: u64 = 1_000_000;
 
-    fn edge(caller_key: u64, callee: &str) -> EdgeObservation {
-        EdgeObservation {
-            caller: "web".into(),
-            callee: callee.into(),
-            callee_kind: CalleeKind::Service,
-            at_ns: 0,
-            duration_ms: 1.0,
-            error: false,
-            trace: 1,
-            caller_key,
-            entry: None,
-        }
-    }
-
-    fn callees(calls: &[LastCall]) -> Vec<&str> {
-        let mut out: Vec<&str> = calls.iter().map(|c| &*c.callee).collect();
-        out.sort();
-        out
+    fn edge(callee: u32) -> EdgeId {
+        (1, callee, CalleeKind::Service)
     }
 
     #[test]
     fn the_call_a_request_started_last_counts_whatever_the_arrival_order() {
         let mut last = LastCalls::new(100);
-        // Parent 1's calls arrive one per batch, the latest second; parent 2
-        // has one call, which pairs before its sibling-less parent closes.
-        last.call(1, 11, 10 * MS, 20 * MS);
-        last.paired(&edge(11, "cart"), 0);
-        last.call(1, 13, 50 * MS, 60 * MS);
-        last.call(1, 12, 30 * MS, 40 * MS);
-        last.paired(&edge(12, "catalog"), 0);
-        last.paired(&edge(13, "checkout"), 0);
-        last.call(2, 21, 10 * MS, 20 * MS);
-        last.paired(&edge(21, "catalog"), 0);
-        // An unrelated edge (a server caller) changes nothing.
-        last.paired(&edge(99, "email"), 0);
-        assert_eq!(callees(&last.close_through(1000)), ["catalog", "checkout"]);
+        // Parent 1's calls arrive one per batch; the second to arrive started
+        // last: it takes back the first one's count.
+        assert_eq!(last.call(1, 11, 10 * MS, 20 * MS), None);
+        assert!(last.paired(11, 0, edge(2)));
+        assert_eq!(last.call(1, 13, 50 * MS, 60 * MS), Some((0, edge(2))));
+        // One that started earlier arrives late: not the last, not counted.
+        assert_eq!(last.call(1, 12, 30 * MS, 40 * MS), None);
+        assert!(!last.paired(12, 0, edge(3)));
+        assert!(last.paired(13, 0, edge(4)));
+        // An edge whose caller is no parent's latest child (a server span).
+        assert!(!last.paired(99, 0, edge(5)));
+        last.close_through(1000);
         assert_eq!(last.len(), 0);
     }
 
     #[test]
-    fn a_call_counts_in_its_edges_window_and_an_unpaired_one_is_forgotten() {
+    fn a_count_is_final_once_its_window_closed_and_an_unpaired_call_is_forgotten() {
         let mut last = LastCalls::new(100);
         last.call(1, 11, 10 * MS, 20 * MS);
-        last.paired(&edge(11, "cart"), 1000);
-        // Its child never pairs: forgotten once its window closed.
+        assert!(last.paired(11, 1000, edge(2)));
+        // Its child never pairs in time: forgotten once its window closed.
         last.call(2, 21, 10 * MS, 20 * MS);
-        assert!(last.close_through(1000).is_empty());
-        assert_eq!(last.len(), 1, "parent 1 waits for its edge's window");
-        assert_eq!(callees(&last.close_through(2000)), ["cart"]);
+        last.close_through(1000);
+        assert_eq!(last.len(), 1, "parent 1 is counted in a window still open");
+        last.close_through(2000);
         assert_eq!(last.len(), 0);
-        // A late pairing of the forgotten child counts nothing.
-        last.paired(&edge(21, "catalog"), 1000);
-        assert!(last.close_through(3000).is_empty());
+        // A late pairing of the forgotten child counts nothing; a late sibling
+        // of a closed count starts afresh (a request straddling the close).
+        assert!(!last.paired(21, 1000, edge(3)));
+        assert_eq!(last.call(1, 12, 30 * MS, 40 * MS), None);
+    }
+
+    #[test]
+    fn a_parent_that_arrived_fixes_its_last_call() {
+        let mut last = LastCalls::new(100);
+        // Counted before its parent arrives: the parent leaves the store.
+        let key = |span| span_key(7, span);
+        last.call(key(1), 11, 10 * MS, 20 * MS);
+        assert!(last.paired(11, 0, edge(2)));
+        last.span_arrived(7, 1);
+        assert_eq!(last.len(), 0);
+        // Its last call pairs after the parent arrived: still counted.
+        last.call(key(2), 21, 10 * MS, 20 * MS);
+        last.call(key(2), 22, 30 * MS, 40 * MS);
+        last.span_arrived(7, 2);
+        assert_eq!(last.len(), 0);
+        assert!(!last.paired(21, 0, edge(3)));
+        assert!(last.paired(22, 0, edge(4)));
+        // One that never pairs is forgotten when its window closes.
+        last.call(key(3), 31, 10 * MS, 20 * MS);
+        last.span_arrived(7, 3);
+        last.close_through(1000);
+        assert!(!last.paired(31, 0, edge(5)));
     }
 
     #[test]

@@ -4,7 +4,6 @@ use arrow::error::ArrowError;
 
 use super::FastMap;
 use super::identities::IdentitySet;
-use super::last_calls::LastCall;
 use super::metric_series::{CumulativeState, MetricType, PointValue, SeriesAccumulator};
 use super::pairing::{CalleeKind, EdgeObservation, node_parts};
 use super::tables::{Red, TableBuilder, WindowTables};
@@ -36,6 +35,9 @@ impl Interner {
 }
 
 type SeriesId = (ServiceKey, u32, u32, u8);
+
+/// An edge of one window: caller and callee as ids of its interner, callee kind.
+pub(super) type EdgeId = (u32, u32, CalleeKind);
 
 /// The call an edge row points to as its example: the first failed call, else the
 /// slowest (ties to the lower trace id, so equal input gives equal tables).
@@ -85,7 +87,7 @@ pub(crate) struct OpenWindow {
     operations: FastMap<(ServiceKey, u32), Red>,
     /// Per edge: its calls, its exemplar, and the calls that were the last of
     /// their request (`window::last_calls`).
-    edges: FastMap<(u32, u32, CalleeKind), (Red, Exemplar, u64)>,
+    edges: FastMap<EdgeId, (Red, Exemplar, u64)>,
     series: FastMap<SeriesId, (u32, SeriesAccumulator)>,
     logs: FastMap<(ServiceKey, u32), u64>,
 }
@@ -202,32 +204,31 @@ impl OpenWindow {
         true
     }
 
-    /// Counts one call on an edge; false when the table is full.
-    pub(crate) fn add_edge(&mut self, edge: &EdgeObservation, max_series: usize) -> bool {
+    /// Counts one call on an edge; its id, `None` when the table is full.
+    pub(crate) fn add_edge(&mut self, edge: &EdgeObservation, max_series: usize) -> Option<EdgeId> {
         let key = (
             self.strings.id(&edge.caller),
             self.strings.id(&edge.callee),
             edge.callee_kind,
         );
         if !room(&self.edges, &key, max_series) {
-            return false;
+            return None;
         }
         let (red, exemplar, _) = self.edges.entry(key).or_default();
         red.add(edge.duration_ms, edge.error);
         exemplar.offer(edge.trace, edge.duration_ms, edge.error);
-        true
+        Some(key)
     }
 
-    /// Counts a call that was the last of its request on its edge (which its
-    /// call made in this window).
-    pub(super) fn add_last_call(&mut self, call: &LastCall) {
-        let key = (
-            self.strings.id(&call.caller),
-            self.strings.id(&call.callee),
-            call.kind,
-        );
-        if let Some((_, _, last_calls)) = self.edges.get_mut(&key) {
-            *last_calls += 1;
+    /// Counts a call on `edge` as the last of its request (`up`), or takes
+    /// that back (a later sibling arrived).
+    pub(super) fn count_last_call(&mut self, edge: &EdgeId, up: bool) {
+        if let Some((_, _, last_calls)) = self.edges.get_mut(edge) {
+            *last_calls = if up {
+                *last_calls + 1
+            } else {
+                last_calls.saturating_sub(1)
+            };
         }
     }
 
