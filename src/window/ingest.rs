@@ -243,7 +243,11 @@ impl Windows {
                 continue;
             }
             release = release.max(Some(window + self.size_ms + ttl_ms));
-            self.last_calls.span_arrived(trace, span);
+            if let Some((window, edge)) = self.last_calls.span_arrived(trace, span)
+                && let Some(open) = self.open.get_mut(&window)
+            {
+                open.count_last_call(&edge);
+            }
             if kind == kind::INTERNAL {
                 continue;
             }
@@ -272,17 +276,12 @@ impl Windows {
             if kind == kind::CLIENT
                 && let Some(parent_id) = parent_id
             {
-                let replaced = self.last_calls.call(
+                self.last_calls.call(
                     span_key(trace, parent_id),
                     span_key(trace, span),
                     start.value(i),
                     end_ns,
                 );
-                if let Some((window, edge)) = replaced
-                    && let Some(open) = self.open.get_mut(&window)
-                {
-                    open.count_last_call(&edge, false);
-                }
             }
             let span = PairSpan {
                 entry,
@@ -321,7 +320,7 @@ impl Windows {
                     if self.last_calls.paired(edge.caller_key, window, id)
                         && let Some(open) = self.open.get_mut(&window)
                     {
-                        open.count_last_call(&id, true);
+                        open.count_last_call(&id);
                     }
                 }
                 None => self.counts.series_overflow += 1,

@@ -7,9 +7,11 @@
 //! parent span of CLIENT spans, this store follows the child that started
 //! last (ties to the later end, then the later arrival), whichever batch each
 //! arrives in (an SDK's simple span processor exports every span alone).
-//! Once that child has paired into an edge, the call counts toward that
-//! edge's `last_calls` ([`super::tables::LAST_CALLS`]) in the edge's window;
-//! a later sibling arriving before that window closes takes the count back.
+//! The call counts toward its edge's `last_calls` ([`super::tables::LAST_CALLS`])
+//! in the edge's window once it has paired and its parent span has arrived
+//! (every call of a request ends before the request does; counting earlier
+//! would name the first call of a request held up on a slow one as its last).
+//! A request whose parent arrives after that window closed counts nothing.
 //! Detection follows each callee's share of its caller's last calls.
 //!
 //! Memory: at most `capacity` parents, each about 72 bytes with its child's
@@ -73,15 +75,7 @@ impl LastCalls {
 
     /// A CLIENT span `child` of `parent` (span keys) ran from `start_ns` to
     /// `end_ns`; offered before the pairing store sees it, so its edge finds it.
-    /// When it takes the place of a sibling already counted, returns where
-    /// that one was counted (to take back).
-    pub(super) fn call(
-        &mut self,
-        parent: u64,
-        child: u64,
-        start_ns: u64,
-        end_ns: u64,
-    ) -> Option<Counted> {
+    pub(super) fn call(&mut self, parent: u64, child: u64, start_ns: u64, end_ns: u64) {
         let fresh = Latest {
             start_ns,
             end_ns,
@@ -89,25 +83,23 @@ impl LastCalls {
             counted: None,
         };
         let full = self.parents.len() >= self.capacity;
-        let replaced = match self.parents.get_mut(&parent) {
+        match self.parents.get_mut(&parent) {
             Some(latest) => {
                 if (start_ns, end_ns) < (latest.start_ns, latest.end_ns) {
-                    return None;
+                    return;
                 }
                 self.waiting.remove(&latest.child);
-                std::mem::replace(latest, fresh).counted
+                *latest = fresh;
             }
             None if full => {
                 self.overflow += 1;
-                return None;
+                return;
             }
             None => {
                 self.parents.insert(parent, fresh);
-                None
             }
-        };
+        }
         self.waiting.insert(child, (parent, end_ns));
-        replaced
     }
 
     /// Span `span` of `trace` arrived: if it is a followed parent, its calls all
@@ -115,21 +107,26 @@ impl LastCalls {
     /// counted, one still unpaired counts when it pairs. Exporters send a
     /// span after its children (they end first), so a parent is followed
     /// only for the moments between its children and itself.
-    pub(super) fn span_arrived(&mut self, trace: u128, span: u64) {
+    /// Returns where its last call, already paired, counts now.
+    pub(super) fn span_arrived(&mut self, trace: u128, span: u64) -> Option<Counted> {
         if self.parents.is_empty() {
-            return;
+            return None;
         }
-        if let Some(latest) = self.parents.remove(&span_key(trace, span))
-            && latest.counted.is_none()
+        let latest = self.parents.remove(&span_key(trace, span))?;
+        if latest.counted.is_none()
             && let Some(waiting) = self.waiting.get_mut(&latest.child)
         {
             waiting.0 = FINAL;
         }
+        latest.counted
     }
 
     /// The call of span `caller_key` was counted on edge `edge` of window
-    /// `window_ms`: whether it is its parent's latest call, to count as the
-    /// last call there.
+    /// `window_ms`: whether it is its parent's last call, to count as such
+    /// there now (its parent arrived). A parent's latest call whose parent has
+    /// not arrived yet waits for it: a later sibling may still come (a request
+    /// held up on a slow call), and counting early would name its first call
+    /// as its last.
     pub(super) fn paired(&mut self, caller_key: u64, window_ms: i64, edge: EdgeId) -> bool {
         if self.waiting.is_empty() {
             return false;
@@ -140,13 +137,10 @@ impl LastCalls {
         if parent == FINAL {
             return true;
         }
-        match self.parents.get_mut(&parent) {
-            Some(latest) => {
-                latest.counted = Some((window_ms, edge));
-                true
-            }
-            None => false,
+        if let Some(latest) = self.parents.get_mut(&parent) {
+            latest.counted = Some((window_ms, edge));
         }
+        false
     }
 
     /// Windows before `through_ms` close: the parents counted in them, and
@@ -174,61 +168,47 @@ mod tests {
     }
 
     #[test]
-    fn the_call_a_request_started_last_counts_whatever_the_arrival_order() {
+    fn the_call_a_request_started_last_counts_once_its_parent_arrived() {
         let mut last = LastCalls::new(100);
-        // Parent 1's calls arrive one per batch; the second to arrive started
-        // last: it takes back the first one's count.
-        assert_eq!(last.call(1, 11, 10 * MS, 20 * MS), None);
-        assert!(last.paired(11, 0, edge(2)));
-        assert_eq!(last.call(1, 13, 50 * MS, 60 * MS), Some((0, edge(2))));
-        // One that started earlier arrives late: not the last, not counted.
-        assert_eq!(last.call(1, 12, 30 * MS, 40 * MS), None);
+        let key = |span| span_key(7, span);
+        // Parent 1's calls arrive one per batch, a later-started one second
+        // (a request held up on a slow call); nothing counts before the
+        // parent arrives.
+        last.call(key(1), 11, 10 * MS, 20 * MS);
+        assert!(!last.paired(11, 0, edge(2)));
+        last.call(key(1), 13, 50 * MS, 60 * MS);
+        // One that started earlier arrives late: not the last.
+        last.call(key(1), 12, 30 * MS, 40 * MS);
         assert!(!last.paired(12, 0, edge(3)));
-        assert!(last.paired(13, 0, edge(4)));
+        assert!(!last.paired(13, 0, edge(4)));
         // An edge whose caller is no parent's latest child (a server span).
         assert!(!last.paired(99, 0, edge(5)));
-        last.close_through(1000);
+        assert_eq!(last.span_arrived(7, 1), Some((0, edge(4))));
         assert_eq!(last.len(), 0);
-    }
-
-    #[test]
-    fn a_count_is_final_once_its_window_closed_and_an_unpaired_call_is_forgotten() {
-        let mut last = LastCalls::new(100);
-        last.call(1, 11, 10 * MS, 20 * MS);
-        assert!(last.paired(11, 1000, edge(2)));
-        // Its child never pairs in time: forgotten once its window closed.
-        last.call(2, 21, 10 * MS, 20 * MS);
-        last.close_through(1000);
-        assert_eq!(last.len(), 1, "parent 1 is counted in a window still open");
-        last.close_through(2000);
-        assert_eq!(last.len(), 0);
-        // A late pairing of the forgotten child counts nothing; a late sibling
-        // of a closed count starts afresh (a request straddling the close).
-        assert!(!last.paired(21, 1000, edge(3)));
-        assert_eq!(last.call(1, 12, 30 * MS, 40 * MS), None);
-    }
-
-    #[test]
-    fn a_parent_that_arrived_fixes_its_last_call() {
-        let mut last = LastCalls::new(100);
-        // Counted before its parent arrives: the parent leaves the store.
-        let key = |span| span_key(7, span);
-        last.call(key(1), 11, 10 * MS, 20 * MS);
-        assert!(last.paired(11, 0, edge(2)));
-        last.span_arrived(7, 1);
-        assert_eq!(last.len(), 0);
-        // Its last call pairs after the parent arrived: still counted.
+        // Its last call pairs after the parent arrived: counted then.
         last.call(key(2), 21, 10 * MS, 20 * MS);
-        last.call(key(2), 22, 30 * MS, 40 * MS);
-        last.span_arrived(7, 2);
-        assert_eq!(last.len(), 0);
-        assert!(!last.paired(21, 0, edge(3)));
-        assert!(last.paired(22, 0, edge(4)));
-        // One that never pairs is forgotten when its window closes.
-        last.call(key(3), 31, 10 * MS, 20 * MS);
-        last.span_arrived(7, 3);
+        assert_eq!(last.span_arrived(7, 2), None);
+        assert!(last.paired(21, 0, edge(2)));
+    }
+
+    #[test]
+    fn a_request_whose_parent_missed_the_close_counts_nothing() {
+        let mut last = LastCalls::new(100);
+        let key = |span| span_key(7, span);
+        // Its first call paired in window 0, which closes before the parent.
+        last.call(key(1), 11, 10 * MS, 20 * MS);
+        last.paired(11, 0, edge(2));
+        // Another parent's call never pairs: forgotten at the close too.
+        last.call(key(2), 21, 10 * MS, 20 * MS);
         last.close_through(1000);
-        assert!(!last.paired(31, 0, edge(5)));
+        assert_eq!(last.len(), 0);
+        assert_eq!(last.span_arrived(7, 1), None);
+        assert!(!last.paired(21, 0, edge(3)));
+        // A parent counted in a window still open waits for it.
+        last.call(key(3), 31, 1100 * MS, 1200 * MS);
+        last.paired(31, 1000, edge(2));
+        last.close_through(2000 - 1000);
+        assert_eq!(last.span_arrived(7, 3), Some((1000, edge(2))));
     }
 
     #[test]

@@ -220,15 +220,10 @@ impl OpenWindow {
         Some(key)
     }
 
-    /// Counts a call on `edge` as the last of its request (`up`), or takes
-    /// that back (a later sibling arrived).
-    pub(super) fn count_last_call(&mut self, edge: &EdgeId, up: bool) {
+    /// Counts a call on `edge` as the last of its request.
+    pub(super) fn count_last_call(&mut self, edge: &EdgeId) {
         if let Some((_, _, last_calls)) = self.edges.get_mut(edge) {
-            *last_calls = if up {
-                *last_calls + 1
-            } else {
-                last_calls.saturating_sub(1)
-            };
+            *last_calls += 1;
         }
     }
 
