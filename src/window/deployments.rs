@@ -38,6 +38,22 @@ pub struct VersionChange {
 /// ([`ServiceRef`]): a sighting of a known service allocates nothing.
 pub(super) type ServiceMap<V> = hashbrown::HashMap<[String; 3], V, foldhash::fast::RandomState>;
 
+/// The value of service `key` in `map`, made empty if the map holds fewer than
+/// `max` services; `None` when it is new and there is no room.
+pub(super) fn service_entry<'m, V: Default>(
+    map: &'m mut ServiceMap<V>,
+    key: [&str; 3],
+    max: usize,
+) -> Option<&'m mut V> {
+    if !map.contains_key(&ServiceRef(key)) {
+        if map.len() >= max {
+            return None;
+        }
+        map.insert(key.map(str::to_string), V::default());
+    }
+    map.get_mut(&ServiceRef(key))
+}
+
 /// A borrowed service key for [`ServiceMap`] lookups. It hashes as the owned key
 /// does: both hash as a slice of three strings.
 pub(super) struct ServiceRef<'a>(pub(super) [&'a str; 3]);
@@ -201,13 +217,7 @@ impl Deployments {
 
     fn sighting(&mut self, key: [&str; 3], version: &str, at_ms: i64) -> Option<VersionChange> {
         let gap = self.gap_ms;
-        if !self.services.contains_key(&ServiceRef(key)) {
-            if self.services.len() >= self.max_services {
-                return None;
-            }
-            self.services.insert(key.map(str::to_string), Vec::new());
-        }
-        let versions = self.services.get_mut(&ServiceRef(key))?;
+        let versions = service_entry(&mut self.services, key, self.max_services)?;
         if let Some(seen) = versions.iter_mut().find(|(v, _)| v == version) {
             let fresh = at_ms - seen.1 > gap;
             seen.1 = seen.1.max(at_ms);
@@ -394,25 +404,17 @@ mod tests {
     fn a_resource_run_shows_its_earliest_record_whatever_the_row_order() {
         let decoded = request(&[("1", &[5, 1, 3]), ("2", &[9, 7, 8])]);
         assert_eq!(decoded.resource_runs, [3, 3]);
-        let mut d = Deployments::new(3_600_000, 100);
-        let changes = d.observe(
-            &decoded.batch,
-            "end_time_unix_nano",
-            Some(&decoded.resource_runs),
-        );
-        let found: Vec<_> = changes
-            .iter()
-            .map(|c| (c.from.as_str(), c.to.as_str(), c.at_ms))
-            .collect();
-        assert_eq!(found, [("1", "2", 7_000)]);
+        let found = |runs: Option<&[usize]>| -> Vec<(String, String, i64)> {
+            let mut d = Deployments::new(3_600_000, 100);
+            d.observe(&decoded.batch, "end_time_unix_nano", runs)
+                .into_iter()
+                .map(|c| (c.from, c.to, c.at_ms))
+                .collect()
+        };
+        let change = |at_ms| vec![("1".to_string(), "2".to_string(), at_ms)];
+        assert_eq!(found(Some(&decoded.resource_runs)), change(7_000));
         // Row by row (runs unknown) the change is at the new version's first row.
-        let mut d = Deployments::new(3_600_000, 100);
-        let changes = d.observe(&decoded.batch, "end_time_unix_nano", None);
-        let found: Vec<_> = changes
-            .iter()
-            .map(|c| (c.from.as_str(), c.to.as_str(), c.at_ms))
-            .collect();
-        assert_eq!(found, [("1", "2", 9_000)]);
+        assert_eq!(found(None), change(9_000));
         // Runs that do not cover the batch are not trusted.
         let mut d = Deployments::new(3_600_000, 100);
         let changes = d.observe(&decoded.batch, "end_time_unix_nano", Some(&[3, 4]));

@@ -12,7 +12,7 @@ use arrow::record_batch::RecordBatch;
 
 use hashbrown::Equivalent;
 
-use super::deployments::{ResourceRows, ServiceMap, ServiceRef};
+use super::deployments::{ResourceRows, ServiceMap, ServiceRef, service_entry};
 
 /// An instance's name from its resource: `k8s.pod.name` where Kubernetes runs
 /// it (the name its API acts on: a canary restart deletes that pod), else
@@ -145,14 +145,7 @@ impl Inventory {
     /// Records one sighting; true when the service's live set (or where
     /// Kubernetes runs it) changed.
     fn sighting(&mut self, key: [&str; 3], name: &str, k8s: [&str; 2], at_ms: i64) -> bool {
-        if !self.services.contains_key(&ServiceRef(key)) {
-            if self.services.len() >= self.max_services {
-                return false;
-            }
-            self.services
-                .insert(key.map(str::to_string), Entry::default());
-        }
-        let Some(entry) = self.services.get_mut(&ServiceRef(key)) else {
+        let Some(entry) = service_entry(&mut self.services, key, self.max_services) else {
             return false;
         };
         let mut changed = false;
