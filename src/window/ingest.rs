@@ -243,11 +243,6 @@ impl Windows {
                 continue;
             }
             release = release.max(Some(window + self.size_ms + ttl_ms));
-            if let Some((window, edge)) = self.last_calls.span_arrived(trace, span)
-                && let Some(open) = self.open.get_mut(&window)
-            {
-                open.count_last_call(&edge);
-            }
             if kind == kind::INTERNAL {
                 continue;
             }
@@ -303,6 +298,16 @@ impl Windows {
             self.pairing.offer(span, &mut edges);
             self.route_edges(&mut edges);
             self.edges = edges;
+        }
+        // A batch need not list a parent after its children: its spans count
+        // as arrived once the whole batch has been offered.
+        for i in 0..batch.num_rows() {
+            let (trace, span) = (id_u128(trace_id.value(i)), id_u64(span_id.value(i)));
+            if let Some((window, edge)) = self.last_calls.span_arrived(trace, span)
+                && let Some(open) = self.open.get_mut(&window)
+            {
+                open.count_last_call(&edge);
+            }
         }
         Ok(release)
     }

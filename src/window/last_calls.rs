@@ -106,7 +106,9 @@ impl LastCalls {
     /// ended before it, so its latest one is its last: a counted one stays
     /// counted, one still unpaired counts when it pairs. Exporters send a
     /// span after its children (they end first), so a parent is followed
-    /// only for the moments between its children and itself.
+    /// only for the moments between its children and itself; the window
+    /// stage offers a batch's spans here after the whole batch, in which a
+    /// parent may come first.
     /// Returns where its last call, already paired, counts now.
     pub(super) fn span_arrived(&mut self, trace: u128, span: u64) -> Option<Counted> {
         if self.parents.is_empty() {
