@@ -16,7 +16,7 @@
 //!
 //! Memory: at most `capacity` parents, each about 72 bytes with its child's
 //! index entry; a parent leaves when its own span arrives (exporters send it
-//! right after its children), else when the window its last call counted in
+//! right after its children), else when the window its last call paired in
 //! closes, or when its latest child's window closed before it paired.
 //! Parents beyond the capacity are counted (`overflow`), not followed.
 
@@ -24,8 +24,9 @@ use super::FastMap;
 use super::open_window::EdgeId;
 use super::pairing::span_key;
 
-/// Where a parent's latest child was counted: its window and its edge there.
-pub(super) type Counted = (i64, EdgeId);
+/// Where a parent's latest child paired: its window and its edge there, where
+/// it counts as the last call once the parent arrives.
+pub(super) type PairedOn = (i64, EdgeId);
 
 /// The latest child of one parent so far.
 #[derive(Debug)]
@@ -34,8 +35,8 @@ struct Latest {
     end_ns: u64,
     /// The child's span key ([`super::pairing::span_key`]).
     child: u64,
-    /// Where it was counted, once it paired.
-    counted: Option<Counted>,
+    /// Where it paired, once it did.
+    paired_on: Option<PairedOn>,
 }
 
 /// In `waiting`: the parent ended, so this child is its last call for good.
@@ -80,7 +81,7 @@ impl LastCalls {
             start_ns,
             end_ns,
             child,
-            counted: None,
+            paired_on: None,
         };
         let full = self.parents.len() >= self.capacity;
         match self.parents.get_mut(&parent) {
@@ -103,24 +104,24 @@ impl LastCalls {
     }
 
     /// Span `span` of `trace` arrived: if it is a followed parent, its calls all
-    /// ended before it, so its latest one is its last: a counted one stays
-    /// counted, one still unpaired counts when it pairs. Exporters send a
+    /// ended before it, so its latest one is its last: one already paired
+    /// counts now, one still unpaired counts when it pairs. Exporters send a
     /// span after its children (they end first), so a parent is followed
     /// only for the moments between its children and itself; the window
     /// stage offers a batch's spans here after the whole batch, in which a
     /// parent may come first.
     /// Returns where its last call, already paired, counts now.
-    pub(super) fn span_arrived(&mut self, trace: u128, span: u64) -> Option<Counted> {
+    pub(super) fn span_arrived(&mut self, trace: u128, span: u64) -> Option<PairedOn> {
         if self.parents.is_empty() {
             return None;
         }
         let latest = self.parents.remove(&span_key(trace, span))?;
-        if latest.counted.is_none()
+        if latest.paired_on.is_none()
             && let Some(waiting) = self.waiting.get_mut(&latest.child)
         {
             waiting.0 = FINAL;
         }
-        latest.counted
+        latest.paired_on
     }
 
     /// The call of span `caller_key` was counted on edge `edge` of window
@@ -140,17 +141,17 @@ impl LastCalls {
             return true;
         }
         if let Some(latest) = self.parents.get_mut(&parent) {
-            latest.counted = Some((window_ms, edge));
+            latest.paired_on = Some((window_ms, edge));
         }
         false
     }
 
-    /// Windows before `through_ms` close: the parents counted in them, and
-    /// those whose latest child ended before it and never paired, are
-    /// forgotten (a later sibling can no longer move the count).
+    /// Windows before `through_ms` close: the parents whose latest call paired
+    /// in them, and those whose latest child ended before it and never
+    /// paired, are forgotten (a later sibling can no longer move the count).
     pub(super) fn close_through(&mut self, through_ms: i64) {
         let through_ns = through_ms.max(0).saturating_mul(1_000_000) as u64;
-        self.parents.retain(|_, latest| match latest.counted {
+        self.parents.retain(|_, latest| match latest.paired_on {
             Some((window_ms, _)) => window_ms >= through_ms,
             None => latest.end_ns >= through_ns,
         });
