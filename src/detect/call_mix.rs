@@ -23,6 +23,15 @@
 //! way: the edge's last calls ([`POOLED_LAST_CALLS`]) over the caller's last
 //! calls to any callee ([`POOLED_CALLER_LAST_CALLS`]) in those windows.
 //!
+//! A step in a thin caller's mix shows diluted in a pool of [`POOL_WINDOWS`]
+//! windows until the pool has turned over (a share from 0.02 to 0.8 reads
+//! 0.15 two windows after it). So each row also carries a recent pool: the
+//! fewest newest windows holding [`RECENT_VOLUME`] of the caller's requests
+//! (of its last calls, for the share), when fewer than the whole pool
+//! ([`RECENT_CALLS`], [`RECENT_REQUESTS`], [`RECENT_LAST_CALLS`],
+//! [`RECENT_CALLER_LAST_CALLS`]). The detector judges by whichever of the two
+//! is the less likely under the baseline and counts both tests.
+//!
 //! Memory: at most `max_edges` edges, each its key strings and at most
 //! `POOL_WINDOWS` entries of 40 bytes.
 
@@ -45,6 +54,17 @@ pub const POOLED_REQUESTS: &str = "pooled_requests";
 pub const POOLED_LAST_CALLS: &str = "pooled_last_calls";
 /// The caller's last calls, to any callee, over the edge's pool.
 pub const POOLED_CALLER_LAST_CALLS: &str = "pooled_caller_last_calls";
+/// What a recent pool holds at least: the `min_volume` of the catalogue's
+/// pooled patterns (a detector with a higher one does not judge by it).
+pub const RECENT_VOLUME: f64 = 20.0;
+/// Calls to the callee over the recent pool of requests.
+pub const RECENT_CALLS: &str = "recent_calls";
+/// The caller's requests over that recent pool.
+pub const RECENT_REQUESTS: &str = "recent_requests";
+/// The edge's last calls over the recent pool of the caller's last calls.
+pub const RECENT_LAST_CALLS: &str = "recent_last_calls";
+/// The caller's last calls over that recent pool.
+pub const RECENT_CALLER_LAST_CALLS: &str = "recent_caller_last_calls";
 
 /// (caller service, caller identity attributes).
 type Caller = (String, String);
@@ -99,6 +119,19 @@ impl Memo {
         self.pool
             .iter()
             .fold(Counts::default(), |sum, (_, counts)| sum + *counts)
+    }
+
+    /// The sums of the fewest newest windows whose `base` reaches
+    /// [`RECENT_VOLUME`], when they are fewer than the pool's.
+    fn recent(&self, base: fn(&Counts) -> f64) -> Option<Counts> {
+        let mut sum = Counts::default();
+        for (taken, (_, counts)) in self.pool.iter().rev().enumerate() {
+            sum = sum + *counts;
+            if base(&sum) >= RECENT_VOLUME {
+                return (taken + 1 < self.pool.len()).then_some(sum);
+            }
+        }
+        None
     }
 }
 
@@ -155,6 +188,7 @@ impl CallMix {
             memo.last_row = t;
             let pooled = memo.add(t, counts, window_ms);
             set_pooled(row, pooled);
+            set_recent(row, memo);
         }
         let forget_before = t - FORGET_WINDOWS * window_ms;
         for (caller, edges) in &mut self.callers {
@@ -207,6 +241,18 @@ fn set_pooled(row: &mut Row, pooled: Counts) {
         row.values.insert(POOLED_LAST_CALLS, pooled.last);
         row.values
             .insert(POOLED_CALLER_LAST_CALLS, pooled.caller_last);
+    }
+}
+
+fn set_recent(row: &mut Row, memo: &Memo) {
+    if let Some(recent) = memo.recent(|c| c.requests) {
+        row.values.insert(RECENT_CALLS, recent.calls);
+        row.values.insert(RECENT_REQUESTS, recent.requests);
+    }
+    if let Some(recent) = memo.recent(|c| c.caller_last) {
+        row.values.insert(RECENT_LAST_CALLS, recent.last);
+        row.values
+            .insert(RECENT_CALLER_LAST_CALLS, recent.caller_last);
     }
 }
 
@@ -276,6 +322,33 @@ mod tests {
         mix.complete(&mut rows, 3 * W, W);
         assert_eq!(value(&rows, "email", POOLED_CALLS), Some(4.0));
         assert_eq!(value(&rows, "email", POOLED_REQUESTS), Some(8.0));
+    }
+
+    #[test]
+    fn a_recent_pool_holds_the_fewest_newest_windows_with_enough_requests() {
+        let mut mix = CallMix::new(100);
+        let mut window = |t: i64, calls: f64| {
+            let mut rows = vec![
+                service("checkout", 10.0),
+                edge("checkout", "email", calls, 10.0),
+            ];
+            mix.complete(&mut rows, t * W, W);
+            rows
+        };
+        // Windows 0 and 1: 20 requests, but no fewer windows than the pool's.
+        let rows = window(0, 10.0);
+        assert_eq!(value(&rows, "email", RECENT_REQUESTS), None);
+        let rows = window(1, 10.0);
+        assert_eq!(value(&rows, "email", RECENT_REQUESTS), None);
+        // A step at window 3: the recent pool (windows 3 and 4) shows it
+        // whole, the pool of five windows diluted.
+        window(2, 10.0);
+        window(3, 1.0);
+        let rows = window(4, 1.0);
+        assert_eq!(value(&rows, "email", RECENT_CALLS), Some(2.0));
+        assert_eq!(value(&rows, "email", RECENT_REQUESTS), Some(20.0));
+        assert_eq!(value(&rows, "email", POOLED_CALLS), Some(32.0));
+        assert_eq!(value(&rows, "email", POOLED_REQUESTS), Some(50.0));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use statrs::function::factorial::binomial;
 use super::{Candidate, Detect, Eval, Scope, resolution, short};
 use crate::detect::call_mix::{
     POOLED_CALLER_LAST_CALLS, POOLED_CALLS, POOLED_LAST_CALLS, POOLED_REQUESTS,
+    RECENT_CALLER_LAST_CALLS, RECENT_CALLS, RECENT_LAST_CALLS, RECENT_REQUESTS,
 };
 use crate::detect::catalogue::{Direction, SeriesKind};
 use crate::detect::rows::{CALLS_PER_REQUEST, LAST_CALL_SHARE, Row};
@@ -61,8 +62,17 @@ impl Deviation {
         if let Some(median) = self.median_of_few(row, measure, row.volume_for(measure)) {
             return Some((median, Basis::MedianOfFew));
         }
-        self.pooled(row, measure)
-            .map(|(calls, requests)| (calls / requests, Basis::Pooled { calls, requests }))
+        self.pooled(row, measure).map(|(calls, requests)| {
+            let tests = 1.0;
+            (
+                calls / requests,
+                Basis::Pooled {
+                    calls,
+                    requests,
+                    tests,
+                },
+            )
+        })
     }
 
     /// A call mix too thin to judge in its window, pooled over the edge's last
@@ -72,14 +82,63 @@ impl Deviation {
     /// Where requests end ([`LAST_CALL_SHARE`]) is pooled the same way: the
     /// edge's last calls over the caller's last calls.
     fn pooled(&self, row: &Row, measure: &str) -> Option<(f64, f64)> {
-        let (count, base) = match measure {
-            CALLS_PER_REQUEST => (POOLED_CALLS, POOLED_REQUESTS),
-            LAST_CALL_SHARE => (POOLED_LAST_CALLS, POOLED_CALLER_LAST_CALLS),
-            _ => return None,
-        };
+        match measure {
+            CALLS_PER_REQUEST => self.pool(row, POOLED_CALLS, POOLED_REQUESTS),
+            LAST_CALL_SHARE => self.pool(row, POOLED_LAST_CALLS, POOLED_CALLER_LAST_CALLS),
+            _ => None,
+        }
+    }
+
+    /// The recent pool of `row` (the fewest newest windows holding enough,
+    /// see [`crate::detect::call_mix`]), when it holds `min_volume`.
+    fn recent(&self, row: &Row, measure: &str) -> Option<(f64, f64)> {
+        match measure {
+            CALLS_PER_REQUEST => self.pool(row, RECENT_CALLS, RECENT_REQUESTS),
+            LAST_CALL_SHARE => self.pool(row, RECENT_LAST_CALLS, RECENT_CALLER_LAST_CALLS),
+            _ => None,
+        }
+    }
+
+    fn pool(&self, row: &Row, count: &str, base: &str) -> Option<(f64, f64)> {
         let calls = row.values.get(count).copied()?;
         let requests = row.values.get(base).copied()?;
         (requests > 0.0 && requests >= self.min_volume).then_some((calls, requests))
+    }
+
+    /// Judges a pooled window by its whole pool or its recent one, whichever
+    /// deviates in this detector's direction the less likely under
+    /// `expected`: a step shows undiluted in the recent pool. Two pools are
+    /// two tests: the chosen one's tail is doubled (`tests`).
+    fn sharper_pool(
+        &self,
+        row: &Row,
+        measure: &str,
+        expected: f64,
+        whole: (f64, f64),
+    ) -> (f64, Basis) {
+        let rate = pooled_rate(measure, expected);
+        let fits = |(calls, requests): (f64, f64)| match self.direction {
+            Direction::Up => calls > rate * requests,
+            Direction::Down => calls < rate * requests,
+            Direction::Both => true,
+        };
+        let tail = |(calls, requests): (f64, f64)| 1.0 - pooled_score(calls, rate * requests);
+        let (chosen, tests) = match self.recent(row, measure) {
+            Some(recent) if fits(recent) && (!fits(whole) || tail(recent) < tail(whole)) => {
+                (recent, 2.0)
+            }
+            Some(_) => (whole, 2.0),
+            None => (whole, 1.0),
+        };
+        let (calls, requests) = chosen;
+        (
+            calls / requests,
+            Basis::Pooled {
+                calls,
+                requests,
+                tests,
+            },
+        )
     }
 
     /// A latency rise on a series below `min_volume`: its quantiles are those of a
@@ -104,8 +163,13 @@ enum Basis {
     /// The median of its few calls ([`Deviation::median_of_few`]).
     MedianOfFew,
     /// The calls per request of the edge's last windows, pooled
-    /// ([`Deviation::pooled`]).
-    Pooled { calls: f64, requests: f64 },
+    /// ([`Deviation::pooled`], [`Deviation::sharper_pool`]), and how many
+    /// pools were tested.
+    Pooled {
+        calls: f64,
+        requests: f64,
+        tests: f64,
+    },
 }
 
 /// The two-sided score of `calls` counted where `expected` were: calls of
@@ -178,11 +242,17 @@ impl Detect for Deviation {
         let (row, t, value, measure) = (eval.row, eval.t, eval.value, eval.measure);
         let state = series.ready(eval.key, measure)?;
         let (value, basis) = self.judged_value(row, measure, value)?;
+        let expected = state.baseline.expected(t);
+        let (value, basis) = match basis {
+            Basis::Pooled {
+                calls, requests, ..
+            } => self.sharper_pool(row, measure, expected, (calls, requests)),
+            other => (value, other),
+        };
         let volume = match basis {
             Basis::Pooled { requests, .. } => requests,
             _ => row.volume_for(measure),
         };
-        let expected = state.baseline.expected(t);
         let floor = resolution(measure, expected, volume);
         let d = state.baseline.deviation(t, value, floor);
         let up = value > d.expected;
@@ -203,8 +273,13 @@ impl Detect for Deviation {
         let score = match basis {
             Basis::Window => d.score(),
             Basis::MedianOfFew => few_calls_score(d.score(), volume),
-            Basis::Pooled { calls, requests } => {
-                pooled_score(calls, pooled_rate(measure, d.expected) * requests)
+            Basis::Pooled {
+                calls,
+                requests,
+                tests,
+            } => {
+                let tail = 1.0 - pooled_score(calls, pooled_rate(measure, d.expected) * requests);
+                1.0 - (tests * tail).min(1.0)
             }
         };
         let run = i32::try_from(eval.pattern.consecutive.max(1)).unwrap_or(i32::MAX);
@@ -231,7 +306,7 @@ impl Detect for Deviation {
                         short(d.expected),
                         d.z
                     ),
-                    Basis::Pooled { calls, requests } => format!(
+                    Basis::Pooled { calls, requests, .. } => format!(
                         "{measure} {} to {} over the last {requests:.0} requests, too few for one window ({calls:.0} calls where {:.1} were expected, P {:.0e})",
                         if up { "up" } else { "down" },
                         short(value),
@@ -255,7 +330,71 @@ impl Detect for Deviation {
 
 #[cfg(test)]
 mod tests {
-    use super::{few_calls_score, pooled_score};
+    use super::*;
+    use crate::detect::catalogue::SeriesKind;
+    use std::collections::HashMap;
+
+    fn up_by_share() -> Deviation {
+        Deviation {
+            direction: Direction::Up,
+            min_score: 0.9999,
+            min_delta: 0.1,
+            min_ratio: 2.0,
+            min_volume: 20.0,
+            min_expected: 0.0,
+        }
+    }
+
+    fn edge(values: &[(&'static str, f64)]) -> Row {
+        Row {
+            kind: SeriesKind::Edge,
+            service: "web".into(),
+            metric: String::new(),
+            metric_type: String::new(),
+            unit: String::new(),
+            attributes: "callee=catalog".into(),
+            tag: "service".into(),
+            values: HashMap::from_iter(values.iter().copied()),
+        }
+    }
+
+    fn pool_of(basis: Basis) -> (f64, f64, f64) {
+        match basis {
+            Basis::Pooled {
+                calls,
+                requests,
+                tests,
+            } => (calls, requests, tests),
+            other => panic!("not pooled: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_step_is_judged_by_the_recent_pool_once_it_is_the_less_likely() {
+        // The whole pool: 18 of 96 last calls ended at the callee.
+        let row = |recent_last, recent_caller_last| {
+            edge(&[
+                (POOLED_LAST_CALLS, 18.0),
+                (POOLED_CALLER_LAST_CALLS, 96.0),
+                (RECENT_LAST_CALLS, recent_last),
+                (RECENT_CALLER_LAST_CALLS, recent_caller_last),
+            ])
+        };
+        let d = up_by_share();
+        let judge = |row: &Row| {
+            let whole = d.pooled(row, LAST_CALL_SHARE).expect("pooled");
+            d.sharper_pool(row, LAST_CALL_SHARE, 0.02, whole)
+        };
+        // The share was 0.02; the last 20 last calls (3 windows) ended there
+        // 16 times: the recent pool is the sharper evidence, tested twice.
+        let (value, basis) = judge(&row(16.0, 20.0));
+        assert_eq!(value, 0.8);
+        assert_eq!(pool_of(basis), (16.0, 20.0, 2.0));
+        // A recent pool going the other way is not chosen, though still a test.
+        assert_eq!(pool_of(judge(&row(0.0, 20.0)).1), (18.0, 96.0, 2.0));
+        // Below `min_volume`, only the whole pool: one test.
+        assert_eq!(pool_of(judge(&row(10.0, 12.0)).1), (18.0, 96.0, 1.0));
+    }
 
     #[test]
     fn a_pooled_call_mix_is_scored_by_its_exact_poisson_tail() {
