@@ -10,7 +10,7 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
 use super::*;
-use crate::window::open_window::ServiceKey;
+use crate::window::open_window::{EdgeId, ServiceKey};
 use crate::window::pairing::span_key;
 
 fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T, ArrowError> {
@@ -303,13 +303,19 @@ impl Windows {
         // as arrived once the whole batch has been offered.
         for i in 0..batch.num_rows() {
             let (trace, span) = (id_u128(trace_id.value(i)), id_u64(span_id.value(i)));
-            if let Some((window, edge)) = self.last_calls.span_arrived(trace, span)
-                && let Some(open) = self.open.get_mut(&window)
-            {
-                open.count_last_call(&edge);
+            if let Some((window, edge)) = self.last_calls.span_arrived(trace, span) {
+                self.count_last_call(window, &edge);
             }
         }
         Ok(release)
+    }
+
+    /// Counts a call on `edge` of window `window` as the last of its request,
+    /// if that window is still open.
+    fn count_last_call(&mut self, window: i64, edge: &EdgeId) {
+        if let Some(open) = self.open.get_mut(&window) {
+            open.count_last_call(edge);
+        }
     }
 
     pub(super) fn route_edges(&mut self, edges: &mut Vec<EdgeObservation>) {
@@ -322,10 +328,8 @@ impl Windows {
             let max_series = self.max_series;
             match self.open_window(window).add_edge(&edge, max_series) {
                 Some(id) => {
-                    if self.last_calls.paired(edge.caller_key, window, id)
-                        && let Some(open) = self.open.get_mut(&window)
-                    {
-                        open.count_last_call(&id);
+                    if self.last_calls.paired(edge.caller_key, window, id) {
+                        self.count_last_call(window, &id);
                     }
                 }
                 None => self.counts.series_overflow += 1,
