@@ -4,6 +4,7 @@
 //! finish), the window stage drains its queue and persists what closed, then the
 //! last durable Kafka offsets are committed, and the API stops last.
 
+mod http_server;
 mod remediation;
 
 use std::net::SocketAddr;
@@ -14,7 +15,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
+
+use http_server::serve;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
@@ -106,22 +109,6 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Engin
 
 fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
     listener.local_addr().unwrap_or(fallback)
-}
-
-fn serve(
-    listener: TcpListener,
-    router: axum::Router,
-    stop: CancellationToken,
-    what: &'static str,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(error) = result {
-            warn!(%error, what, "server stopped with an error");
-        }
-    })
 }
 
 /// The incident stage's parameters from the configuration.

@@ -21,7 +21,7 @@ use crate::detect::rows::{CALLS_PER_REQUEST, LAST_CALL_SHARE, Row};
 /// `min_volume`, a latency rise over two calls or more is judged by the
 /// window's median call (`Deviation::median_of_few`), and a call mix by the
 /// edge's last windows pooled, once they hold `min_volume` requests, and only
-/// when decisive (`Deviation::pooled`); any other window below it is not
+/// when decisive (`Deviation::pool`); any other window below it is not
 /// judged (`Detect::judges`).
 ///
 /// It is decisive when its two-sided tail, `1 - score`, is at most
@@ -62,44 +62,29 @@ impl Deviation {
         if let Some(median) = self.median_of_few(row, measure, row.volume_for(measure)) {
             return Some((median, Basis::MedianOfFew));
         }
-        self.pooled(row, measure).map(|(calls, requests)| {
-            let tests = 1.0;
-            (
-                calls / requests,
-                Basis::Pooled {
-                    calls,
-                    requests,
-                    tests,
-                },
-            )
-        })
+        self.pool(row, measure, Pool::Whole)
+            .map(|(calls, requests)| {
+                let tests = 1.0;
+                (
+                    calls / requests,
+                    Basis::Pooled {
+                        calls,
+                        requests,
+                        tests,
+                    },
+                )
+            })
     }
 
     /// A call mix too thin to judge in its window, pooled over the edge's last
     /// windows ([`crate::detect::call_mix`]) once they hold `min_volume` of
-    /// the caller's requests: (calls, requests).
+    /// the caller's requests: (calls, requests). [`Pool::Recent`] is the
+    /// fewest newest of those windows holding enough.
     ///
     /// Where requests end ([`LAST_CALL_SHARE`]) is pooled the same way: the
     /// edge's last calls over the caller's last calls.
-    fn pooled(&self, row: &Row, measure: &str) -> Option<(f64, f64)> {
-        match measure {
-            CALLS_PER_REQUEST => self.pool(row, POOLED_CALLS, POOLED_REQUESTS),
-            LAST_CALL_SHARE => self.pool(row, POOLED_LAST_CALLS, POOLED_CALLER_LAST_CALLS),
-            _ => None,
-        }
-    }
-
-    /// The recent pool of `row` (the fewest newest windows holding enough,
-    /// see [`crate::detect::call_mix`]), when it holds `min_volume`.
-    fn recent(&self, row: &Row, measure: &str) -> Option<(f64, f64)> {
-        match measure {
-            CALLS_PER_REQUEST => self.pool(row, RECENT_CALLS, RECENT_REQUESTS),
-            LAST_CALL_SHARE => self.pool(row, RECENT_LAST_CALLS, RECENT_CALLER_LAST_CALLS),
-            _ => None,
-        }
-    }
-
-    fn pool(&self, row: &Row, count: &str, base: &str) -> Option<(f64, f64)> {
+    fn pool(&self, row: &Row, measure: &str, pool: Pool) -> Option<(f64, f64)> {
+        let (count, base) = pool_columns(measure, pool)?;
         let calls = row.values.get(count).copied()?;
         let requests = row.values.get(base).copied()?;
         (requests > 0.0 && requests >= self.min_volume).then_some((calls, requests))
@@ -123,7 +108,7 @@ impl Deviation {
             Direction::Both => true,
         };
         let tail = |(calls, requests): (f64, f64)| 1.0 - pooled_score(calls, rate * requests);
-        let (chosen, tests) = match self.recent(row, measure) {
+        let (chosen, tests) = match self.pool(row, measure, Pool::Recent) {
             Some(recent) if fits(recent) && (!fits(whole) || tail(recent) < tail(whole)) => {
                 (recent, 2.0)
             }
@@ -155,6 +140,27 @@ impl Deviation {
     }
 }
 
+/// Which of an edge row's pools ([`crate::detect::call_mix`]).
+#[derive(Debug, Clone, Copy)]
+enum Pool {
+    /// The edge's last windows.
+    Whole,
+    /// The fewest newest of them holding enough.
+    Recent,
+}
+
+/// The (count, base) columns of `measure`'s `pool`; `None` for a measure
+/// that is not pooled.
+fn pool_columns(measure: &str, pool: Pool) -> Option<(&'static str, &'static str)> {
+    Some(match (measure, pool) {
+        (CALLS_PER_REQUEST, Pool::Whole) => (POOLED_CALLS, POOLED_REQUESTS),
+        (CALLS_PER_REQUEST, Pool::Recent) => (RECENT_CALLS, RECENT_REQUESTS),
+        (LAST_CALL_SHARE, Pool::Whole) => (POOLED_LAST_CALLS, POOLED_CALLER_LAST_CALLS),
+        (LAST_CALL_SHARE, Pool::Recent) => (RECENT_LAST_CALLS, RECENT_CALLER_LAST_CALLS),
+        _ => return None,
+    })
+}
+
 /// What a window is judged by.
 #[derive(Debug, Clone, Copy)]
 enum Basis {
@@ -163,7 +169,7 @@ enum Basis {
     /// The median of its few calls ([`Deviation::median_of_few`]).
     MedianOfFew,
     /// The calls per request of the edge's last windows, pooled
-    /// ([`Deviation::pooled`], [`Deviation::sharper_pool`]), and how many
+    /// ([`Deviation::pool`], [`Deviation::sharper_pool`]), and how many
     /// pools were tested.
     Pooled {
         calls: f64,
@@ -382,7 +388,7 @@ mod tests {
         };
         let d = up_by_share();
         let judge = |row: &Row| {
-            let whole = d.pooled(row, LAST_CALL_SHARE).expect("pooled");
+            let whole = d.pool(row, LAST_CALL_SHARE, Pool::Whole).expect("pooled");
             d.sharper_pool(row, LAST_CALL_SHARE, 0.02, whole)
         };
         // The share was 0.02; the last 20 last calls (3 windows) ended there
