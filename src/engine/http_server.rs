@@ -9,11 +9,14 @@
 //!   in fewer, larger reads;
 //! - flow-control windows of [`STREAM_WINDOW_BYTES`] per request and
 //!   [`CONNECTION_WINDOW_BYTES`] per connection (hyper's defaults: 1 MiB
-//!   each), so a client with several exports in flight on one connection is not
-//!   held up waiting for window updates; `otlp.max_request_bytes` still bounds
-//!   what one request may hold, checked as the body is read;
+//!   each), so window updates, each a write of its own, go out less often;
+//!   `otlp.max_request_bytes` (64 MiB by default) still bounds what one request
+//!   may hold, checked as the body is read;
 //! - `TCP_NODELAY` on every accepted connection: an answer goes out at once
 //!   instead of waiting for the acknowledgement of the previous segment.
+//!
+//! Measured together (+9% spans per CPU-second); each alone was within the
+//! noise of the rounds it was measured in.
 
 use std::pin::pin;
 
@@ -27,11 +30,11 @@ use tracing::{debug, warn};
 
 /// The largest HTTP/2 frame the server accepts (the protocol allows up to
 /// 16 MiB - 1).
-pub(crate) const MAX_FRAME_BYTES: u32 = 1 << 20;
+const MAX_FRAME_BYTES: u32 = 1 << 20;
 /// The HTTP/2 flow-control window of one request.
-pub(crate) const STREAM_WINDOW_BYTES: u32 = 4 << 20;
+const STREAM_WINDOW_BYTES: u32 = 4 << 20;
 /// The HTTP/2 flow-control window of one connection.
-pub(crate) const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
 
 /// How long open connections get to finish after a stop before they are closed.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -49,6 +52,12 @@ pub(super) fn serve(
         // Each connection's task holds a receiver; the sender learns when the
         // last one is gone.
         let (all_closed, open) = tokio::sync::watch::channel(());
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder
+            .http2()
+            .max_frame_size(MAX_FRAME_BYTES)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -67,14 +76,8 @@ pub(super) fn serve(
                 debug!(%error, ?peer, what, "cannot set TCP_NODELAY");
             }
             let service = TowerToHyperService::new(router.clone());
-            let (stop, open) = (stop.clone(), open.clone());
+            let (stop, open, builder) = (stop.clone(), open.clone(), builder.clone());
             tokio::spawn(async move {
-                let mut builder = Builder::new(TokioExecutor::new());
-                builder
-                    .http2()
-                    .max_frame_size(MAX_FRAME_BYTES)
-                    .initial_stream_window_size(STREAM_WINDOW_BYTES)
-                    .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
                 let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
                 let result = tokio::select! {
                     result = connection.as_mut() => result,
