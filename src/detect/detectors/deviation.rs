@@ -53,27 +53,18 @@ impl Deviation {
         ) && row.volume_for(measure) < self.min_volume
     }
 
-    /// The value `row`'s window is judged by, and on what basis; `None` when
-    /// the window is below `min_volume` and cannot be judged.
-    fn judged_value(&self, row: &Row, measure: &str, value: f64) -> Option<(f64, Basis)> {
+    /// What `row`'s window is judged by: its value and basis, or (calls,
+    /// requests) of its whole pool, from which [`Deviation::sharper_pool`]
+    /// chooses once the expectation is known; `None` when the window is
+    /// below `min_volume` and cannot be judged.
+    fn judged_value(&self, row: &Row, measure: &str, value: f64) -> Option<Judged> {
         if !self.few(row, measure) {
-            return Some((value, Basis::Window));
+            return Some(Judged::Value(value, Basis::Window));
         }
         if let Some(median) = self.median_of_few(row, measure, row.volume_for(measure)) {
-            return Some((median, Basis::MedianOfFew));
+            return Some(Judged::Value(median, Basis::MedianOfFew));
         }
-        self.pool(row, measure, Pool::Whole)
-            .map(|(calls, requests)| {
-                let tests = 1.0;
-                (
-                    calls / requests,
-                    Basis::Pooled {
-                        calls,
-                        requests,
-                        tests,
-                    },
-                )
-            })
+        self.pool(row, measure, Pool::Whole).map(Judged::Pool)
     }
 
     /// A call mix too thin to judge in its window, pooled over the edge's last
@@ -159,6 +150,14 @@ fn pool_columns(measure: &str, pool: Pool) -> Option<(&'static str, &'static str
         (LAST_CALL_SHARE, Pool::Recent) => (RECENT_LAST_CALLS, RECENT_CALLER_LAST_CALLS),
         _ => return None,
     })
+}
+
+/// What [`Deviation::judged_value`] finds a window judged by.
+enum Judged {
+    /// A value, on a basis other than a pool.
+    Value(f64, Basis),
+    /// The whole pool's (calls, requests); the pool is chosen later.
+    Pool((f64, f64)),
 }
 
 /// What a window is judged by.
@@ -247,13 +246,10 @@ impl Detect for Deviation {
         let series = &mut *scope.series;
         let (row, t, value, measure) = (eval.row, eval.t, eval.value, eval.measure);
         let state = series.ready(eval.key, measure)?;
-        let (value, basis) = self.judged_value(row, measure, value)?;
         let expected = state.baseline.expected(t);
-        let (value, basis) = match basis {
-            Basis::Pooled {
-                calls, requests, ..
-            } => self.sharper_pool(row, measure, expected, (calls, requests)),
-            other => (value, other),
+        let (value, basis) = match self.judged_value(row, measure, value)? {
+            Judged::Value(value, basis) => (value, basis),
+            Judged::Pool(whole) => self.sharper_pool(row, measure, expected, whole),
         };
         let volume = match basis {
             Basis::Pooled { requests, .. } => requests,
