@@ -112,6 +112,25 @@ pub enum IncidentState {
 struct Member {
     anomaly: Anomaly,
     ended_ms: Option<i64>,
+    /// Its subject, worked out from the key once (every join asks it of
+    /// every member of the open incidents); not stored.
+    #[serde(skip)]
+    subject: std::sync::OnceLock<graph::Subject>,
+}
+
+impl Member {
+    fn new(anomaly: Anomaly) -> Self {
+        Member {
+            anomaly,
+            ended_ms: None,
+            subject: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn subject(&self) -> &graph::Subject {
+        self.subject
+            .get_or_init(|| graph::Subject::of(&self.anomaly))
+    }
 }
 
 /// One incident.
@@ -156,7 +175,7 @@ impl Incident {
     fn has_node(&self, id: &str) -> bool {
         self.members
             .iter()
-            .any(|m| node::own(&m.anomaly.key) == id || rank::implicated(&m.anomaly.key).0 == id)
+            .any(|m| m.subject().own == id || m.subject().about == id)
     }
 
     /// Whether series `key` is one of its members and was anomalous at or

@@ -53,8 +53,7 @@ impl IncidentStage {
                         && (own()
                             || incident.last_onset_ms >= join_from
                                 && incident.members.iter().any(|m| {
-                                    let member = graph::Subject::of(&m.anomaly);
-                                    graph::related(graph, subject, &member, p.hops, p.window_ms)
+                                    graph::related(graph, subject, m.subject(), p.hops, p.window_ms)
                                 }))
                 }
             }
@@ -68,10 +67,7 @@ impl IncidentStage {
         let p = &self.params;
         let onset = anomaly.onset_ms;
         let quiet = p.resolve_windows * p.window_ms;
-        let member = Member {
-            anomaly,
-            ended_ms: None,
-        };
+        let member = Member::new(anomaly);
         match found {
             Some(index) => {
                 let incident = &mut self.incidents[index];
