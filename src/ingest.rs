@@ -8,6 +8,7 @@ pub mod config;
 pub mod decode;
 pub mod error;
 pub mod kafka;
+pub mod kafka_log;
 pub mod otlp_grpc;
 pub mod otlp_http;
 

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
@@ -23,11 +22,12 @@ use tracing::{info, warn};
 
 use super::{Bus, BusError, Delivery, Envelope, SUBSCRIPTION_CAPACITY};
 use crate::ingest::config::KafkaConfig;
+use crate::ingest::kafka_log::{ErrorLog, LoggedContext};
 
 /// Kafka transport.
 pub struct KafkaBus {
     config: KafkaConfig,
-    producer: FutureProducer,
+    producer: FutureProducer<LoggedContext>,
 }
 
 impl KafkaBus {
@@ -36,7 +36,7 @@ impl KafkaBus {
         let producer = Self::client(config)
             .set("acks", "all")
             .set("message.timeout.ms", "30000")
-            .create()?;
+            .create_with_context(LoggedContext::default())?;
         Ok(Self {
             config: config.clone(),
             producer,
@@ -56,13 +56,14 @@ impl KafkaBus {
     /// logged, not fatal: the broker may come up later, or topics may be
     /// managed elsewhere.
     pub async fn ensure_topics(&self, topics: &[&str]) {
-        let admin: AdminClient<DefaultClientContext> = match Self::client(&self.config).create() {
-            Ok(admin) => admin,
-            Err(error) => {
-                warn!(%error, "kafka admin client");
-                return;
-            }
-        };
+        let admin: AdminClient<LoggedContext> =
+            match Self::client(&self.config).create_with_context(LoggedContext::default()) {
+                Ok(admin) => admin,
+                Err(error) => {
+                    warn!(%error, "kafka admin client");
+                    return;
+                }
+            };
         let new: Vec<NewTopic<'_>> = topics
             .iter()
             .map(|t| NewTopic::new(t, 3, TopicReplication::Fixed(1)))
@@ -114,7 +115,7 @@ impl Bus for KafkaBus {
             .session_timeout
             .as_millis()
             .clamp(1000, 3_600_000);
-        let consumer: StreamConsumer = Self::client(&self.config)
+        let consumer: StreamConsumer<LoggedContext> = Self::client(&self.config)
             .set("group.id", group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
@@ -123,12 +124,13 @@ impl Bus for KafkaBus {
             .set("session.timeout.ms", session_ms.to_string())
             .set("heartbeat.interval.ms", (session_ms / 3).to_string())
             .set("topic.metadata.refresh.interval.ms", "5000")
-            .create()?;
+            .create_with_context(LoggedContext::default())?;
         consumer.subscribe(&[topic])?;
         let consumer = Arc::new(consumer);
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_CAPACITY);
         let topic = topic.to_string();
         tokio::spawn(async move {
+            let receive_errors = ErrorLog::default();
             loop {
                 let received = tokio::select! {
                     m = consumer.recv() => m,
@@ -162,9 +164,13 @@ impl Bus for KafkaBus {
                         Delivery::new(message, Some(ack))
                     }
                     Err(error) => {
-                        warn!(%error, topic = %topic, "kafka receive");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
+                        if let Some(held_back) = receive_errors.admit(&error.to_string()) {
+                            warn!(%error, topic = %topic, held_back, "kafka receive");
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                            _ = tx.closed() => break, // unsubscribed
+                        }
                     }
                 };
                 if tx.send(delivery).await.is_err() {

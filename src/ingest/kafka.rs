@@ -22,19 +22,22 @@ use tracing::{info, warn};
 
 use super::config::{KafkaConfig, KafkaEncoding};
 use super::decode::{self, Encoding};
+use super::kafka_log::ErrorLog;
 use crate::columnar::Signal;
 use crate::flow::Message as FlowMessage;
 use crate::pipeline::{Ingested, KafkaOrigin, OffsetTracker, PipelineMessage};
 use crate::self_metrics::SelfMetrics;
 
-/// Logs client errors and forgets revoked partitions.
+/// Logs client errors (see [`super::kafka_log`]) and forgets revoked
+/// partitions.
 pub struct IngestContext {
     tracker: OffsetTracker,
+    errors: ErrorLog,
 }
 
 impl ClientContext for IngestContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        warn!(%error, reason, "kafka client error");
+        self.errors.client_error(&error, reason);
     }
 }
 
@@ -104,6 +107,7 @@ impl KafkaIngest {
         }
         let consumer: IngestConsumer = client.create_with_context(IngestContext {
             tracker: tracker.clone(),
+            errors: ErrorLog::default(),
         })?;
         consumer.subscribe(&[
             &config.spans_topic,
@@ -141,6 +145,7 @@ impl KafkaIngest {
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = Duration::from_millis(100);
         let mut topics: Vec<Arc<str>> = Vec::new();
+        let receive_errors = ErrorLog::default();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -149,8 +154,14 @@ impl KafkaIngest {
                     let message = match message {
                         Ok(message) => message,
                         Err(error) => {
-                            warn!(%error, backoff_ms = backoff.as_millis() as u64, "kafka receive failed");
-                            tokio::time::sleep(backoff).await;
+                            if let Some(held_back) = receive_errors.admit(&error.to_string()) {
+                                warn!(%error, backoff_ms = backoff.as_millis() as u64, held_back, "kafka receive failed");
+                            }
+                            // The stop is not held up by the backoff (up to 5 s).
+                            tokio::select! {
+                                _ = stop.cancelled() => break,
+                                _ = tokio::time::sleep(backoff) => {}
+                            }
                             backoff = (backoff * 2).min(Duration::from_secs(5));
                             continue;
                         }
