@@ -20,9 +20,19 @@ pub enum Output {
 async fn connect(addr: SocketAddr) -> anyhow::Result<QueryClient<tonic::transport::Channel>> {
     QueryClient::connect(format!("http://{addr}"))
         .await
-        .with_context(|| {
-            format!("cannot reach the engine API at {addr} (is `homeostat run` running?)")
-        })
+        .map_err(|error| unreachable(addr, &error))
+}
+
+/// The error of a failed connection to the engine API, with the innermost
+/// cause only: tonic's chain says "transport error: tcp connect error: tcp
+/// connect error: Connection refused", the last link being the one a user
+/// can act on.
+pub(crate) fn unreachable(addr: SocketAddr, error: &tonic::transport::Error) -> anyhow::Error {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    anyhow::anyhow!("cannot reach the engine API at {addr} (is `homeostat run` running?): {cause}")
 }
 
 /// RFC 3339 (UTC, milliseconds) of ms since the epoch.

@@ -93,9 +93,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut client = RemediationClient::connect(format!("http://{addr}"))
         .await
-        .with_context(|| {
-            format!("cannot reach the engine API at {addr} (is `homeostat run` running?)")
-        })?;
+        .map_err(|error| super::cli::unreachable(addr, &error))?;
     let control = |r: Result<tonic::Response<pb::ControlResponse>, tonic::Status>| {
         r.map(|r| println!("{}", r.into_inner().message))
             .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))

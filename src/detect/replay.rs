@@ -15,11 +15,12 @@ use super::univariate::{Univariate, UnivariateParams};
 /// Why one file could not be replayed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("{path}: {source}")]
+    /// The I/O error is part of the message, not its `source()`: a chain
+    /// printer (`{:#}`) would print it twice.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}:{line}: {message}")]
     Parse {
@@ -31,6 +32,14 @@ pub enum ReplayError {
     NoInput(PathBuf),
     #[error("{0}: the output would overwrite the input")]
     Overwrite(PathBuf),
+}
+
+/// Maps an I/O error on `path` to [`ReplayError::Io`].
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> ReplayError + '_ {
+    move |error| ReplayError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
 }
 
 /// Header names of the timestamp and value columns, when they are not one of
@@ -100,11 +109,7 @@ pub fn replay(
 
 /// The CSV files to replay and their paths relative to `input`, sorted.
 fn input_files(input: &Path) -> Result<Vec<(PathBuf, PathBuf)>, ReplayError> {
-    let io = |source| ReplayError::Io {
-        path: input.to_path_buf(),
-        source,
-    };
-    let meta = fs::metadata(input).map_err(io)?;
+    let meta = fs::metadata(input).map_err(io_error(input))?;
     if meta.is_file() {
         let name = input
             .file_name()
@@ -115,20 +120,11 @@ fn input_files(input: &Path) -> Result<Vec<(PathBuf, PathBuf)>, ReplayError> {
     let mut out = Vec::new();
     let mut dirs = vec![input.to_path_buf()];
     while let Some(dir) = dirs.pop() {
-        let entries = fs::read_dir(&dir).map_err(|source| ReplayError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        let entries = fs::read_dir(&dir).map_err(io_error(&dir))?;
         for entry in entries {
-            let entry = entry.map_err(|source| ReplayError::Io {
-                path: dir.clone(),
-                source,
-            })?;
+            let entry = entry.map_err(io_error(&dir))?;
             let path = entry.path();
-            let kind = entry.file_type().map_err(|source| ReplayError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let kind = entry.file_type().map_err(io_error(&path))?;
             if kind.is_dir() {
                 dirs.push(path);
             } else if path
@@ -159,21 +155,17 @@ fn replay_file(
     {
         return Err(ReplayError::Overwrite(path.to_path_buf()));
     }
-    let io_at = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| ReplayError::Io { path: p, source }
-    };
     if let Some(parent) = target.parent() {
-        fs::create_dir_all(parent).map_err(io_at(parent))?;
+        fs::create_dir_all(parent).map_err(io_error(parent))?;
     }
     let partial = target.with_extension("csv.partial");
     let result = (|| {
-        let reader = BufReader::new(fs::File::open(path).map_err(io_at(path))?);
-        let mut writer = BufWriter::new(fs::File::create(&partial).map_err(io_at(&partial))?);
+        let reader = BufReader::new(fs::File::open(path).map_err(io_error(path))?);
+        let mut writer = BufWriter::new(fs::File::create(&partial).map_err(io_error(&partial))?);
         let counts = score_rows(path, reader, &mut writer, params, columns)?;
-        writer.flush().map_err(io_at(&partial))?;
+        writer.flush().map_err(io_error(&partial))?;
         drop(writer);
-        fs::rename(&partial, target).map_err(io_at(target))?;
+        fs::rename(&partial, target).map_err(io_error(target))?;
         Ok(counts)
     })();
     if result.is_err() {
@@ -207,10 +199,7 @@ fn score_rows(
         line: line as usize,
         message,
     };
-    let write_error = |e: csv::Error| ReplayError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e),
-    };
+    let write_error = |e: csv::Error| io_error(path)(std::io::Error::other(e));
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -276,10 +265,7 @@ fn score_rows(
             .write_record([ts, value, &score.to_string()])
             .map_err(write_error)?;
     }
-    writer.flush().map_err(|source| ReplayError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    writer.flush().map_err(io_error(path))?;
     summary.interval_secs = median(&mut steps);
     Ok(summary)
 }

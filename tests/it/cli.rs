@@ -162,6 +162,32 @@ async fn sql_command_and_sigterm() {
         .expect("sql");
     assert!(!unreachable.status.success());
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach"));
+    // The gRPC commands name the cause once (tonic's chain repeats links).
+    let incidents = homeostat()
+        .args(["incidents", "--api", &api])
+        .output()
+        .expect("incidents");
+    assert!(!incidents.status.success());
+    let stderr = String::from_utf8_lossy(&incidents.stderr);
+    assert!(stderr.contains("cannot reach the engine API"), "{stderr}");
+    assert!(!stderr.contains("tcp connect error"), "{stderr}");
+}
+
+#[test]
+fn a_missing_replay_input_is_named_with_its_cause_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let missing = dir.path().join("missing");
+    let output = homeostat()
+        .args(["replay", "--input"])
+        .arg(&missing)
+        .arg("--output")
+        .arg(dir.path().join("out"))
+        .output()
+        .expect("replay");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&missing.display().to_string()), "{stderr}");
+    assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
 }
 
 /// A Kafka broker that is down: the engine serves OTLP and answers `/readyz`
